@@ -1,0 +1,60 @@
+# Thin wrapper over CMake, in the way Neovim's Makefile is: every target here
+# can be done by hand with cmake and ctest.
+BUILD_DIR      ?= build
+ASAN_BUILD_DIR ?= build-asan
+JOBS           ?= $(shell nproc 2>/dev/null || echo 2)
+CTEST_FLAGS    ?= --output-on-failure -j$(JOBS)
+
+# Debian packages needed to build and test; chromium is for the dashboard test.
+PACKAGES = build-essential cmake pkg-config python3 openssl libuv1-dev libjansson-dev \
+           libssl-dev libcmocka-dev zlib1g-dev node-llhttp chromium
+
+.PHONY: all deps build build-asan test test-plain test-asan demo bench format clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing:" $$missing; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "Missing packages. Run:"; echo "  sudo apt-get install -y" $$missing; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+$(ASAN_BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DFICUS_SANITIZE=ON
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+build-asan: deps $(ASAN_BUILD_DIR)/CMakeCache.txt
+	cmake --build $(ASAN_BUILD_DIR) -j$(JOBS)
+
+test: test-plain test-asan
+
+test-plain: build
+	cd $(BUILD_DIR) && ctest $(CTEST_FLAGS)
+
+test-asan: build-asan
+	cd $(ASAN_BUILD_DIR) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
+
+demo: build
+	$(BUILD_DIR)/ficus demo
+
+bench: build
+	bench/run
+
+format:
+	clang-format -i src/*.c include/ficus/*.h tests/unit/*.c
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_BUILD_DIR)

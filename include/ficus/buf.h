@@ -1,0 +1,46 @@
+/* Growable byte buffers with a cap, and a bump arena for request-scoped memory. */
+#ifndef FICUS_BUF_H
+#define FICUS_BUF_H
+
+#include <stddef.h>
+
+/* A growable buffer that refuses to grow past max (curl's dynbuf). data is
+ * owned by the buffer; buf_dispose frees it. Zero-initialised is empty. */
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t max; /* 0: no cap */
+};
+
+void buf_init(struct buf *b, size_t max);
+/* Appends n bytes. Returns 0, FICUS_ETOOBIG when max would be passed (nothing
+ * is appended then), or FICUS_ENOMEM. */
+int buf_append(struct buf *b, const void *p, size_t n);
+/* Appends a NUL-terminated string. Same returns as buf_append. */
+int buf_puts(struct buf *b, const char *s);
+/* Appends printf-formatted text. Same returns as buf_append. */
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes (n <= len). */
+void buf_consume(struct buf *b, size_t n);
+void buf_reset(struct buf *b);
+void buf_dispose(struct buf *b);
+
+/* A bump allocator: allocations live until arena_dispose frees them all at once
+ * (nginx's request pool, h2o's mem pool). The first block is embedded. */
+struct arena_block;
+struct arena {
+    struct arena_block *head;
+    char *cur;
+    char *end;
+    char first[1024];
+};
+
+void arena_init(struct arena *a);
+/* Returns n bytes aligned for any type, or NULL when out of memory. */
+void *arena_alloc(struct arena *a, size_t n);
+/* Copies n bytes into the arena and NUL-terminates them. */
+char *arena_strndup(struct arena *a, const char *s, size_t n);
+void arena_dispose(struct arena *a);
+
+#endif

@@ -1,0 +1,44 @@
+/* Things every module shares: error codes and byte spans. */
+#ifndef FICUS_COMMON_H
+#define FICUS_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Errors are negative ints: 0 is success, libuv's (negative errno) codes pass
+ * through unchanged, and ficus's own codes sit below libuv's range. */
+enum ficus_error {
+    FICUS_EBADREQ = -20000, /* malformed or ambiguous request */
+    FICUS_EHEADTOOBIG,      /* request or response head over the limit */
+    FICUS_EBODYTOOBIG,      /* body over the limit */
+    FICUS_ETIMEOUT,         /* a deadline passed */
+    FICUS_EBADRESP,         /* malformed or ambiguous upstream response */
+    FICUS_ENOROUTE,         /* no route matches */
+    FICUS_ECONFIG,          /* invalid configuration */
+    FICUS_ETOOBIG,          /* a capped buffer is full */
+    FICUS_ECLOSED,          /* the peer closed the connection */
+    FICUS_EFULL,            /* a queue or a limit is full */
+    FICUS_ENOMEM,           /* allocation failed */
+    FICUS_ETLS,             /* TLS handshake or record failure */
+};
+
+/* Describes err, a ficus or libuv error code. The string is static. */
+const char *ficus_strerror(int err);
+
+/* A view of bytes owned by someone else. */
+struct span {
+    const char *p;
+    size_t len;
+};
+
+#define SPAN_LIT(s) ((struct span){(s), sizeof(s) - 1})
+
+/* Case-insensitive ASCII comparison of a span with a NUL-terminated string. */
+bool span_ieq(struct span a, const char *b);
+/* Exact comparison of a span with a NUL-terminated string. */
+bool span_eq(struct span a, const char *b);
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

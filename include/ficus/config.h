@@ -1,0 +1,177 @@
+/* Configuration: JSON file -> validated, immutable, reference-counted snapshot.
+ * Pure apart from reading the file: no libuv. Every string in the snapshot
+ * points into the jansson document it keeps, and lives as long as the snapshot. */
+#ifndef FICUS_CONFIG_H
+#define FICUS_CONFIG_H
+
+#include "ficus/diff.h"
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* A list of error lines, each "FILE: json.location: reason". */
+struct config_errors {
+    char **lines;
+    size_t n;
+    size_t cap;
+};
+
+void config_errors_add(struct config_errors *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void config_errors_dispose(struct config_errors *e);
+
+/* "host:port" or "[v6]:port", with the host an IP literal ("localhost" is
+ * taken as 127.0.0.1). */
+struct config_addr {
+    const char *text; /* as written */
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct listen_cfg {
+    struct config_addr addr;
+    bool tls;
+    const char *cert_file; /* NULL unless tls */
+    const char *key_file;
+};
+
+struct backend_cfg {
+    const char *name;
+    const char *url;
+    bool tls;         /* https:// */
+    const char *host; /* from the URL: a name or an IP literal, without brackets */
+    uint16_t port;    /* from the URL, default 80 or 443 */
+    int max_connections;      /* default 256 */
+    bool verify;              /* tls.verify, default true */
+    const char *ca_file;      /* tls.ca_file, NULL: the system store */
+    const char *server_name;  /* tls.server_name, NULL: host */
+    const char *health_path;  /* NULL: no active health checks */
+    int health_interval_ms;   /* default 2000 */
+};
+
+enum sticky_kind { STICKY_IP, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY };
+
+enum fallback_flag {
+    FALLBACK_CONNECT_ERROR = 1 << 0,
+    FALLBACK_TIMEOUT = 1 << 1,
+    FALLBACK_5XX = 1 << 2,
+};
+
+struct header_match {
+    const char *name; /* lower case */
+    const char *value;
+};
+
+struct route_match {
+    const char *path_prefix; /* NULL: any path */
+    size_t path_prefix_len;
+    const char **methods; /* NULL/0: any method; upper case */
+    size_t n_methods;
+    const char *host; /* NULL: any host; compared case-insensitively, port ignored */
+    struct header_match *headers;
+    size_t n_headers;
+};
+
+struct route_cfg {
+    const char *name;
+    struct route_match match;
+    int legacy;         /* index into config.backends */
+    int new_;           /* index into config.backends */
+    double new_percent; /* 0..100 */
+    enum sticky_kind sticky;
+    const char *sticky_name; /* header (lower case), cookie or query name; NULL for ip */
+    const char *override_header; /* lower case; NULL: none */
+
+    bool shadow;                 /* has a "shadow" object */
+    double shadow_percent;       /* default 100 */
+    const char **shadow_methods; /* default GET, HEAD, OPTIONS */
+    size_t n_shadow_methods;
+    int shadow_max_inflight;     /* default 100 */
+    int shadow_timeout_ms;       /* default 5000 */
+    size_t shadow_max_body_bytes; /* default 1 MiB */
+
+    struct diff_rules diff;
+    bool noise;             /* has diff.noise */
+    double noise_percent;   /* default 2 */
+    double noise_threshold; /* default 0.05 */
+
+    unsigned fallback; /* enum fallback_flag bits; default none */
+
+    bool guard;
+    double guard_max_divergence_rate; /* default 0.01 */
+    double guard_max_error_rate;      /* default 0.02 */
+    int guard_min_comparisons;        /* default 200 */
+    int guard_window_ms;              /* default 60000 */
+
+    bool ramp;
+    double *ramp_steps; /* increasing, each 0..100 */
+    size_t n_ramp_steps;
+    int64_t ramp_every_ms;
+};
+
+struct config {
+    char *path;    /* the file it came from, or the name given to config_parse */
+    json_t *root;  /* owns every string below */
+    int refcount;  /* atomic; see config_ref */
+
+    struct listen_cfg *listens;
+    size_t n_listens;
+    int workers; /* 0 in the file means one per CPU; resolved here to >= 1 */
+
+    bool admin;            /* has an admin address */
+    struct config_addr admin_addr; /* default 127.0.0.1:9901 */
+    const char *admin_token_env;   /* NULL: mutating calls are refused */
+    const char *state_file;        /* NULL: runtime changes in memory only */
+
+    struct backend_cfg *backends;
+    size_t n_backends;
+    struct route_cfg *routes;
+    size_t n_routes;
+
+    const char *divlog_path;      /* NULL: no divergence log file */
+    int64_t divlog_max_bytes;     /* default 100 MiB */
+    int divlog_keep;              /* default 5 */
+    size_t divlog_body_bytes;     /* default 4096 */
+    const char **redact_headers;  /* lower case; default authorization, cookie,
+                                     set-cookie, proxy-authorization */
+    size_t n_redact_headers;
+
+    const char *access_log_path; /* "-": stdout (default); NULL: none */
+
+    int max_connections;          /* default 10000 */
+    size_t max_header_bytes;      /* default 65536 */
+    int64_t max_request_body_bytes; /* default 100 MiB */
+
+    int connect_ms;     /* default 2000 */
+    int upstream_ms;    /* default 30000 */
+    int client_idle_ms; /* default 60000 */
+    int header_ms;      /* not in the file: min(client_idle_ms, 10000) */
+    int drain_ms;       /* default 10000 */
+};
+
+/* Parses and validates text as a configuration named fname (used in error
+ * lines). Returns a snapshot with refcount 1, or NULL with every problem added
+ * to errs. */
+struct config *config_parse(const char *text, size_t len, const char *fname,
+                            struct config_errors *errs);
+
+/* Reads and validates the file at path. Same returns as config_parse; a file
+ * that cannot be read is one error line. */
+struct config *config_load(const char *path, struct config_errors *errs);
+
+/* Takes one more reference (atomic: any thread). Returns cfg. */
+struct config *config_ref(struct config *cfg);
+/* Drops a reference; the last one frees the snapshot. Accepts NULL. */
+void config_unref(struct config *cfg);
+
+/* The index of the backend or route with that name, or -1. */
+int config_backend_index(const struct config *cfg, const char *name);
+int config_route_index(const struct config *cfg, const char *name);
+
+/* Is the header name (any case) in redact_headers? */
+bool config_is_redacted(const struct config *cfg, const char *name, size_t len);
+
+#endif

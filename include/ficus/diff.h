@@ -1,0 +1,113 @@
+/* Compares two responses (legacy and new) under a route's diff rules.
+ * Pure: no libuv, no I/O, no globals; safe to call from any thread. */
+#ifndef FICUS_DIFF_H
+#define FICUS_DIFF_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define DIFF_MAX_ITEMS 50
+
+/* A route's diff rules, from the configuration (SPEC "diff"). Strings are
+ * owned by the configuration snapshot and outlive every comparison. Header
+ * names are lower case. */
+struct diff_match_by {
+    const char *pointer; /* JSON Pointer of an array, may contain "*" */
+    const char *key;     /* member name that identifies an item */
+};
+
+struct diff_rules {
+    const char **headers; /* compared headers; default {"content-type"} */
+    size_t n_headers;
+    const char **ignore_headers;
+    size_t n_ignore_headers;
+    const char **ignore; /* JSON Pointers, "*" matches any key or index */
+    size_t n_ignore;
+    const char **unordered; /* arrays compared as multisets */
+    size_t n_unordered;
+    struct diff_match_by *match_by; /* arrays whose objects pair by a key */
+    size_t n_match_by;
+    double tolerance; /* absolute; numbers this close are equal */
+};
+
+/* One header of a response; name and value need not be NUL-terminated. */
+struct diff_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* One side of a comparison. The caller owns everything; diff only reads. */
+struct diff_response {
+    int status;       /* 0 when the side failed (see error) */
+    const char *error; /* NULL, or "timeout", "reset", "connect_error", "invalid_response" */
+    const struct diff_header *headers;
+    size_t n_headers;
+    const char *body; /* as received: diff decodes gzip itself when the
+                         content-encoding header says gzip */
+    size_t body_len;
+};
+
+enum diff_kind {
+    DIFF_STATUS,
+    DIFF_HEADER,
+    DIFF_JSON,
+    DIFF_ADDED,
+    DIFF_REMOVED,
+    DIFF_BODY,
+    DIFF_ERROR,
+};
+
+/* One difference. path is a JSON Pointer for json/added/removed, the header
+ * name for header, the decimal offset for body, "status" for status, and
+ * "legacy" or "new" (the side that failed) for error. legacy and new are
+ * jansson values (a NULL side means absent); the item owns one reference to each. */
+struct diff_item {
+    enum diff_kind kind;
+    char *path;
+    json_t *legacy;
+    json_t *new_;
+};
+
+/* The differences of one comparison: at most DIFF_MAX_ITEMS items, truncated
+ * set when there were more. Owned by the caller; release with diff_result_dispose. */
+struct diff_result {
+    struct diff_item items[DIFF_MAX_ITEMS];
+    size_t n;
+    bool truncated;
+};
+
+/* Compares legacy and new under rules and fills out (which it first resets).
+ * Status always compares; headers per rules; bodies as JSON when both
+ * content-types are JSON (application/json or +json) and both parse, else
+ * byte for byte (after gzip decoding). Returns 0, or FICUS_ENOMEM. */
+int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
+                   const struct diff_response *new_, struct diff_result *out);
+
+/* Compares two JSON documents under rules, appending to out from path "" down.
+ * Exposed for tests and for noise learning. */
+int diff_json(const struct diff_rules *rules, const json_t *legacy, const json_t *new_,
+              struct diff_result *out);
+
+/* Frees what the items own and empties the result. */
+void diff_result_dispose(struct diff_result *r);
+
+/* "status", "header", "json", "added", "removed", "body", "error". */
+const char *diff_kind_name(enum diff_kind k);
+
+/* Writes path with every array index segment (all digits) replaced by "*" into
+ * out (NUL-terminated, truncated to out_size). "/items/3/price" -> "/items/ * /price"
+ * without the spaces. Used to group diffs by path across requests. */
+void diff_normalize_path(const char *path, char *out, size_t out_size);
+
+/* Does pointer (a concrete JSON Pointer) match pattern, where a pattern
+ * segment "*" matches any one segment? Both use RFC 6901 escaping. */
+bool diff_pointer_match(const char *pattern, const char *pointer);
+
+/* Decodes a gzip (or zlib) stream into a malloc'd buffer of at most max bytes.
+ * Returns 0 and sets *out (caller frees) and *out_len, or a negative error. */
+int diff_gunzip(const char *in, size_t in_len, size_t max, char **out, size_t *out_len);
+
+#endif

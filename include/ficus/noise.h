@@ -1,0 +1,38 @@
+/* Noise learning: per route, how often each normalised diff path differs when
+ * legacy is asked the same request twice. Pure; not thread-safe (the caller
+ * holds the lock that protects one route's statistics). */
+#ifndef FICUS_NOISE_H
+#define FICUS_NOISE_H
+
+#include "ficus/diff.h"
+#include <stdbool.h>
+#include <stddef.h>
+
+/* How many legacy-vs-legacy samples a path needs before it can be noise. */
+#define NOISE_MIN_SAMPLES 5
+
+struct noise_stats;
+
+/* Returns new empty statistics for a route with the given threshold (a rate
+ * from 0 to 1), or NULL when out of memory. Free with noise_free. */
+struct noise_stats *noise_new(double threshold);
+void noise_free(struct noise_stats *ns);
+
+/* Records one legacy-vs-legacy comparison: the sample count grows by one, and
+ * every distinct path in r (normalised with diff_normalize_path) counts one
+ * difference. A path's rate is its differences over the samples. */
+void noise_observe(struct noise_stats *ns, const struct diff_result *r);
+
+/* Is the normalised form of path noise: seen in at least NOISE_MIN_SAMPLES
+ * samples with a difference rate above the threshold? */
+bool noise_is_noise(const struct noise_stats *ns, const char *path);
+
+/* The number of legacy-vs-legacy samples observed. */
+size_t noise_samples(const struct noise_stats *ns);
+
+/* Calls fn for every known path with its difference count and rate. */
+void noise_each(const struct noise_stats *ns,
+                void (*fn)(const char *path, size_t diffs, double rate, bool is_noise, void *arg),
+                void *arg);
+
+#endif

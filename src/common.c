@@ -1,0 +1,51 @@
+#include "ficus/common.h"
+
+#include <strings.h>
+#include <string.h>
+#include <uv.h>
+
+const char *ficus_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "ok";
+    case FICUS_EBADREQ:
+        return "bad request";
+    case FICUS_EHEADTOOBIG:
+        return "head too large";
+    case FICUS_EBODYTOOBIG:
+        return "body too large";
+    case FICUS_ETIMEOUT:
+        return "timeout";
+    case FICUS_EBADRESP:
+        return "invalid response";
+    case FICUS_ENOROUTE:
+        return "no route";
+    case FICUS_ECONFIG:
+        return "invalid configuration";
+    case FICUS_ETOOBIG:
+        return "buffer full";
+    case FICUS_ECLOSED:
+        return "closed by peer";
+    case FICUS_EFULL:
+        return "limit reached";
+    case FICUS_ENOMEM:
+        return "out of memory";
+    case FICUS_ETLS:
+        return "tls error";
+    default:
+        return uv_strerror(err);
+    }
+}
+
+bool span_ieq(struct span a, const char *b)
+{
+    size_t n = strlen(b);
+    return a.len == n && strncasecmp(a.p, b, n) == 0;
+}
+
+bool span_eq(struct span a, const char *b)
+{
+    size_t n = strlen(b);
+    return a.len == n && memcmp(a.p, b, n) == 0;
+}
