@@ -1,9 +1,11 @@
 /* Configuration: JSON file -> validated, immutable, reference-counted snapshot.
  * Pure apart from reading the file: no libuv. Every string in the snapshot
- * points into the jansson document it keeps, and lives as long as the snapshot. */
+ * points into the jansson document it keeps (or, for lower-cased copies, into
+ * its arena), and lives as long as the snapshot. */
 #ifndef FICUS_CONFIG_H
 #define FICUS_CONFIG_H
 
+#include "ficus/buf.h"
 #include "ficus/diff.h"
 #include <jansson.h>
 #include <netinet/in.h>
@@ -41,15 +43,19 @@ struct listen_cfg {
 struct backend_cfg {
     const char *name;
     const char *url;
-    bool tls;         /* https:// */
-    const char *host; /* from the URL: a name or an IP literal, without brackets */
-    uint16_t port;    /* from the URL, default 80 or 443 */
-    int max_connections;      /* default 256 */
-    bool verify;              /* tls.verify, default true */
-    const char *ca_file;      /* tls.ca_file, NULL: the system store */
-    const char *server_name;  /* tls.server_name, NULL: host */
-    const char *health_path;  /* NULL: no active health checks */
-    int health_interval_ms;   /* default 2000 */
+    bool tls;                /* https:// */
+    const char *host;        /* from the URL: a name or an IP literal, without brackets */
+    uint16_t port;           /* from the URL, default 80 or 443 */
+    int max_connections;     /* default 256 */
+    bool verify;             /* tls.verify, default true */
+    const char *ca_file;     /* tls.ca_file, NULL: the system store */
+    const char *server_name; /* tls.server_name, NULL: host */
+    const char *health_path; /* NULL: no active health checks */
+    int health_interval_ms;  /* default 2000 */
+    /* Filled by the server (not by config_parse) before the snapshot is used:
+     * the address the host resolved to. */
+    struct sockaddr_storage resolved;
+    socklen_t resolved_len;
 };
 
 enum sticky_kind { STICKY_IP, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY };
@@ -82,15 +88,15 @@ struct route_cfg {
     int new_;           /* index into config.backends */
     double new_percent; /* 0..100 */
     enum sticky_kind sticky;
-    const char *sticky_name; /* header (lower case), cookie or query name; NULL for ip */
+    const char *sticky_name;     /* header (lower case), cookie or query name; NULL for ip */
     const char *override_header; /* lower case; NULL: none */
 
     bool shadow;                 /* has a "shadow" object */
     double shadow_percent;       /* default 100 */
     const char **shadow_methods; /* default GET, HEAD, OPTIONS */
     size_t n_shadow_methods;
-    int shadow_max_inflight;     /* default 100 */
-    int shadow_timeout_ms;       /* default 5000 */
+    int shadow_max_inflight;      /* default 100 */
+    int shadow_timeout_ms;        /* default 5000 */
     size_t shadow_max_body_bytes; /* default 1 MiB */
 
     struct diff_rules diff;
@@ -113,15 +119,15 @@ struct route_cfg {
 };
 
 struct config {
-    char *path;    /* the file it came from, or the name given to config_parse */
-    json_t *root;  /* owns every string below */
-    int refcount;  /* atomic; see config_ref */
+    char *path;   /* the file it came from, or the name given to config_parse */
+    json_t *root; /* owns every string below */
+    int refcount; /* atomic; see config_ref */
 
     struct listen_cfg *listens;
     size_t n_listens;
     int workers; /* 0 in the file means one per CPU; resolved here to >= 1 */
 
-    bool admin;            /* has an admin address */
+    bool admin;                    /* has an admin address */
     struct config_addr admin_addr; /* default 127.0.0.1:9901 */
     const char *admin_token_env;   /* NULL: mutating calls are refused */
     const char *state_file;        /* NULL: runtime changes in memory only */
@@ -131,18 +137,18 @@ struct config {
     struct route_cfg *routes;
     size_t n_routes;
 
-    const char *divlog_path;      /* NULL: no divergence log file */
-    int64_t divlog_max_bytes;     /* default 100 MiB */
-    int divlog_keep;              /* default 5 */
-    size_t divlog_body_bytes;     /* default 4096 */
-    const char **redact_headers;  /* lower case; default authorization, cookie,
-                                     set-cookie, proxy-authorization */
+    const char *divlog_path;     /* NULL: no divergence log file */
+    int64_t divlog_max_bytes;    /* default 100 MiB */
+    int divlog_keep;             /* default 5 */
+    size_t divlog_body_bytes;    /* default 4096 */
+    const char **redact_headers; /* lower case; default authorization, cookie,
+                                    set-cookie, proxy-authorization */
     size_t n_redact_headers;
 
     const char *access_log_path; /* "-": stdout (default); NULL: none */
 
-    int max_connections;          /* default 10000 */
-    size_t max_header_bytes;      /* default 65536 */
+    int max_connections;            /* default 10000 */
+    size_t max_header_bytes;        /* default 65536 */
     int64_t max_request_body_bytes; /* default 100 MiB */
 
     int connect_ms;     /* default 2000 */
@@ -150,6 +156,10 @@ struct config {
     int client_idle_ms; /* default 60000 */
     int header_ms;      /* not in the file: min(client_idle_ms, 10000) */
     int drain_ms;       /* default 10000 */
+
+    /* Owns every array above and the strings that are not in root: lower-cased
+     * header names and backend hosts. Freed with the snapshot. */
+    struct arena arena;
 };
 
 /* Parses and validates text as a configuration named fname (used in error

@@ -41,7 +41,7 @@ struct diff_header {
 
 /* One side of a comparison. The caller owns everything; diff only reads. */
 struct diff_response {
-    int status;       /* 0 when the side failed (see error) */
+    int status;        /* 0 when the side failed (see error) */
     const char *error; /* NULL, or "timeout", "reset", "connect_error", "invalid_response" */
     const struct diff_header *headers;
     size_t n_headers;
@@ -82,12 +82,24 @@ struct diff_result {
 /* Compares legacy and new under rules and fills out (which it first resets).
  * Status always compares; headers per rules; bodies as JSON when both
  * content-types are JSON (application/json or +json) and both parse, else
- * byte for byte (after gzip decoding). Returns 0, or FICUS_ENOMEM. */
+ * byte for byte (after gzip decoding). Returns 0, or FICUS_ENOMEM.
+ * Details: a side with error set gives one DIFF_ERROR item (legacy/new: the
+ * side's error string, else its status as an integer) and nothing else is
+ * compared. An absent header shows as json null. A gzip body that does not
+ * decode (or decodes beyond 64 MiB) gives a DIFF_ERROR item for its side with
+ * the value "invalid_gzip" (or "gzip_too_large"), null on the other side, and
+ * the bodies are not compared. JSON that jansson rejects (including integers
+ * beyond 64 bits) falls back to the byte comparison, whose values are up to 32
+ * bytes from the offset, non-UTF-8 bytes written as the text \xNN.
+ * "Resets" means n = 0 and truncated = false: dispose a used result first. */
 int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
                    const struct diff_response *new_, struct diff_result *out);
 
 /* Compares two JSON documents under rules, appending to out from path "" down.
- * Exposed for tests and for noise learning. */
+ * Items hold references to the documents' own values (no copies). Items of a
+ * match_by array that pair by key are reported under their legacy index;
+ * unpaired ones under their own side's index. Exposed for tests and for noise
+ * learning. Returns 0, or FICUS_ENOMEM. */
 int diff_json(const struct diff_rules *rules, const json_t *legacy, const json_t *new_,
               struct diff_result *out);
 

@@ -106,13 +106,35 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
 /* Appends the response head for the client: status line, headers minus
  * hop-by-hop and framing ones, plus content_length (>= 0) or chunked (-1) or
  * nothing (-2, a body-less response), and "connection: close" when !keep_alive. */
-int http1_write_response_head(struct buf *out, const struct http_head *resp,
-                              int64_t content_length, bool keep_alive);
+int http1_write_response_head(struct buf *out, const struct http_head *resp, int64_t content_length,
+                              bool keep_alive);
 
 /* Appends a small complete response with a JSON body {"error": msg}. */
 int http1_write_error(struct buf *out, int status, const char *msg, bool keep_alive);
 
 /* "Bad Request" for 400 and so on; "Unknown" otherwise. */
 const char *http1_reason(int status);
+
+/* How a message body is delimited. */
+enum body_kind { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF };
+
+struct body_framer {
+    enum body_kind kind;
+    uint64_t remaining; /* BODY_LENGTH: bytes left */
+    struct chunked ch;
+    bool done;
+};
+
+/* Sets up f for a body of kind (length for BODY_LENGTH); BODY_NONE and a zero
+ * length are done at once. */
+void http1_body_init(struct body_framer *f, enum body_kind kind, uint64_t length);
+
+/* Consumes body bytes from data[0, len): returns the number consumed (the rest
+ * belongs to the next message) or FICUS_EBADREQ for bad chunked framing. When
+ * *out_len is non-zero, data[*out_off, *out_off + *out_len) is body data.
+ * f->done is set at the end of the body (never for BODY_EOF: the caller ends
+ * it on EOF). */
+int64_t http1_body_step(struct body_framer *f, const char *data, size_t len, size_t *out_off,
+                        size_t *out_len);
 
 #endif

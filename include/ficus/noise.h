@@ -10,6 +10,12 @@
 
 /* How many legacy-vs-legacy samples a path needs before it can be noise. */
 #define NOISE_MIN_SAMPLES 5
+/* Bounds on what one route tracks, so that a backend answering with ever new
+ * paths cannot grow memory without limit: paths beyond NOISE_MAX_PATHS, or
+ * longer than NOISE_MAX_PATH_LEN bytes once normalised, are not tracked (and
+ * are never noise). */
+#define NOISE_MAX_PATHS    10000
+#define NOISE_MAX_PATH_LEN 1024
 
 struct noise_stats;
 
@@ -20,7 +26,10 @@ void noise_free(struct noise_stats *ns);
 
 /* Records one legacy-vs-legacy comparison: the sample count grows by one, and
  * every distinct path in r (normalised with diff_normalize_path) counts one
- * difference. A path's rate is its differences over the samples. */
+ * difference. A path's rate is its differences over the samples. A result
+ * holding a DIFF_ERROR item is not a sample: a failed legacy call says nothing
+ * about how legacy's answers vary (and must not make the "new" error path noise).
+ * r is only read. */
 void noise_observe(struct noise_stats *ns, const struct diff_result *r);
 
 /* Is the normalised form of path noise: seen in at least NOISE_MIN_SAMPLES

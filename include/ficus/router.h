@@ -41,10 +41,10 @@ bool router_key(const struct route_cfg *rt, const struct http_head *req, struct 
 enum split_target { SPLIT_LEGACY = 0, SPLIT_NEW = 1 };
 
 struct split_decision {
-    int status;            /* 0, or 400 for an invalid override header value */
+    int status; /* 0, or 400 for an invalid override header value */
     enum split_target primary;
-    bool shadow;           /* also send to the other backend */
-    bool overridden;       /* the override header chose the primary */
+    bool shadow;     /* also send to the other backend */
+    bool overridden; /* the override header chose the primary */
     uint32_t bucket;
 };
 

@@ -1,0 +1,49 @@
+/* Bytes on the wire: reference-counted read buffers handed from a read to the
+ * writes that forward them (no copy on the forwarding path), and writes that
+ * own what they send. One buffer pool per worker; single-threaded. */
+#ifndef FICUS_IO_H
+#define FICUS_IO_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#define RBUF_SIZE (64 * 1024)
+
+struct rbuf {
+    struct rbuf *next_free;
+    int refs;
+    char data[RBUF_SIZE];
+};
+
+/* A per-worker free list of read buffers, kept short so that idle memory stays
+ * small. */
+struct rbuf_pool {
+    struct rbuf *free;
+    int n_free;
+    int max_free;
+};
+
+void rbuf_pool_init(struct rbuf_pool *p, int max_free);
+void rbuf_pool_dispose(struct rbuf_pool *p);
+/* Returns a buffer with one reference, or NULL when out of memory. */
+struct rbuf *rbuf_get(struct rbuf_pool *p);
+void rbuf_ref(struct rbuf *b);
+/* Drops a reference; the last one returns the buffer to the pool. Accepts NULL. */
+void rbuf_unref(struct rbuf_pool *p, struct rbuf *b);
+/* The rbuf whose data holds the bytes at base (as given to a libuv alloc_cb). */
+struct rbuf *rbuf_of(const char *base);
+
+typedef void (*io_write_cb)(void *ctx, int status);
+
+/* Writes up to 4 buffers to stream. The write holds a reference on rb (may be
+ * NULL) and takes ownership of owned (malloc'd, may be NULL; freed after the
+ * write), so the caller may release both at once. cb (may be NULL) runs when
+ * the write finishes, with ctx. Returns 0 or a libuv error; on error nothing
+ * is queued, rb keeps the caller's reference and owned is freed. */
+int io_write(struct rbuf_pool *pool, uv_stream_t *stream, const uv_buf_t *bufs, unsigned n,
+             struct rbuf *rb, void *owned, io_write_cb cb, void *ctx);
+
+/* Monotonic milliseconds and microseconds (not the loop's cached time). */
+uint64_t io_now_us(void);
+
+#endif

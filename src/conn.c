@@ -1,0 +1,994 @@
+/* One client connection and the exchange (request and response) it runs.
+ *
+ * A connection runs one exchange at a time; pipelined requests wait in the
+ * connection's input buffer and are answered in order. Body bytes are never
+ * copied on the way through: the read buffer that received them is written on
+ * with a reference held until the write completes. */
+#include "ficus/conn.h"
+#include "ficus/common.h"
+#include "ficus/config.h"
+#include "ficus/http1.h"
+#include "ficus/io.h"
+#include "ficus/log.h"
+#include "ficus/router.h"
+#include "ficus/server.h"
+#include "ficus/upstream.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Above this many queued bytes the reading side pauses; below LOW it resumes. */
+#define WRITE_HIGH_WATER (256 * 1024)
+#define WRITE_LOW_WATER  (64 * 1024)
+
+enum conn_state { CONN_OPEN, CONN_CLOSING };
+
+struct exchange;
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    struct worker *w;
+    struct conn *prev, *next;
+    enum conn_state state;
+    int open_handles;
+    bool tls;
+    bool reading;
+    bool close_after_flush;
+    bool counted_idle;
+    int writes_pending;
+    uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
+    struct head_scan scan;
+    bool head_timer; /* the header deadline is running */
+    struct buf in;   /* bytes read but not yet used (partial head, pipelined requests) */
+    struct exchange *x;
+    char ip[INET6_ADDRSTRLEN];
+};
+
+struct exchange {
+    struct conn *c;
+    uint32_t gen;
+    struct worker *w;
+    struct config *cfg;
+    struct pool_set *pools;
+    const struct route_cfg *rt;
+    int backend;
+    const char *backend_role; /* "legacy" or "new" */
+    uint64_t t0;
+
+    char *head_bytes; /* the request head (owned copy); req's spans point here */
+    struct http_head req;
+    struct body_framer reqbody;
+    int64_t req_bytes;
+    bool req_done;
+    bool chunked_up; /* the request body goes up chunked */
+
+    struct upstream_wait wait;
+    struct upconn *up;
+    bool up_ready; /* connected and the head written */
+    int attempts;
+
+    struct head_scan rscan;
+    struct buf rhead; /* the response head as it arrives */
+    struct http_head resp;
+    bool resp_head_done;
+    struct body_framer respbody;
+    bool chunked_down; /* the response goes to the client chunked */
+    bool resp_started; /* a byte went to the client */
+    bool resp_done;
+    bool up_reusable;
+    int status;
+    int64_t resp_bytes;
+    bool keep_alive;
+    char reqid[64];
+};
+
+static void conn_close(struct conn *c);
+static void conn_update_reading(struct conn *c);
+static void conn_resume_input(struct conn *c);
+static void exchange_abort(struct exchange *x);
+static void exchange_fail(struct exchange *x, int status, const char *msg);
+static void exchange_maybe_finish(struct exchange *x);
+static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
+
+/* ---- connection bookkeeping ---------------------------------------------------- */
+
+static void conn_set_idle(struct conn *c, bool idle)
+{
+    if (idle == c->counted_idle)
+        return;
+    c->counted_idle = idle;
+    atomic_fetch_add_explicit(&c->w->counters.conns_idle, idle ? 1 : (unsigned long)-1,
+                              memory_order_relaxed);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    struct worker *w = c->w;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    buf_dispose(&c->in);
+    atomic_fetch_sub_explicit(&w->counters.conns_active, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&w->srv->conns_total, 1, memory_order_relaxed);
+    free(c);
+}
+
+/* Is the exchange numbered gen still running on c? */
+static bool live(const struct conn *c, uint32_t gen)
+{
+    return c->state == CONN_OPEN && c->x != NULL && c->gen == gen;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->state == CONN_CLOSING) /* reachable from read errors, timers and writes alike */
+        return;
+    c->state = CONN_CLOSING;
+    conn_set_idle(c, false);
+    if (c->x != NULL)
+        exchange_abort(c->x);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+}
+
+static void on_conn_written(void *ctx, int status)
+{
+    struct conn *c = ctx;
+    c->writes_pending--;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (status != 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->close_after_flush && c->writes_pending == 0) {
+        conn_close(c);
+        return;
+    }
+    struct exchange *x = c->x;
+    if (x != NULL && x->up != NULL &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_LOW_WATER)
+        upstream_pause(x->up, false);
+}
+
+/* Writes to the client; see io_write for rb and owned. */
+static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
+                      void *owned)
+{
+    if (c->state == CONN_CLOSING) {
+        free(owned);
+        return UV_ECANCELED;
+    }
+    int rc = io_write(&c->w->rbufs, (uv_stream_t *)&c->tcp, bufs, n, rb, owned, on_conn_written, c);
+    if (rc != 0) {
+        conn_close(c);
+        return rc;
+    }
+    c->writes_pending++;
+    return 0;
+}
+
+/* Writes the bytes of b (taking them over) to the client. */
+static int conn_write_buf(struct conn *c, struct buf *b)
+{
+    uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
+    char *owned = b->data;
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return conn_write(c, &ub, 1, NULL, owned);
+}
+
+/* Answers with a small JSON error outside any exchange and closes. */
+static void conn_reject(struct conn *c, int status, const char *msg)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    if (http1_write_error(&b, status, msg, false) == 0)
+        conn_write_buf(c, &b);
+    buf_dispose(&b);
+    c->close_after_flush = true;
+    if (c->writes_pending == 0)
+        conn_close(c);
+    log_debug("conn", "rejected client=%s status=%d reason=\"%s\"", c->ip, status, msg);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->x != NULL) {
+        /* A client that stops sending its request body. */
+        exchange_fail(c->x, 408, "request timeout");
+        return;
+    }
+    if (c->scan.pos > 0 || c->in.len > 0)
+        conn_reject(c, 408, "request header timeout");
+    else
+        conn_close(c); /* idle keep-alive connection */
+}
+
+/* Arms the timer that fits what the connection waits for. */
+static void conn_arm_timer(struct conn *c)
+{
+    const struct config *cfg = c->w->cfg;
+    if (c->x != NULL) {
+        if (!c->x->req_done && c->x->up_ready)
+            uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->client_idle_ms, 0);
+        else
+            uv_timer_stop(&c->timer);
+        c->head_timer = false;
+        return;
+    }
+    if (c->scan.pos > 0 || c->in.len > 0) {
+        /* Slow clients get one deadline for the whole head, not per byte. */
+        if (!c->head_timer) {
+            uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->header_ms, 0);
+            c->head_timer = true;
+        }
+    } else {
+        c->head_timer = false;
+        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->client_idle_ms, 0);
+    }
+}
+
+/* ---- input ---------------------------------------------------------------------- */
+
+static void exchange_start(struct conn *c, const char *head, size_t head_len);
+
+/* Uses bytes from p[0, len): heads start exchanges, body bytes go upstream.
+ * rb holds the bytes when they came straight from a read (NULL when they are
+ * the connection's own buffer, which must not be referenced). Returns how many
+ * bytes were used; the caller keeps the rest for later. */
+static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_t len)
+{
+    size_t off = 0;
+    while (off < len && c->state == CONN_OPEN && !c->close_after_flush) {
+        struct exchange *x = c->x;
+        if (x == NULL) {
+            if (c->w->draining && c->scan.pos == 0)
+                return off; /* no new request once draining */
+            int r = http1_scan_head(&c->scan, p + off, len - off, c->w->cfg->max_header_bytes);
+            if (r == 0) {
+                c->scan.pos = 0; /* rescanned from the kept bytes next time */
+                c->scan.state = 0;
+                c->scan.line = 0;
+                return off;
+            }
+            if (r < 0) {
+                if (r == FICUS_EHEADTOOBIG)
+                    conn_reject(c, 431, "request header fields too large");
+                else
+                    conn_reject(c, 400, "bad request");
+                return len;
+            }
+            size_t head_len = c->scan.pos;
+            memset(&c->scan, 0, sizeof(c->scan));
+            exchange_start(c, p + off, head_len);
+            off += head_len;
+            continue;
+        }
+        if (x->req_done || !x->up_ready)
+            return off; /* the next pipelined request, or upstream not ready */
+        size_t n = exchange_request_body(x, rb, p + off, len - off);
+        if (n == 0)
+            return off;
+        off += n;
+    }
+    return off;
+}
+
+static void conn_keep(struct conn *c, const char *p, size_t len)
+{
+    if (len == 0)
+        return;
+    if (buf_append(&c->in, p, len) != 0)
+        conn_reject(c, 431, "request header fields too large");
+}
+
+/* Processes what the connection kept while an exchange ran. */
+static void conn_resume_input(struct conn *c)
+{
+    if (c->state != CONN_OPEN)
+        return;
+    if (c->in.len > 0) {
+        struct buf pending = c->in;
+        buf_init(&c->in, c->in.max);
+        size_t used = conn_process(c, NULL, pending.data, pending.len);
+        if (c->state == CONN_OPEN)
+            conn_keep(c, pending.data + used, pending.len - used);
+        buf_dispose(&pending);
+    }
+    conn_update_reading(c);
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    (void)suggested;
+    struct conn *c = h->data;
+    struct rbuf *rb = rbuf_get(&c->w->rbufs);
+    *out = rb ? uv_buf_init(rb->data, RBUF_SIZE) : uv_buf_init(NULL, 0);
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
+{
+    struct conn *c = s->data;
+    struct rbuf *rb = ub->base ? rbuf_of(ub->base) : NULL;
+    if (nread < 0) {
+        rbuf_unref(&c->w->rbufs, rb);
+        if (c->x != NULL && !c->x->req_done)
+            log_debug("conn", "client gone mid-request client=%s", c->ip);
+        conn_close(c);
+        return;
+    }
+    if (nread == 0 || c->state != CONN_OPEN) {
+        rbuf_unref(&c->w->rbufs, rb);
+        return;
+    }
+    conn_set_idle(c, false);
+    if (c->in.len > 0) {
+        conn_keep(c, ub->base, (size_t)nread);
+        rbuf_unref(&c->w->rbufs, rb);
+        conn_resume_input(c);
+        return;
+    }
+    size_t used = conn_process(c, rb, ub->base, (size_t)nread);
+    if (c->state == CONN_OPEN)
+        conn_keep(c, ub->base + used, (size_t)nread - used);
+    rbuf_unref(&c->w->rbufs, rb);
+    conn_update_reading(c);
+}
+
+/* Reads while there is somewhere for the bytes to go. */
+static void conn_update_reading(struct conn *c)
+{
+    if (c->state != CONN_OPEN)
+        return;
+    struct exchange *x = c->x;
+    bool want;
+    if (x == NULL)
+        want = !c->close_after_flush && c->in.len < c->w->cfg->max_header_bytes;
+    else
+        want = !x->req_done && x->up_ready && c->in.len == 0 &&
+               upstream_queued(x->up) < WRITE_HIGH_WATER;
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
+            c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    conn_arm_timer(c);
+    conn_set_idle(c, x == NULL && c->in.len == 0 && c->writes_pending == 0);
+}
+
+/* ---- exchanges -------------------------------------------------------------------- */
+
+static void exchange_free(struct exchange *x)
+{
+    buf_dispose(&x->rhead);
+    free(x->head_bytes);
+    pool_set_unref(x->pools);
+    config_unref(x->cfg);
+    free(x);
+}
+
+static void exchange_release_upstream(struct exchange *x, bool reusable)
+{
+    upstream_cancel(&x->wait);
+    if (x->up != NULL) {
+        struct upconn *u = x->up;
+        x->up = NULL;
+        upstream_release(u, reusable);
+    }
+}
+
+/* The client connection went away: drop everything of the exchange. */
+static void exchange_abort(struct exchange *x)
+{
+    x->c->x = NULL;
+    exchange_release_upstream(x, false);
+    exchange_free(x);
+}
+
+static void access_log(struct exchange *x)
+{
+    if (x->w->srv->access_fd < 0)
+        return;
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    double ms = (double)(io_now_us() - x->t0) / 1000.0;
+    int n = snprintf(line, sizeof(line),
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
+                     "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, x->c->ip, (int)x->req.method.len, x->req.method.p,
+                     (int)(x->req.target.len > 512 ? 512 : x->req.target.len), x->req.target.p,
+                     x->rt ? x->rt->name : "-", x->backend_role, x->status,
+                     (long long)x->resp_bytes, ms, x->reqid);
+    if (n > 0)
+        worker_access_log(x->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* Ends the exchange once both directions are complete. */
+static void exchange_maybe_finish(struct exchange *x)
+{
+    if (!x->resp_done)
+        return;
+    struct conn *c = x->c;
+    if (!x->req_done) {
+        /* The response came before the whole request body: the rest of the
+         * body cannot be told from a next request, so the connection ends. */
+        x->keep_alive = false;
+        x->up_reusable = false;
+    }
+    access_log(x);
+    exchange_release_upstream(x, x->up_reusable);
+    bool keep = x->keep_alive && !c->w->draining;
+    c->x = NULL;
+    exchange_free(x);
+    if (!keep) {
+        c->close_after_flush = true;
+        if (c->writes_pending == 0)
+            conn_close(c);
+        return;
+    }
+    conn_resume_input(c);
+}
+
+/* Answers the client with an error (when nothing was sent yet) and ends the
+ * exchange; the upstream connection is not reused. */
+static void exchange_fail(struct exchange *x, int status, const char *msg)
+{
+    struct conn *c = x->c;
+    exchange_release_upstream(x, false);
+    if (x->resp_started) {
+        /* Part of a response went out: the client must see it cut short. */
+        conn_close(c);
+        return;
+    }
+    x->status = status;
+    x->keep_alive = x->keep_alive && x->req_done && status < 500;
+    struct buf b;
+    buf_init(&b, 0);
+    if (http1_write_error(&b, status, msg, x->keep_alive) == 0)
+        conn_write_buf(c, &b);
+    buf_dispose(&b);
+    x->resp_started = true;
+    x->resp_done = true;
+    x->req_done = true; /* whatever body is left is not read */
+    log_debug("conn", "exchange failed status=%d reason=\"%s\" id=%s", status, msg, x->reqid);
+    exchange_maybe_finish(x);
+}
+
+/* ---- request body ------------------------------------------------------------------ */
+
+static void write_up(struct exchange *x, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
+                     void *owned)
+{
+    if (upstream_write(x->up, bufs, n, rb, owned) != 0)
+        exchange_fail(x, 502, "upstream write failed");
+}
+
+static void send_body_up(struct exchange *x, struct rbuf *rb, const char *p, size_t n)
+{
+    void *owned = NULL;
+    if (rb == NULL) {
+        /* Bytes from the connection's own buffer must be copied to outlive it. */
+        owned = malloc(n);
+        if (owned == NULL) {
+            exchange_fail(x, 500, "out of memory");
+            return;
+        }
+        memcpy(owned, p, n);
+        p = owned;
+    }
+    if (x->chunked_up) {
+        char *hdr = malloc(24);
+        if (hdr == NULL) {
+            free(owned);
+            exchange_fail(x, 500, "out of memory");
+            return;
+        }
+        int hl = snprintf(hdr, 24, "%zx\r\n", n);
+        uv_buf_t bufs[3] = {uv_buf_init(hdr, (unsigned)hl), uv_buf_init((char *)p, (unsigned)n),
+                            uv_buf_init("\r\n", 2)};
+        /* The chunk header rides as the owned block; the data, if copied, goes alone. */
+        if (owned != NULL) {
+            uv_buf_t hb = bufs[0];
+            if (upstream_write(x->up, &hb, 1, NULL, hdr) != 0) {
+                free(owned);
+                exchange_fail(x, 502, "upstream write failed");
+                return;
+            }
+            uv_buf_t rest[2] = {bufs[1], bufs[2]};
+            write_up(x, rest, 2, NULL, owned);
+        } else {
+            write_up(x, bufs, 3, rb, hdr);
+        }
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    write_up(x, &b, 1, rb, owned);
+}
+
+static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
+{
+    size_t off = 0;
+    struct conn *c = x->c;
+    uint32_t gen = c->gen;
+    while (off < len && !x->req_done) {
+        size_t doff, dlen;
+        int64_t n = http1_body_step(&x->reqbody, p + off, len - off, &doff, &dlen);
+        if (n < 0) {
+            exchange_fail(x, 400, "bad request body framing");
+            return len;
+        }
+        if (dlen > 0) {
+            x->req_bytes += (int64_t)dlen;
+            if (x->req_bytes > x->cfg->max_request_body_bytes) {
+                exchange_fail(x, 413, "request body too large");
+                return len;
+            }
+            send_body_up(x, rb, p + off + doff, dlen);
+            if (!live(c, gen))
+                return len;
+        }
+        off += (size_t)n;
+        if (x->reqbody.done) {
+            x->req_done = true;
+            if (x->chunked_up) {
+                uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
+                write_up(x, &last, 1, NULL, NULL);
+                if (!live(c, gen))
+                    return len;
+            }
+        }
+        if (n == 0)
+            break;
+    }
+    if (live(c, gen)) {
+        if (x->req_done)
+            exchange_maybe_finish(x);
+        else if (x->up != NULL && upstream_queued(x->up) >= WRITE_HIGH_WATER)
+            conn_update_reading(c); /* pauses until the backend drains */
+    }
+    return off;
+}
+
+/* ---- response ------------------------------------------------------------------------ */
+
+static void send_body_down(struct exchange *x, struct rbuf *rb, const char *p, size_t n)
+{
+    struct conn *c = x->c;
+    x->resp_bytes += (int64_t)n;
+    if (x->chunked_down) {
+        char *hdr = malloc(24);
+        if (hdr == NULL) {
+            conn_close(c);
+            return;
+        }
+        int hl = snprintf(hdr, 24, "%zx\r\n", n);
+        uv_buf_t bufs[3] = {uv_buf_init(hdr, (unsigned)hl), uv_buf_init((char *)p, (unsigned)n),
+                            uv_buf_init("\r\n", 2)};
+        conn_write(c, bufs, 3, rb, hdr);
+    } else {
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+        conn_write(c, &b, 1, rb, NULL);
+    }
+    if (c->state == CONN_OPEN && x->up != NULL &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= WRITE_HIGH_WATER)
+        upstream_pause(x->up, true); /* resumes in on_conn_written */
+}
+
+static void response_done(struct exchange *x)
+{
+    if (x->chunked_down) {
+        uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
+        conn_write(x->c, &last, 1, NULL, NULL);
+    }
+    x->resp_done = true;
+    if (x->up != NULL)
+        upstream_timeout(x->up, 0);
+    exchange_maybe_finish(x);
+}
+
+/* The response head is complete in x->rhead: check it and send it on. */
+static int response_head(struct exchange *x)
+{
+    struct http_head *r = &x->resp;
+    if (http1_parse_head(r, x->rhead.data, x->rhead.len, false) != 0)
+        return FICUS_EBADRESP;
+    if (r->status < 200)
+        return 1; /* an interim response: ficus answers 100-continue itself */
+    x->status = r->status;
+    bool has_body = http1_response_has_body(x->req.is_head, r->status);
+    int64_t out_len;
+    if (!has_body) {
+        http1_body_init(&x->respbody, BODY_NONE, 0);
+        out_len = -2;
+    } else if (r->chunked) {
+        http1_body_init(&x->respbody, BODY_CHUNKED, 0);
+        out_len = -1;
+    } else if (r->content_length >= 0) {
+        http1_body_init(&x->respbody, BODY_LENGTH, (uint64_t)r->content_length);
+        out_len = r->content_length;
+    } else {
+        http1_body_init(&x->respbody, BODY_EOF, 0);
+        out_len = -1;
+    }
+    x->up_reusable = r->keep_alive && x->respbody.kind != BODY_EOF;
+    if (!x->req_done)
+        x->keep_alive = false;
+    if (out_len == -1 && x->req.version_minor == 0) {
+        /* HTTP/1.0 has no chunked coding: the close ends the body. */
+        x->keep_alive = false;
+        out_len = -3;
+    }
+    x->chunked_down = out_len == -1;
+    struct buf b;
+    buf_init(&b, 0);
+    int rc = http1_write_response_head(&b, r, out_len == -3 ? -2 : out_len,
+                                       x->keep_alive && !x->w->draining);
+    if (rc == 0)
+        rc = conn_write_buf(x->c, &b);
+    buf_dispose(&b);
+    if (x->w->draining)
+        x->keep_alive = false;
+    x->resp_started = true;
+    return rc;
+}
+
+static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
+{
+    struct exchange *x = ctx;
+    struct conn *c = x->c;
+    uint32_t gen = c->gen;
+    upstream_timeout(x->up, x->cfg->upstream_ms);
+    size_t off = 0;
+    while (!x->resp_head_done) {
+        size_t before = x->rscan.pos;
+        /* Heads are small: they are gathered whole, then parsed. */
+        if (buf_append(&x->rhead, p + off, len - off) != 0) {
+            exchange_fail(x, 502, "upstream response head too large");
+            return;
+        }
+        int r = http1_scan_head(&x->rscan, x->rhead.data, x->rhead.len, x->cfg->max_header_bytes);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
+                     x->reqid);
+            exchange_fail(x, 502, "invalid upstream response");
+            return;
+        }
+        size_t head_len = x->rscan.pos;
+        off += head_len - before;
+        x->rhead.len = head_len; /* bytes after the head are still at p + off */
+        int hr = response_head(x);
+        if (hr < 0) {
+            log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
+                     x->reqid);
+            exchange_fail(x, 502, "invalid upstream response");
+            return;
+        }
+        buf_reset(&x->rhead);
+        memset(&x->rscan, 0, sizeof(x->rscan));
+        if (hr == 1)
+            continue; /* skip an interim 1xx */
+        x->resp_head_done = true;
+        if (!live(c, gen))
+            return;
+        if (x->respbody.done) {
+            if (off < len)
+                x->up_reusable = false; /* bytes nobody asked for */
+            response_done(x);
+            return;
+        }
+        if (off == len)
+            return;
+        break;
+    }
+    while (off < len) {
+        size_t doff, dlen;
+        int64_t n = http1_body_step(&x->respbody, p + off, len - off, &doff, &dlen);
+        if (n < 0) {
+            log_warn("conn", "invalid upstream chunked body backend=%s id=%s", x->backend_role,
+                     x->reqid);
+            exchange_fail(x, 502, "invalid upstream response");
+            return;
+        }
+        if (dlen > 0)
+            send_body_down(x, rb, p + off + doff, dlen);
+        if (!live(c, gen))
+            return;
+        off += (size_t)n;
+        if (x->respbody.done) {
+            if (off < len)
+                x->up_reusable = false;
+            response_done(x);
+            return;
+        }
+        if (n == 0)
+            break;
+    }
+}
+
+static void exchange_connect(struct exchange *x);
+
+static bool is_idempotent(const struct http_head *req)
+{
+    static const char *const m[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"};
+    for (size_t i = 0; i < ARRAY_SIZE(m); i++) {
+        if (span_eq(req->method, m[i]))
+            return true;
+    }
+    return false;
+}
+
+static void up_on_error(void *ctx, int err)
+{
+    struct exchange *x = ctx;
+    if (err == UV_EOF && x->resp_head_done && x->respbody.kind == BODY_EOF) {
+        x->up_reusable = false;
+        response_done(x); /* a body delimited by the close */
+        return;
+    }
+    bool nothing_back = !x->resp_head_done && x->rhead.len == 0;
+    if (nothing_back && err != FICUS_ETIMEOUT && upstream_reused(x->up) && x->attempts < 2 &&
+        is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE) {
+        /* A pooled connection the backend closed while idle: try a fresh one. */
+        log_debug("conn", "retrying on a new connection id=%s", x->reqid);
+        exchange_release_upstream(x, false);
+        x->up_ready = false;
+        exchange_connect(x);
+        return;
+    }
+    if (err == FICUS_ETIMEOUT) {
+        log_warn("conn", "upstream timeout backend=%s id=%s", x->backend_role, x->reqid);
+        exchange_fail(x, 504, "upstream timeout");
+    } else {
+        log_warn("conn", "upstream failed backend=%s id=%s err=%s", x->backend_role, x->reqid,
+                 ficus_strerror(err));
+        exchange_fail(x, 502, "upstream failed");
+    }
+}
+
+static void up_on_drain(void *ctx)
+{
+    struct exchange *x = ctx;
+    conn_update_reading(x->c);
+}
+
+static const struct upstream_handlers exchange_handlers = {
+    .on_read = up_on_read,
+    .on_error = up_on_error,
+    .on_drain = up_on_drain,
+};
+
+static void on_upstream_ready(void *ctx, struct upconn *u, int status)
+{
+    struct exchange *x = ctx;
+    struct conn *c = x->c;
+    if (status != 0) {
+        if (status == FICUS_ETIMEOUT)
+            exchange_fail(x, 504, "upstream connect timeout");
+        else
+            exchange_fail(x, 502, "upstream unreachable");
+        return;
+    }
+    x->up = u;
+    x->attempts++;
+    upstream_attach(u, &exchange_handlers, x);
+
+    struct forward_info fi = {
+        .client_ip = {c->ip, strlen(c->ip)},
+        .tls = c->tls,
+        .request_id = {x->reqid, strlen(x->reqid)},
+        .shadow = false,
+        .drop = x->rt && x->rt->override_header
+                    ? (struct span){x->rt->override_header, strlen(x->rt->override_header)}
+                    : (struct span){NULL, 0},
+    };
+    if (x->reqbody.kind == BODY_NONE)
+        fi.content_length = x->req.content_length == 0 ? 0 : -2;
+    else if (x->reqbody.kind == BODY_LENGTH)
+        fi.content_length = x->req.content_length;
+    else
+        fi.content_length = -1;
+    x->chunked_up = fi.content_length == -1;
+
+    struct buf head;
+    buf_init(&head, 0);
+    if (http1_write_request_head(&head, &x->req, &fi) != 0) {
+        buf_dispose(&head);
+        exchange_fail(x, 500, "out of memory");
+        return;
+    }
+    uv_buf_t hb = uv_buf_init(head.data, (unsigned)head.len);
+    if (upstream_write(u, &hb, 1, NULL, head.data) != 0) {
+        exchange_fail(x, 502, "upstream write failed");
+        return;
+    }
+    upstream_timeout(u, x->cfg->upstream_ms);
+    x->up_ready = true;
+    if (x->req.expect_continue && !x->req_done && c->in.len == 0) {
+        uv_buf_t cont = uv_buf_init("HTTP/1.1 100 Continue\r\n\r\n", 25);
+        conn_write(c, &cont, 1, NULL, NULL);
+    }
+    if (x->req_done)
+        return;
+    conn_resume_input(c);
+}
+
+static void exchange_connect(struct exchange *x)
+{
+    int rc = upstream_acquire(x->pools, x->backend, &x->wait, on_upstream_ready, x);
+    if (rc != 0)
+        exchange_fail(x, 502, "upstream unreachable");
+}
+
+static void make_request_id(struct exchange *x)
+{
+    const struct http_header *h = http1_find(&x->req, "x-request-id");
+    if (h != NULL && h->value.len > 0 && h->value.len < sizeof(x->reqid)) {
+        bool ok = true;
+        for (size_t i = 0; i < h->value.len && ok; i++)
+            ok = h->value.p[i] > 0x20 && h->value.p[i] < 0x7f && h->value.p[i] != '"';
+        if (ok) {
+            memcpy(x->reqid, h->value.p, h->value.len);
+            x->reqid[h->value.len] = '\0';
+            return;
+        }
+    }
+    uint64_t a = worker_random(x->w), b = worker_random(x->w);
+    snprintf(x->reqid, sizeof(x->reqid), "%016llx%016llx", (unsigned long long)a,
+             (unsigned long long)b);
+}
+
+static void exchange_start(struct conn *c, const char *head, size_t head_len)
+{
+    struct worker *w = c->w;
+    atomic_fetch_add_explicit(&w->counters.requests, 1, memory_order_relaxed);
+    struct exchange *x = calloc(1, sizeof(*x));
+    char *copy = x ? malloc(head_len) : NULL;
+    if (copy == NULL) {
+        free(x);
+        conn_reject(c, 500, "out of memory");
+        return;
+    }
+    memcpy(copy, head, head_len);
+    x->c = c;
+    x->gen = ++c->gen;
+    x->w = w;
+    x->cfg = config_ref(w->cfg);
+    x->pools = w->pools;
+    pool_set_ref(x->pools);
+    x->head_bytes = copy;
+    x->t0 = io_now_us();
+    x->backend_role = "-";
+    buf_init(&x->rhead, 0);
+    c->x = x;
+    uv_timer_stop(&c->timer);
+    c->head_timer = false;
+    snprintf(x->reqid, sizeof(x->reqid), "-");
+
+    if (http1_parse_head(&x->req, copy, head_len, true) != 0) {
+        x->keep_alive = false;
+        x->req_done = true;
+        exchange_fail(x, 400, "bad request");
+        return;
+    }
+    x->keep_alive = x->req.keep_alive;
+    make_request_id(x);
+    if (x->req.chunked) {
+        http1_body_init(&x->reqbody, BODY_CHUNKED, 0);
+    } else if (x->req.content_length > 0) {
+        if (x->req.content_length > x->cfg->max_request_body_bytes) {
+            x->req_done = true;
+            x->keep_alive = false;
+            exchange_fail(x, 413, "request body too large");
+            return;
+        }
+        http1_body_init(&x->reqbody, BODY_LENGTH, (uint64_t)x->req.content_length);
+    } else {
+        http1_body_init(&x->reqbody, BODY_NONE, 0);
+    }
+    x->req_done = x->reqbody.done;
+
+    int ri = router_match(x->cfg, &x->req);
+    if (ri < 0) {
+        x->keep_alive = x->keep_alive && x->req_done;
+        exchange_fail(x, 404, "no route");
+        return;
+    }
+    x->rt = &x->cfg->routes[ri];
+    struct split_decision d =
+        router_decide(x->rt, x->rt->new_percent, x->rt->shadow_percent, &x->req,
+                      (struct span){c->ip, strlen(c->ip)}, worker_random(w));
+    if (d.status != 0) {
+        x->keep_alive = x->keep_alive && x->req_done;
+        exchange_fail(x, d.status, "invalid override header");
+        return;
+    }
+    x->backend = d.primary == SPLIT_NEW ? x->rt->new_ : x->rt->legacy;
+    x->backend_role = d.primary == SPLIT_NEW ? "new" : "legacy";
+    exchange_connect(x);
+}
+
+/* ---- accept and drain ------------------------------------------------------------------- */
+
+void conn_accept(struct worker *w, uv_stream_t *listener, bool tls)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    uv_tcp_init(&w->loop, &c->tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->w = w;
+    c->tls = tls;
+    buf_init(&c->in, w->cfg->max_header_bytes + RBUF_SIZE);
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    atomic_fetch_add_explicit(&w->counters.conns_active, 1, memory_order_relaxed);
+    long total = atomic_fetch_add_explicit(&w->srv->conns_total, 1, memory_order_relaxed) + 1;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (total > w->cfg->max_connections || w->draining) {
+        conn_close(c); /* over the limit: refused early, never queued */
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    }
+    conn_update_reading(c);
+}
+
+void conn_drain(struct worker *w)
+{
+    struct conn *c = w->conns;
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (c->x == NULL && c->in.len == 0 && c->writes_pending == 0)
+            conn_close(c);
+        else if (c->x == NULL)
+            c->close_after_flush = true;
+        c = next;
+    }
+}
+
+void conn_close_all(struct worker *w)
+{
+    struct conn *c = w->conns;
+    while (c != NULL) {
+        struct conn *next = c->next;
+        conn_close(c);
+        c = next;
+    }
+}

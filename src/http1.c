@@ -1,0 +1,784 @@
+/* HTTP/1.1 heads for a proxy. Debian's llhttp 8.1.0 predates fixes for
+ * CVE-2023-30589 (bare CR ends a header), CVE-2024-27982 (space before a
+ * header name) and the "\r\n\rX" end-of-head bug, so every head is scanned
+ * byte by byte here before llhttp sees it, and body framing (Content-Length,
+ * chunked) is decoded here too: llhttp only tokenises heads. */
+#include "ficus/http1.h"
+
+#include <ctype.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---- raw head scanning ---------------------------------------------------- */
+
+enum scan_state {
+    SC_START_LINE = 0, /* inside the request or status line */
+    SC_LINE_START,     /* first byte of a header line, or CR of the empty line */
+    SC_NAME,           /* inside a header name */
+    SC_VALUE,          /* after the colon */
+    SC_CR,             /* saw CR ending a line; LF must follow */
+    SC_END_CR,         /* saw CR of the empty line; LF must follow */
+};
+
+static bool is_tchar(unsigned char c)
+{
+    /* RFC 9110 5.6.2 token characters. */
+    if (isalnum(c))
+        return true;
+    switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool is_field_byte(unsigned char c)
+{
+    /* field-content: VCHAR, obs-text, SP and HTAB; no other control byte. */
+    return c == ' ' || c == '\t' || (c >= 0x21 && c != 0x7f);
+}
+
+int http1_scan_head(struct head_scan *s, const char *data, size_t len, size_t max)
+{
+    for (size_t i = s->pos; i < len; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (i >= max)
+            return FICUS_EHEADTOOBIG;
+        switch (s->state) {
+        case SC_START_LINE:
+            if (c == '\r')
+                s->state = SC_CR;
+            else if (!is_field_byte(c) || c == '\t')
+                return FICUS_EBADREQ; /* bare LF, NUL, tabs and controls */
+            break;
+        case SC_CR:
+            if (c != '\n')
+                return FICUS_EBADREQ; /* bare CR */
+            s->line++;
+            s->state = SC_LINE_START;
+            break;
+        case SC_LINE_START:
+            if (c == '\r') {
+                s->state = SC_END_CR;
+            } else if (is_tchar(c)) {
+                s->name_len = 1;
+                s->state = SC_NAME;
+            } else {
+                return FICUS_EBADREQ; /* obs-fold, empty name, bare LF, bad byte */
+            }
+            break;
+        case SC_NAME:
+            if (c == ':')
+                s->state = SC_VALUE;
+            else if (is_tchar(c))
+                s->name_len++;
+            else
+                return FICUS_EBADREQ; /* whitespace before colon, bad name byte */
+            break;
+        case SC_VALUE:
+            if (c == '\r')
+                s->state = SC_CR;
+            else if (!is_field_byte(c))
+                return FICUS_EBADREQ;
+            break;
+        case SC_END_CR:
+            if (c != '\n')
+                return FICUS_EBADREQ; /* "\r\n\rX" */
+            s->pos = i + 1;
+            return 1;
+        default:
+            return FICUS_EBADREQ;
+        }
+    }
+    s->pos = len;
+    if (len >= max)
+        return FICUS_EHEADTOOBIG;
+    return 0;
+}
+
+/* ---- head parsing ------------------------------------------------------------ */
+
+struct parse_ctx {
+    struct http_head *h;
+    bool in_value;
+    bool overflow;
+};
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct parse_ctx *ctx = p->data;
+    struct span *t = &ctx->h->target;
+    if (t->p != NULL && t->p + t->len == at)
+        t->len += n;
+    else
+        *t = (struct span){at, n};
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t n)
+{
+    struct parse_ctx *ctx = p->data;
+    struct span *r = &ctx->h->reason;
+    if (r->p != NULL && r->p + r->len == at)
+        r->len += n;
+    else
+        *r = (struct span){at, n};
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    struct parse_ctx *ctx = p->data;
+    struct http_head *h = ctx->h;
+    if (!ctx->in_value && h->n_headers > 0) {
+        struct span *nm = &h->headers[h->n_headers - 1].name;
+        if (nm->p + nm->len == at) {
+            nm->len += n;
+            return 0;
+        }
+    }
+    if (h->n_headers == HTTP_MAX_HEADERS) {
+        ctx->overflow = true;
+        return HPE_USER;
+    }
+    h->headers[h->n_headers].name = (struct span){at, n};
+    h->headers[h->n_headers].value = (struct span){at + n, 0};
+    h->n_headers++;
+    ctx->in_value = false;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct parse_ctx *ctx = p->data;
+    struct http_head *h = ctx->h;
+    struct span *v = &h->headers[h->n_headers - 1].value;
+    if (ctx->in_value && v->p + v->len == at)
+        v->len += n;
+    else
+        *v = (struct span){at, n};
+    ctx->in_value = true;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED; /* framing is ours from here */
+}
+
+static const llhttp_settings_t *parse_settings(void)
+{
+    static llhttp_settings_t settings;
+    static bool ready; /* written once before any worker starts */
+    if (!ready) {
+        llhttp_settings_init(&settings);
+        settings.on_url = on_url;
+        settings.on_status = on_status;
+        settings.on_header_field = on_header_field;
+        settings.on_header_value = on_header_value;
+        settings.on_headers_complete = on_headers_complete;
+        ready = true;
+    }
+    return &settings;
+}
+
+static struct span trim(struct span s)
+{
+    while (s.len && (s.p[0] == ' ' || s.p[0] == '\t')) {
+        s.p++;
+        s.len--;
+    }
+    while (s.len && (s.p[s.len - 1] == ' ' || s.p[s.len - 1] == '\t'))
+        s.len--;
+    return s;
+}
+
+/* Calls fn for every comma-separated, trimmed, non-empty element of v. Stops
+ * and returns false when fn does. */
+static bool each_token(struct span v, bool (*fn)(struct span tok, void *arg), void *arg)
+{
+    size_t start = 0;
+    for (size_t i = 0; i <= v.len; i++) {
+        if (i == v.len || v.p[i] == ',') {
+            struct span tok = trim((struct span){v.p + start, i - start});
+            if (tok.len && !fn(tok, arg))
+                return false;
+            start = i + 1;
+        }
+    }
+    return true;
+}
+
+static bool parse_content_length(struct span v, int64_t *out)
+{
+    if (v.len == 0 || v.len > 18)
+        return false;
+    int64_t n = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        if (v.p[i] < '0' || v.p[i] > '9')
+            return false;
+        n = n * 10 + (v.p[i] - '0');
+    }
+    *out = n;
+    return true;
+}
+
+static bool conn_token(struct span tok, void *arg)
+{
+    int *flags = arg;
+    if (span_ieq(tok, "close"))
+        *flags |= 1;
+    else if (span_ieq(tok, "keep-alive"))
+        *flags |= 2;
+    return true;
+}
+
+/* Checks an absolute-form target against Host and sets the path from it. */
+static int absolute_target(struct http_head *h)
+{
+    struct span t = h->target;
+    size_t skip;
+    if (t.len >= 7 && strncasecmp(t.p, "http://", 7) == 0)
+        skip = 7;
+    else if (t.len >= 8 && strncasecmp(t.p, "https://", 8) == 0)
+        skip = 8;
+    else
+        return FICUS_EBADREQ;
+    struct span auth = {t.p + skip, 0};
+    while (skip + auth.len < t.len && t.p[skip + auth.len] != '/' && t.p[skip + auth.len] != '?')
+        auth.len++;
+    if (auth.len == 0 || memchr(auth.p, '@', auth.len) != NULL)
+        return FICUS_EBADREQ;
+    if (!(h->host.len == auth.len && strncasecmp(h->host.p, auth.p, auth.len) == 0))
+        return FICUS_EBADREQ;
+    h->path = (struct span){auth.p + auth.len, t.len - skip - auth.len};
+    return 0;
+}
+
+static int check_request(struct http_head *h)
+{
+    if (h->target.len == 0)
+        return FICUS_EBADREQ;
+    if (h->target.p[0] == '/' || h->target.p[0] == '*') {
+        h->path = h->target;
+    } else if (absolute_target(h) != 0) {
+        return FICUS_EBADREQ;
+    }
+    const char *q = memchr(h->path.p, '?', h->path.len);
+    if (q != NULL) {
+        h->query = (struct span){q + 1, (size_t)(h->path.p + h->path.len - q - 1)};
+        h->path.len = (size_t)(q - h->path.p);
+    }
+    if (h->path.len == 0)
+        h->path = SPAN_LIT("/");
+    return 0;
+}
+
+int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_request)
+{
+    const int bad = is_request ? FICUS_EBADREQ : FICUS_EBADRESP;
+    memset(h, 0, offsetof(struct http_head, headers));
+    h->n_headers = 0;
+    h->content_length = -1;
+    h->head_len = len;
+
+    struct parse_ctx ctx = {.h = h};
+    llhttp_t parser;
+    llhttp_init(&parser, is_request ? HTTP_REQUEST : HTTP_RESPONSE, parse_settings());
+    parser.data = &ctx;
+    llhttp_errno_t err = llhttp_execute(&parser, data, len);
+    if (err != HPE_PAUSED)
+        return bad;
+    if (llhttp_get_http_major(&parser) != 1)
+        return bad;
+    h->version_minor = llhttp_get_http_minor(&parser);
+    if (h->version_minor > 1)
+        return bad;
+
+    if (is_request) {
+        const char *sp = memchr(data, ' ', len);
+        if (sp == NULL)
+            return bad;
+        h->method = (struct span){data, (size_t)(sp - data)};
+        h->is_head = span_eq(h->method, "HEAD");
+    } else {
+        h->status = llhttp_get_status_code(&parser);
+        if (h->status < 100 || h->status > 999)
+            return bad;
+    }
+
+    int hosts = 0, cls = 0, tes = 0, conn_flags = 0;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        struct http_header *hd = &h->headers[i];
+        hd->value = trim(hd->value);
+        if (span_ieq(hd->name, "content-length")) {
+            if (cls++ || !parse_content_length(hd->value, &h->content_length))
+                return bad;
+        } else if (span_ieq(hd->name, "transfer-encoding")) {
+            /* Only a lone, final "chunked" is understood; anything else
+             * leaves the length in doubt. */
+            if (tes++ || !span_ieq(hd->value, "chunked"))
+                return bad;
+            h->chunked = true;
+        } else if (span_ieq(hd->name, "host")) {
+            hosts++;
+            h->host = hd->value;
+        } else if (span_ieq(hd->name, "connection")) {
+            each_token(hd->value, conn_token, &conn_flags);
+        } else if (span_ieq(hd->name, "expect")) {
+            if (span_ieq(hd->value, "100-continue"))
+                h->expect_continue = true;
+        }
+    }
+    if (cls && tes)
+        return bad;
+    if (tes && h->version_minor == 0)
+        return bad;
+    h->keep_alive = h->version_minor == 1 ? !(conn_flags & 1) : (conn_flags & 2) != 0;
+
+    if (is_request) {
+        if (hosts > 1 || (hosts == 0 && h->version_minor == 1))
+            return bad;
+        if (check_request(h) != 0)
+            return bad;
+    }
+    return 0;
+}
+
+const struct http_header *http1_find(const struct http_head *h, const char *name)
+{
+    for (size_t i = 0; i < h->n_headers; i++) {
+        if (span_ieq(h->headers[i].name, name))
+            return &h->headers[i];
+    }
+    return NULL;
+}
+
+bool http1_response_has_body(bool request_was_head, int status)
+{
+    return !(request_was_head || status / 100 == 1 || status == 204 || status == 304);
+}
+
+/* ---- chunked bodies ---------------------------------------------------------- */
+
+enum chunk_state {
+    CH_SIZE_FIRST = 0, /* first hex digit of a size line */
+    CH_SIZE,           /* more hex digits */
+    CH_EXT,            /* extensions after ';' up to CR */
+    CH_SIZE_LF,        /* LF after the size line's CR */
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER_START, /* start of a trailer line or of the final CRLF */
+    CH_TRAILER,       /* inside a trailer line */
+    CH_TRAILER_LF,
+    CH_FINAL_LF,
+    CH_DONE,
+};
+
+#define CHUNK_LINE_MAX 4096
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (unsigned char)(c | 0x20);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int64_t http1_chunked_step(struct chunked *c, const char *data, size_t len, size_t *out_off,
+                           size_t *out_len, bool *done)
+{
+    size_t i = 0;
+    *out_len = 0;
+    *done = c->state == CH_DONE;
+    while (i < len && c->state != CH_DONE) {
+        unsigned char b = (unsigned char)data[i];
+        switch (c->state) {
+        case CH_SIZE_FIRST:
+        case CH_SIZE: {
+            int v = hexval(b);
+            if (v >= 0) {
+                if (c->remaining >> 56)
+                    return FICUS_EBADREQ; /* would overflow 64 bits */
+                c->remaining = c->remaining * 16 + (uint64_t)v;
+                c->state = CH_SIZE;
+            } else if (c->state == CH_SIZE && b == ';') {
+                c->state = CH_EXT;
+            } else if (c->state == CH_SIZE && b == '\r') {
+                c->state = CH_SIZE_LF;
+            } else {
+                return FICUS_EBADREQ;
+            }
+            if (++c->line_len > CHUNK_LINE_MAX)
+                return FICUS_EBADREQ;
+            i++;
+            break;
+        }
+        case CH_EXT:
+            if (b == '\r')
+                c->state = CH_SIZE_LF;
+            else if (!is_field_byte(b))
+                return FICUS_EBADREQ;
+            if (++c->line_len > CHUNK_LINE_MAX)
+                return FICUS_EBADREQ;
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (b != '\n')
+                return FICUS_EBADREQ;
+            c->line_len = 0;
+            c->state = c->remaining ? CH_DATA : CH_TRAILER_START;
+            i++;
+            break;
+        case CH_DATA: {
+            size_t n = len - i;
+            if ((uint64_t)n > c->remaining)
+                n = (size_t)c->remaining;
+            *out_off = i;
+            *out_len = n;
+            c->remaining -= n;
+            if (c->remaining == 0)
+                c->state = CH_DATA_CR;
+            return (int64_t)(i + n);
+        }
+        case CH_DATA_CR:
+            if (b != '\r')
+                return FICUS_EBADREQ;
+            c->state = CH_DATA_LF;
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (b != '\n')
+                return FICUS_EBADREQ;
+            c->state = CH_SIZE_FIRST;
+            i++;
+            break;
+        case CH_TRAILER_START:
+            if (b == '\r') {
+                c->state = CH_FINAL_LF;
+            } else if (is_tchar(b)) {
+                c->state = CH_TRAILER;
+                c->line_len = 1;
+            } else {
+                return FICUS_EBADREQ;
+            }
+            i++;
+            break;
+        case CH_TRAILER:
+            if (b == '\r')
+                c->state = CH_TRAILER_LF;
+            else if (!is_field_byte(b))
+                return FICUS_EBADREQ;
+            if (++c->line_len > CHUNK_LINE_MAX)
+                return FICUS_EBADREQ;
+            i++;
+            break;
+        case CH_TRAILER_LF:
+            if (b != '\n')
+                return FICUS_EBADREQ;
+            c->state = CH_TRAILER_START;
+            i++;
+            break;
+        case CH_FINAL_LF:
+            if (b != '\n')
+                return FICUS_EBADREQ;
+            c->state = CH_DONE;
+            i++;
+            break;
+        default:
+            return FICUS_EBADREQ;
+        }
+    }
+    *done = c->state == CH_DONE;
+    return (int64_t)i;
+}
+
+/* ---- header rewriting --------------------------------------------------------- */
+
+static bool is_hop_by_hop(struct span name)
+{
+    static const char *const hop[] = {"connection", "keep-alive",    "proxy-connection",
+                                      "te",         "trailer",       "transfer-encoding",
+                                      "upgrade",    "content-length"};
+    for (size_t i = 0; i < ARRAY_SIZE(hop); i++) {
+        if (span_ieq(name, hop[i]))
+            return true;
+    }
+    return false;
+}
+
+struct listed {
+    struct span names[16];
+    size_t n;
+};
+
+static bool collect_listed(struct span tok, void *arg)
+{
+    struct listed *l = arg;
+    if (l->n < ARRAY_SIZE(l->names))
+        l->names[l->n++] = tok;
+    return true;
+}
+
+static void connection_listed(const struct http_head *h, struct listed *l)
+{
+    l->n = 0;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        if (span_ieq(h->headers[i].name, "connection"))
+            each_token(h->headers[i].value, collect_listed, l);
+    }
+}
+
+static bool in_listed(const struct listed *l, struct span name)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (l->names[i].len == name.len && strncasecmp(l->names[i].p, name.p, name.len) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int put_header(struct buf *out, struct span name, struct span value)
+{
+    int rc = buf_append(out, name.p, name.len);
+    if (rc == 0)
+        rc = buf_append(out, ": ", 2);
+    if (rc == 0)
+        rc = buf_append(out, value.p, value.len);
+    if (rc == 0)
+        rc = buf_append(out, "\r\n", 2);
+    return rc;
+}
+
+int http1_write_request_head(struct buf *out, const struct http_head *req,
+                             const struct forward_info *fi)
+{
+    struct listed listed;
+    connection_listed(req, &listed);
+    int rc = buf_append(out, req->method.p, req->method.len);
+    if (rc == 0)
+        rc = buf_append(out, " ", 1);
+    /* An absolute-form target goes upstream in origin form. */
+    if (rc == 0 && req->target.len && req->target.p[0] != '/' && req->target.p[0] != '*') {
+        rc = buf_append(out, req->path.p, req->path.len);
+        if (rc == 0 && req->query.len) {
+            rc = buf_append(out, "?", 1);
+            if (rc == 0)
+                rc = buf_append(out, req->query.p, req->query.len);
+        }
+    } else if (rc == 0) {
+        rc = buf_append(out, req->target.p, req->target.len);
+    }
+    if (rc == 0)
+        rc = buf_append(out, " HTTP/1.1\r\n", 11);
+
+    struct span xff = {NULL, 0}, via = {NULL, 0};
+    for (size_t i = 0; i < req->n_headers && rc == 0; i++) {
+        const struct http_header *hd = &req->headers[i];
+        if (is_hop_by_hop(hd->name) || in_listed(&listed, hd->name))
+            continue;
+        if (span_ieq(hd->name, "x-forwarded-for")) {
+            xff = hd->value; /* the last one wins; a proxy chain sends one */
+            continue;
+        }
+        if (span_ieq(hd->name, "via")) {
+            via = hd->value;
+            continue;
+        }
+        if (span_ieq(hd->name, "expect") || span_ieq(hd->name, "x-forwarded-proto") ||
+            span_ieq(hd->name, "x-forwarded-host") || span_ieq(hd->name, "x-request-id") ||
+            span_ieq(hd->name, "x-ficus-shadow"))
+            continue;
+        if (fi->drop.len && hd->name.len == fi->drop.len &&
+            strncasecmp(hd->name.p, fi->drop.p, fi->drop.len) == 0)
+            continue;
+        rc = put_header(out, hd->name, hd->value);
+    }
+    if (rc != 0)
+        return rc;
+    if (fi->content_length >= 0)
+        rc = buf_printf(out, "content-length: %lld\r\n", (long long)fi->content_length);
+    else if (fi->content_length == -1)
+        rc = buf_puts(out, "transfer-encoding: chunked\r\n");
+    if (rc == 0) {
+        if (xff.len)
+            rc = buf_printf(out, "x-forwarded-for: %.*s, %.*s\r\n", (int)xff.len, xff.p,
+                            (int)fi->client_ip.len, fi->client_ip.p);
+        else
+            rc = buf_printf(out, "x-forwarded-for: %.*s\r\n", (int)fi->client_ip.len,
+                            fi->client_ip.p);
+    }
+    if (rc == 0)
+        rc = buf_printf(out, "x-forwarded-proto: %s\r\n", fi->tls ? "https" : "http");
+    if (rc == 0 && req->host.len)
+        rc = put_header(out, SPAN_LIT("x-forwarded-host"), req->host);
+    if (rc == 0) {
+        if (via.len)
+            rc = buf_printf(out, "via: %.*s, 1.1 ficus\r\n", (int)via.len, via.p);
+        else
+            rc = buf_puts(out, "via: 1.1 ficus\r\n");
+    }
+    if (rc == 0 && fi->request_id.len)
+        rc = put_header(out, SPAN_LIT("x-request-id"), fi->request_id);
+    if (rc == 0 && fi->shadow)
+        rc = buf_puts(out, "x-ficus-shadow: 1\r\n");
+    if (rc == 0)
+        rc = buf_append(out, "\r\n", 2);
+    return rc;
+}
+
+int http1_write_response_head(struct buf *out, const struct http_head *resp, int64_t content_length,
+                              bool keep_alive)
+{
+    struct listed listed;
+    connection_listed(resp, &listed);
+    int rc;
+    if (resp->reason.len)
+        rc = buf_printf(out, "HTTP/1.1 %03d %.*s\r\n", resp->status, (int)resp->reason.len,
+                        resp->reason.p);
+    else
+        rc = buf_printf(out, "HTTP/1.1 %03d %s\r\n", resp->status, http1_reason(resp->status));
+    bool keep_cl = content_length == -2; /* body-less: the length describes the resource */
+    for (size_t i = 0; i < resp->n_headers && rc == 0; i++) {
+        const struct http_header *hd = &resp->headers[i];
+        if (keep_cl && span_ieq(hd->name, "content-length")) {
+            rc = put_header(out, hd->name, hd->value);
+            continue;
+        }
+        if (is_hop_by_hop(hd->name) || in_listed(&listed, hd->name))
+            continue;
+        rc = put_header(out, hd->name, hd->value);
+    }
+    if (rc != 0)
+        return rc;
+    if (content_length >= 0)
+        rc = buf_printf(out, "content-length: %lld\r\n", (long long)content_length);
+    else if (content_length == -1)
+        rc = buf_puts(out, "transfer-encoding: chunked\r\n");
+    if (rc == 0 && !keep_alive)
+        rc = buf_puts(out, "connection: close\r\n");
+    if (rc == 0)
+        rc = buf_append(out, "\r\n", 2);
+    return rc;
+}
+
+const char *http1_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}
+
+int http1_write_error(struct buf *out, int status, const char *msg, bool keep_alive)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    if (n < 0 || (size_t)n >= sizeof(body))
+        n = snprintf(body, sizeof(body), "{\"error\":\"error\"}\n");
+    return buf_printf(out,
+                      "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                      "content-length: %d\r\n%s\r\n%s",
+                      status, http1_reason(status), n, keep_alive ? "" : "connection: close\r\n",
+                      body);
+}
+
+void http1_body_init(struct body_framer *f, enum body_kind kind, uint64_t length)
+{
+    memset(f, 0, sizeof(*f));
+    f->kind = kind;
+    f->remaining = length;
+    f->done = kind == BODY_NONE || (kind == BODY_LENGTH && length == 0);
+}
+
+int64_t http1_body_step(struct body_framer *f, const char *data, size_t len, size_t *out_off,
+                        size_t *out_len)
+{
+    *out_off = 0;
+    *out_len = 0;
+    if (f->done || len == 0)
+        return 0;
+    switch (f->kind) {
+    case BODY_LENGTH: {
+        size_t n = len;
+        if ((uint64_t)n > f->remaining)
+            n = (size_t)f->remaining;
+        *out_len = n;
+        f->remaining -= n;
+        f->done = f->remaining == 0;
+        return (int64_t)n;
+    }
+    case BODY_CHUNKED: {
+        bool done = false;
+        int64_t n = http1_chunked_step(&f->ch, data, len, out_off, out_len, &done);
+        f->done = done;
+        return n;
+    }
+    case BODY_EOF:
+        *out_len = len;
+        return (int64_t)len;
+    default:
+        return 0;
+    }
+}

@@ -1,0 +1,463 @@
+/* The process model: N workers, each a thread with its own loop, listening
+ * sockets (SO_REUSEPORT, so the kernel spreads connections), pools and
+ * counters; the main thread is the control thread: signals, reload, drain. */
+#include "ficus/server.h"
+#include "ficus/common.h"
+#include "ficus/conn.h"
+#include "ficus/log.h"
+#include "ficus/upstream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ACCESS_FLUSH_MS    200
+#define ACCESS_FLUSH_BYTES (32 * 1024)
+#define DRAIN_CHECK_MS     20
+
+/* ---- configuration ------------------------------------------------------------ */
+
+static int resolve_backend(struct backend_cfg *be, const char *file, struct config_errors *errs)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", be->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(be->host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        config_errors_add(errs, "%s: backends.%s.url: cannot resolve host \"%s\": %s", file,
+                          be->name, be->host, gai_strerror(rc));
+        return FICUS_ECONFIG;
+    }
+    memcpy(&be->resolved, res->ai_addr, res->ai_addrlen);
+    be->resolved_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+struct config *server_load_config(const char *path, struct config_errors *errs)
+{
+    struct config *cfg = config_load(path, errs);
+    if (cfg == NULL)
+        return NULL;
+    int bad = 0;
+    for (size_t i = 0; i < cfg->n_backends; i++)
+        bad |= resolve_backend(&cfg->backends[i], cfg->path, errs);
+    if (bad) {
+        config_unref(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+/* ---- workers -------------------------------------------------------------------- */
+
+uint64_t worker_random(struct worker *w)
+{
+    /* xorshift64*: fast, per worker, good enough for sampling and ids. */
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void worker_flush_access(struct worker *w)
+{
+    int fd = w->srv->access_fd;
+    size_t off = 0;
+    while (fd >= 0 && off < w->access_buf.len) {
+        ssize_t n = write(fd, w->access_buf.data + off, w->access_buf.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* a broken log must not stop the proxy */
+        off += (size_t)n;
+    }
+    buf_reset(&w->access_buf);
+}
+
+void worker_access_log(struct worker *w, const char *line, size_t len)
+{
+    buf_append(&w->access_buf, line, len);
+    if (w->access_buf.len >= ACCESS_FLUSH_BYTES)
+        worker_flush_access(w);
+}
+
+static void on_handle_closed_noop(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct worker *w = listener->data;
+    if (status != 0) {
+        log_warn("server", "accept failed worker=%d err=%s", w->id, uv_strerror(status));
+        return;
+    }
+    /* The listener's flags field is not ours; tls listeners are marked by index. */
+    size_t idx = (size_t)((uv_tcp_t *)listener - w->listeners);
+    conn_accept(w, listener, w->cfg->listens[idx].tls);
+}
+
+static void worker_close_listeners(struct worker *w)
+{
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i]))
+            uv_close((uv_handle_t *)&w->listeners[i], on_listener_closed);
+    }
+}
+
+static void worker_finish(struct worker *w)
+{
+    if (w->stopped)
+        return;
+    w->stopped = true;
+    worker_flush_access(w);
+    worker_close_listeners(w);
+    conn_close_all(w);
+    pool_set_close_idle(w->pools);
+    uv_close((uv_handle_t *)&w->flush_timer, on_handle_closed_noop);
+    uv_close((uv_handle_t *)&w->async, on_handle_closed_noop);
+}
+
+static void on_flush_timer(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    worker_flush_access(w);
+    if (w->draining && w->conns == NULL)
+        worker_finish(w); /* every in-flight request is done */
+}
+
+static void worker_swap_config(struct worker *w, struct config *cfg)
+{
+    struct pool_set *ps = pool_set_new(w, cfg);
+    if (ps == NULL) {
+        log_error("server", "reload: out of memory worker=%d", w->id);
+        config_unref(cfg);
+        return;
+    }
+    /* In-flight exchanges keep their own references to the old snapshot. */
+    pool_set_unref(w->pools);
+    config_unref(w->cfg);
+    w->pools = ps;
+    w->cfg = cfg;
+}
+
+static void on_worker_async(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    uv_mutex_lock(&w->lock);
+    struct config *cfg = w->pending_cfg;
+    int stop = w->pending_stop;
+    w->pending_cfg = NULL;
+    uv_mutex_unlock(&w->lock);
+    if (cfg != NULL) {
+        if (w->stopped)
+            config_unref(cfg);
+        else
+            worker_swap_config(w, cfg);
+    }
+    if (stop == 2) {
+        worker_finish(w);
+    } else if (stop == 1 && !w->draining) {
+        w->draining = true;
+        worker_close_listeners(w);
+        pool_set_close_idle(w->pools);
+        conn_drain(w);
+        uv_timer_start(&w->flush_timer, on_flush_timer, 0, DRAIN_CHECK_MS);
+    }
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    worker_flush_access(w);
+    atomic_fetch_sub(&w->srv->workers_running, 1);
+    uv_async_send(&w->srv->worker_done);
+}
+
+/* Opens a listening socket with SO_REUSEPORT so that every worker has its own. */
+static int open_listener(const struct config_addr *a, int *out_fd)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(fd, 511) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    *out_fd = fd;
+    return 0;
+}
+
+static int worker_init(struct server *srv, struct worker *w, int id, struct config *cfg)
+{
+    w->id = id;
+    w->srv = srv;
+    w->rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)getpid() << 16) ^ (uint64_t)id ^ io_now_us();
+    if (w->rng == 0)
+        w->rng = 1;
+    uv_loop_init(&w->loop);
+    uv_mutex_init(&w->lock);
+    uv_async_init(&w->loop, &w->async, on_worker_async);
+    w->async.data = w;
+    uv_timer_init(&w->loop, &w->flush_timer);
+    w->flush_timer.data = w;
+    rbuf_pool_init(&w->rbufs, 64);
+    buf_init(&w->access_buf, 0);
+    w->cfg = config_ref(cfg);
+    w->pools = pool_set_new(w, cfg);
+    if (w->pools == NULL)
+        return FICUS_ENOMEM;
+    w->listeners = calloc(cfg->n_listens, sizeof(uv_tcp_t));
+    if (w->listeners == NULL)
+        return FICUS_ENOMEM;
+    w->n_listeners = cfg->n_listens;
+    for (size_t i = 0; i < cfg->n_listens; i++) {
+        int fd = -1;
+        int rc = open_listener(&cfg->listens[i].addr, &fd);
+        uv_tcp_init(&w->loop, &w->listeners[i]);
+        w->listeners[i].data = w;
+        if (rc == 0) {
+            rc = uv_tcp_open(&w->listeners[i], fd);
+            if (rc != 0)
+                close(fd); /* once opened, the handle owns the descriptor */
+        }
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&w->listeners[i], 511, on_connection);
+        if (rc != 0) {
+            log_error("server", "cannot listen address=%s err=%s", cfg->listens[i].addr.text,
+                      uv_strerror(rc));
+            fprintf(stderr, "%s: listen: cannot listen on %s: %s\n", cfg->path,
+                    cfg->listens[i].addr.text, uv_strerror(rc));
+            return rc;
+        }
+    }
+    uv_timer_start(&w->flush_timer, on_flush_timer, ACCESS_FLUSH_MS, ACCESS_FLUSH_MS);
+    return 0;
+}
+
+static void worker_dispose(struct worker *w)
+{
+    /* The loop has ended or never ran: close whatever is left and run it out. */
+    if (!w->stopped) {
+        w->stopped = true;
+        worker_close_listeners(w);
+        uv_close((uv_handle_t *)&w->flush_timer, on_handle_closed_noop);
+        uv_close((uv_handle_t *)&w->async, on_handle_closed_noop);
+    }
+    pool_set_unref(w->pools);
+    w->pools = NULL;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        log_warn("server", "worker loop had open handles worker=%d", w->id);
+    free(w->listeners);
+    rbuf_pool_dispose(&w->rbufs);
+    buf_dispose(&w->access_buf);
+    config_unref(w->cfg);
+    config_unref(w->pending_cfg);
+    uv_mutex_destroy(&w->lock);
+}
+
+/* ---- control thread ---------------------------------------------------------------- */
+
+static int open_access_log(const struct config *cfg)
+{
+    if (cfg->access_log_path == NULL)
+        return -1;
+    if (strcmp(cfg->access_log_path, "-") == 0)
+        return dup(STDOUT_FILENO);
+    int fd = open(cfg->access_log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        log_error("server", "cannot open access log path=%s err=%s", cfg->access_log_path,
+                  strerror(errno));
+    return fd;
+}
+
+int server_reload(struct server *srv, struct config_errors *errs)
+{
+    struct config *cfg = server_load_config(srv->config_path, errs);
+    if (cfg == NULL) {
+        for (size_t i = 0; i < errs->n; i++)
+            log_error("server", "reload rejected: %s", errs->lines[i]);
+        return FICUS_ECONFIG;
+    }
+    if (cfg->n_listens != srv->cfg->n_listens || cfg->workers != srv->cfg->workers)
+        log_warn("server", "reload: listen and workers changes take effect at the next restart");
+    for (int i = 0; i < srv->n_workers; i++) {
+        struct worker *w = &srv->workers[i];
+        uv_mutex_lock(&w->lock);
+        config_unref(w->pending_cfg);
+        w->pending_cfg = config_ref(cfg);
+        uv_mutex_unlock(&w->lock);
+        uv_async_send(&w->async);
+    }
+    config_unref(srv->cfg);
+    srv->cfg = cfg;
+    log_info("server", "configuration reloaded path=%s routes=%zu", cfg->path, cfg->n_routes);
+    return 0;
+}
+
+static void signal_workers(struct server *srv, int stop)
+{
+    for (int i = 0; i < srv->n_workers; i++) {
+        struct worker *w = &srv->workers[i];
+        uv_mutex_lock(&w->lock);
+        if (w->pending_stop < stop)
+            w->pending_stop = stop;
+        uv_mutex_unlock(&w->lock);
+        uv_async_send(&w->async);
+    }
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    log_warn("server", "drain deadline passed: closing remaining connections");
+    signal_workers(srv, 2);
+}
+
+void server_stop(struct server *srv)
+{
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    log_info("server", "stopping: draining for up to %d ms", srv->cfg->drain_ms);
+    signal_workers(srv, 1);
+    uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct server *srv = s->data;
+    if (signum == SIGTERM || signum == SIGINT) {
+        server_stop(srv);
+    } else if (signum == SIGHUP) {
+        struct config_errors errs = {0};
+        server_reload(srv, &errs);
+        config_errors_dispose(&errs);
+    } else if (signum == SIGUSR1) {
+        int fd = open_access_log(srv->cfg);
+        int old = srv->access_fd;
+        /* Workers read the descriptor per flush; dup2 swaps it in place. */
+        if (fd >= 0 && old >= 0) {
+            dup2(fd, old);
+            close(fd);
+        } else if (fd >= 0) {
+            close(fd);
+        }
+        log_info("server", "log files reopened");
+    }
+}
+
+static void on_worker_done(uv_async_t *a)
+{
+    struct server *srv = a->data;
+    if (atomic_load(&srv->workers_running) > 0)
+        return;
+    uv_close((uv_handle_t *)&srv->sig_term, NULL);
+    uv_close((uv_handle_t *)&srv->sig_int, NULL);
+    uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+    uv_close((uv_handle_t *)&srv->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    uv_close((uv_handle_t *)&srv->worker_done, NULL);
+}
+
+int server_run(const char *path)
+{
+    signal(SIGPIPE, SIG_IGN);
+    struct config_errors errs = {0};
+    struct config *cfg = server_load_config(path, &errs);
+    if (cfg == NULL) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.lines[i]);
+        config_errors_dispose(&errs);
+        return 1;
+    }
+    config_errors_dispose(&errs);
+
+    struct server *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL) {
+        config_unref(cfg);
+        return 1;
+    }
+    srv->config_path = path;
+    srv->cfg = cfg;
+    srv->loop = uv_default_loop();
+    srv->access_fd = open_access_log(cfg);
+    srv->n_workers = cfg->workers;
+    srv->workers = calloc((size_t)srv->n_workers, sizeof(struct worker));
+    int rc = srv->workers ? 0 : FICUS_ENOMEM;
+    int started = 0;
+    for (int i = 0; i < srv->n_workers && rc == 0; i++) {
+        rc = worker_init(srv, &srv->workers[i], i, cfg);
+        started = i + 1;
+    }
+    if (rc != 0) {
+        for (int i = 0; i < started; i++)
+            worker_dispose(&srv->workers[i]);
+        free(srv->workers);
+        if (srv->access_fd >= 0)
+            close(srv->access_fd);
+        config_unref(cfg);
+        free(srv);
+        uv_loop_close(uv_default_loop());
+        return 1;
+    }
+
+    uv_signal_init(srv->loop, &srv->sig_term);
+    uv_signal_init(srv->loop, &srv->sig_int);
+    uv_signal_init(srv->loop, &srv->sig_hup);
+    uv_signal_init(srv->loop, &srv->sig_usr1);
+    srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv->sig_usr1.data = srv;
+    uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+    uv_signal_start(&srv->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&srv->sig_usr1, on_signal, SIGUSR1);
+    uv_timer_init(srv->loop, &srv->drain_timer);
+    srv->drain_timer.data = srv;
+    uv_async_init(srv->loop, &srv->worker_done, on_worker_done);
+    srv->worker_done.data = srv;
+
+    atomic_store(&srv->workers_running, srv->n_workers);
+    for (int i = 0; i < srv->n_workers; i++)
+        uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+    for (size_t i = 0; i < cfg->n_listens; i++)
+        log_info("server", "listening address=%s workers=%d", cfg->listens[i].addr.text,
+                 srv->n_workers);
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+
+    for (int i = 0; i < srv->n_workers; i++) {
+        uv_thread_join(&srv->workers[i].thread);
+        worker_dispose(&srv->workers[i]);
+    }
+    free(srv->workers);
+    if (srv->access_fd >= 0)
+        close(srv->access_fd);
+    config_unref(srv->cfg);
+    int code = srv->exit_code;
+    free(srv);
+    uv_loop_close(uv_default_loop());
+    log_info("server", "stopped");
+    return code;
+}

@@ -1,0 +1,435 @@
+#include "ficus/upstream.h"
+#include "ficus/common.h"
+#include "ficus/config.h"
+#include "ficus/log.h"
+#include "ficus/server.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* How long a pooled connection may sit idle before ficus closes it. */
+#define UPSTREAM_IDLE_MS 30000
+/* Below this many queued bytes a paused reader on the other side resumes. */
+#define UPSTREAM_LOW_WATER (64 * 1024)
+
+enum up_state { UP_CONNECTING, UP_ACTIVE, UP_IDLE, UP_CLOSING };
+
+struct pool {
+    struct pool_set *ps;
+    int backend;
+    const struct backend_cfg *be;
+    struct upconn *idle; /* most recently used first */
+    int n_idle;
+    int n_active; /* connecting or lent */
+    int max;
+    struct upstream_wait *wait_head, *wait_tail;
+};
+
+struct pool_set {
+    struct worker *w;
+    struct config *cfg;
+    int refs;
+    int live_conns; /* connections not yet closed */
+    size_t n_pools;
+    struct pool pools[];
+};
+
+struct upconn {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_timer_t timer;
+    struct pool *pool;
+    enum up_state state;
+    const struct upstream_handlers *h;
+    void *ctx;
+    struct upstream_wait *owner; /* who gets the connection once connected */
+    struct upconn *next_idle;
+    int open_handles;
+    bool reused;
+    bool reading;
+    bool paused;
+};
+
+static void up_close(struct upconn *u);
+static void pool_dispatch(struct pool *p);
+
+/* ---- pool sets ------------------------------------------------------------- */
+
+struct pool_set *pool_set_new(struct worker *w, struct config *cfg)
+{
+    struct pool_set *ps = calloc(1, sizeof(*ps) + cfg->n_backends * sizeof(struct pool));
+    if (ps == NULL)
+        return NULL;
+    ps->w = w;
+    ps->cfg = config_ref(cfg);
+    ps->refs = 1;
+    ps->n_pools = cfg->n_backends;
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        struct pool *p = &ps->pools[i];
+        p->ps = ps;
+        p->backend = (int)i;
+        p->be = &cfg->backends[i];
+        /* max_connections is per backend; each worker gets its share. */
+        p->max = cfg->backends[i].max_connections / cfg->workers;
+        if (p->max < 1)
+            p->max = 1;
+    }
+    return ps;
+}
+
+void pool_set_ref(struct pool_set *ps)
+{
+    ps->refs++;
+}
+
+static void pool_set_maybe_free(struct pool_set *ps)
+{
+    if (ps->refs > 0 || ps->live_conns > 0)
+        return;
+    config_unref(ps->cfg);
+    free(ps);
+}
+
+void pool_set_close_idle(struct pool_set *ps)
+{
+    for (size_t i = 0; i < ps->n_pools; i++) {
+        struct pool *p = &ps->pools[i];
+        while (p->idle != NULL)
+            up_close(p->idle); /* unlinks itself */
+    }
+}
+
+void pool_set_unref(struct pool_set *ps)
+{
+    if (ps == NULL)
+        return;
+    if (--ps->refs > 0)
+        return;
+    pool_set_close_idle(ps);
+    pool_set_maybe_free(ps);
+}
+
+void upstream_counts(const struct pool_set *ps, int backend, int *active, int *idle)
+{
+    *active = ps->pools[backend].n_active;
+    *idle = ps->pools[backend].n_idle;
+}
+
+/* ---- connections ----------------------------------------------------------- */
+
+static void unlink_idle(struct upconn *u)
+{
+    struct pool *p = u->pool;
+    for (struct upconn **pp = &p->idle; *pp != NULL; pp = &(*pp)->next_idle) {
+        if (*pp == u) {
+            *pp = u->next_idle;
+            u->next_idle = NULL;
+            p->n_idle--;
+            return;
+        }
+    }
+}
+
+static void on_up_handle_closed(uv_handle_t *handle)
+{
+    struct upconn *u = handle->data;
+    if (--u->open_handles > 0)
+        return;
+    struct pool_set *ps = u->pool->ps;
+    free(u);
+    ps->live_conns--;
+    pool_set_maybe_free(ps);
+}
+
+static void up_close(struct upconn *u)
+{
+    if (u->state == UP_CLOSING)
+        return;
+    struct pool *p = u->pool;
+    if (u->state == UP_IDLE)
+        unlink_idle(u);
+    else
+        p->n_active--;
+    u->state = UP_CLOSING;
+    u->h = NULL;
+    uv_close((uv_handle_t *)&u->tcp, on_up_handle_closed);
+    uv_close((uv_handle_t *)&u->timer, on_up_handle_closed);
+    /* A slot opened: someone waiting may connect now. */
+    pool_dispatch(p);
+}
+
+static void up_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
+{
+    (void)suggested;
+    struct upconn *u = handle->data;
+    struct rbuf *rb = rbuf_get(&u->pool->ps->w->rbufs);
+    *out = rb ? uv_buf_init(rb->data, RBUF_SIZE) : uv_buf_init(NULL, 0);
+}
+
+static void up_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upconn *u = stream->data;
+    struct rbuf_pool *pool = &u->pool->ps->w->rbufs;
+    struct rbuf *rb = buf->base ? rbuf_of(buf->base) : NULL;
+    if (nread == 0 || u->state == UP_CLOSING) {
+        rbuf_unref(pool, rb);
+        return;
+    }
+    if (u->state != UP_ACTIVE || u->h == NULL) {
+        /* An idle connection that speaks or closes is of no more use. */
+        rbuf_unref(pool, rb);
+        up_close(u);
+        return;
+    }
+    if (nread < 0) {
+        rbuf_unref(pool, rb);
+        u->h->on_error(u->ctx, (int)nread);
+        return;
+    }
+    u->h->on_read(u->ctx, rb, buf->base, (size_t)nread);
+    rbuf_unref(pool, rb);
+}
+
+static void up_start_reading(struct upconn *u)
+{
+    if (!u->reading && !u->paused &&
+        uv_read_start((uv_stream_t *)&u->tcp, up_alloc, up_on_read) == 0)
+        u->reading = true;
+}
+
+static void up_on_timer(uv_timer_t *t)
+{
+    struct upconn *u = t->data;
+    if (u->state == UP_IDLE) {
+        up_close(u);
+    } else if (u->state == UP_CONNECTING) {
+        /* The connect callback reports it once the close cancels the request. */
+        struct upstream_wait *w = u->owner;
+        u->owner = NULL;
+        up_close(u);
+        if (w != NULL)
+            w->cb(w->ctx, NULL, FICUS_ETIMEOUT);
+    } else if (u->state == UP_ACTIVE && u->h != NULL) {
+        u->h->on_error(u->ctx, FICUS_ETIMEOUT);
+    }
+}
+
+static void give(struct upconn *u, struct upstream_wait *w)
+{
+    u->state = UP_ACTIVE;
+    u->h = NULL;
+    uv_timer_stop(&u->timer);
+    w->queued = false;
+    w->cb(w->ctx, u, 0);
+}
+
+static void up_on_connect(uv_connect_t *req, int status)
+{
+    struct upconn *u = req->data;
+    if (u->state == UP_CLOSING)
+        return; /* timed out already */
+    struct upstream_wait *w = u->owner;
+    u->owner = NULL;
+    if (status != 0) {
+        log_warn("upstream", "connect failed backend=%s err=%s", u->pool->be->name,
+                 uv_strerror(status));
+        up_close(u);
+        if (w != NULL)
+            w->cb(w->ctx, NULL, status);
+        return;
+    }
+    uv_tcp_nodelay(&u->tcp, 1);
+    if (w != NULL) {
+        give(u, w);
+    } else {
+        upstream_release(u, true); /* its exchange left; the pool keeps it */
+    }
+}
+
+static int up_connect(struct pool *p, struct upstream_wait *w)
+{
+    struct worker *wk = p->ps->w;
+    struct upconn *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return FICUS_ENOMEM;
+    u->pool = p;
+    u->state = UP_CONNECTING;
+    u->owner = w;
+    int rc = uv_tcp_init(&wk->loop, &u->tcp);
+    if (rc != 0) {
+        free(u);
+        return rc;
+    }
+    uv_timer_init(&wk->loop, &u->timer);
+    u->tcp.data = u;
+    u->timer.data = u;
+    u->creq.data = u;
+    u->open_handles = 2;
+    p->n_active++;
+    p->ps->live_conns++;
+    rc =
+        uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&p->be->resolved, up_on_connect);
+    if (rc != 0) {
+        u->owner = NULL;
+        up_close(u);
+        return rc;
+    }
+    uv_timer_start(&u->timer, up_on_timer, (uint64_t)p->ps->cfg->connect_ms, 0);
+    return 0;
+}
+
+/* Serves waiters with idle connections or new ones while the pool allows. */
+static void pool_dispatch(struct pool *p)
+{
+    while (p->wait_head != NULL) {
+        struct upstream_wait *w = p->wait_head;
+        if (p->idle == NULL && p->n_active >= p->max)
+            return;
+        p->wait_head = w->next;
+        if (p->wait_head == NULL)
+            p->wait_tail = NULL;
+        w->queued = false;
+        w->next = NULL;
+        if (p->idle != NULL) {
+            struct upconn *u = p->idle;
+            unlink_idle(u);
+            p->n_active++;
+            give(u, w);
+        } else {
+            int rc = up_connect(p, w);
+            if (rc != 0)
+                w->cb(w->ctx, NULL, rc);
+        }
+    }
+}
+
+int upstream_acquire(struct pool_set *ps, int backend, struct upstream_wait *wait,
+                     upstream_ready_cb cb, void *ctx)
+{
+    struct pool *p = &ps->pools[backend];
+    wait->pool = p;
+    wait->cb = cb;
+    wait->ctx = ctx;
+    wait->next = NULL;
+    if (p->idle != NULL) {
+        struct upconn *u = p->idle;
+        unlink_idle(u);
+        p->n_active++;
+        wait->queued = false;
+        give(u, wait);
+        return 0;
+    }
+    if (p->n_active < p->max) {
+        wait->queued = false;
+        return up_connect(p, wait);
+    }
+    wait->queued = true;
+    if (p->wait_tail != NULL)
+        p->wait_tail->next = wait;
+    else
+        p->wait_head = wait;
+    p->wait_tail = wait;
+    return 0;
+}
+
+void upstream_cancel(struct upstream_wait *wait)
+{
+    if (!wait->queued)
+        return;
+    struct pool *p = wait->pool;
+    struct upstream_wait *prev = NULL;
+    for (struct upstream_wait *w = p->wait_head; w != NULL; prev = w, w = w->next) {
+        if (w != wait)
+            continue;
+        if (prev != NULL)
+            prev->next = w->next;
+        else
+            p->wait_head = w->next;
+        if (p->wait_tail == w)
+            p->wait_tail = prev;
+        break;
+    }
+    wait->queued = false;
+}
+
+void upstream_attach(struct upconn *u, const struct upstream_handlers *h, void *ctx)
+{
+    u->h = h;
+    u->ctx = ctx;
+    u->paused = false;
+    up_start_reading(u);
+}
+
+void upstream_pause(struct upconn *u, bool paused)
+{
+    u->paused = paused;
+    if (paused && u->reading) {
+        uv_read_stop((uv_stream_t *)&u->tcp);
+        u->reading = false;
+    } else if (!paused) {
+        up_start_reading(u);
+    }
+}
+
+static void up_on_written(void *ctx, int status)
+{
+    struct upconn *u = ctx;
+    if (status != 0 || u->state != UP_ACTIVE || u->h == NULL)
+        return; /* a failed write shows up as a read error too */
+    if (u->h->on_drain != NULL &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&u->tcp) < UPSTREAM_LOW_WATER)
+        u->h->on_drain(u->ctx);
+}
+
+int upstream_write(struct upconn *u, const uv_buf_t *bufs, unsigned n, struct rbuf *rb, void *owned)
+{
+    return io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned,
+                    up_on_written, u);
+}
+
+size_t upstream_queued(const struct upconn *u)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&u->tcp);
+}
+
+void upstream_timeout(struct upconn *u, int ms)
+{
+    if (ms > 0)
+        uv_timer_start(&u->timer, up_on_timer, (uint64_t)ms, 0);
+    else
+        uv_timer_stop(&u->timer);
+}
+
+bool upstream_reused(const struct upconn *u)
+{
+    return u->reused;
+}
+
+void upstream_release(struct upconn *u, bool reusable)
+{
+    struct pool *p = u->pool;
+    u->h = NULL;
+    u->ctx = NULL;
+    if (!reusable || p->ps->refs == 0 || p->ps->w->draining || u->state != UP_ACTIVE) {
+        up_close(u);
+        return;
+    }
+    u->reused = true;
+    u->paused = false;
+    if (p->wait_head != NULL) {
+        struct upstream_wait *w = p->wait_head;
+        p->wait_head = w->next;
+        if (p->wait_head == NULL)
+            p->wait_tail = NULL;
+        w->next = NULL;
+        give(u, w);
+        return;
+    }
+    p->n_active--;
+    u->state = UP_IDLE;
+    u->next_idle = p->idle;
+    p->idle = u;
+    p->n_idle++;
+    up_start_reading(u); /* to notice the backend closing it */
+    uv_timer_start(&u->timer, up_on_timer, UPSTREAM_IDLE_MS, 0);
+}
