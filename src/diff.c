@@ -1,0 +1,1219 @@
+/* Response comparison: status, headers, then bodies as JSON structure or as bytes.
+ *
+ * The JSON walk keeps the current JSON Pointer in one growing buffer: each
+ * level appends its segment and cuts it off again on the way back, so a
+ * comparison allocates only for the items it records. Array matching (unordered
+ * multisets, pairing by key) needs "are these two items equal under the
+ * rules?", which is the same walk run in probe mode: it records nothing and
+ * stops at the first difference. */
+#include "ficus/diff.h"
+#include "ficus/common.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+/* Decoded gzip bodies above this are not compared (a zip bomb must not take the
+ * process's memory). */
+#define DIFF_GUNZIP_MAX ((size_t)64 << 20)
+/* How many bytes of each body a byte difference shows, from the offset on. */
+#define DIFF_EXCERPT_BYTES 32
+/* How many rule-aware item comparisons one diff may spend on unordered arrays
+ * whose items are not identical. Beyond it, unmatched items are reported as
+ * added/removed rather than the comparison going quadratic without bound. */
+#define DIFF_PROBE_BUDGET 200000
+
+static const char *const default_headers[] = {"content-type"};
+
+/* ---- results ---------------------------------------------------------------------------- */
+
+/* Appends an item; takes ownership of both json references (and drops them
+ * when the result is full or on failure). path is copied. */
+static int push_item(struct diff_result *out, enum diff_kind kind, const char *path, json_t *legacy,
+                     json_t *new_)
+{
+    char *p;
+    size_t len;
+
+    if (out->n >= DIFF_MAX_ITEMS) {
+        out->truncated = true;
+        json_decref(legacy);
+        json_decref(new_);
+        return 0;
+    }
+    len = strlen(path);
+    p = malloc(len + 1);
+    if (p == NULL) {
+        json_decref(legacy);
+        json_decref(new_);
+        return FICUS_ENOMEM;
+    }
+    memcpy(p, path, len + 1);
+    out->items[out->n].kind = kind;
+    out->items[out->n].path = p;
+    out->items[out->n].legacy = legacy;
+    out->items[out->n].new_ = new_;
+    out->n++;
+    return 0;
+}
+
+void diff_result_dispose(struct diff_result *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->n && i < DIFF_MAX_ITEMS; i++) {
+        free(r->items[i].path);
+        json_decref(r->items[i].legacy);
+        json_decref(r->items[i].new_);
+        r->items[i].path = NULL;
+        r->items[i].legacy = NULL;
+        r->items[i].new_ = NULL;
+    }
+    r->n = 0;
+    r->truncated = false;
+}
+
+const char *diff_kind_name(enum diff_kind k)
+{
+    switch (k) {
+    case DIFF_STATUS:
+        return "status";
+    case DIFF_HEADER:
+        return "header";
+    case DIFF_JSON:
+        return "json";
+    case DIFF_ADDED:
+        return "added";
+    case DIFF_REMOVED:
+        return "removed";
+    case DIFF_BODY:
+        return "body";
+    case DIFF_ERROR:
+        return "error";
+    }
+    return "unknown";
+}
+
+/* ---- pointers --------------------------------------------------------------------------- */
+
+bool diff_pointer_match(const char *pattern, const char *pointer)
+{
+    const char *p = pattern;
+    const char *q = pointer;
+
+    if (p == NULL || q == NULL)
+        return false;
+    for (;;) {
+        const char *ep = strchr(p, '/');
+        const char *eq = strchr(q, '/');
+        size_t lp, lq;
+
+        if (ep == NULL)
+            ep = p + strlen(p);
+        if (eq == NULL)
+            eq = q + strlen(q);
+        lp = (size_t)(ep - p);
+        lq = (size_t)(eq - q);
+        if (!(lp == 1 && p[0] == '*') && (lp != lq || memcmp(p, q, lp) != 0))
+            return false;
+        if (*ep == '\0' || *eq == '\0')
+            return *ep == '\0' && *eq == '\0';
+        p = ep + 1;
+        q = eq + 1;
+    }
+}
+
+void diff_normalize_path(const char *path, char *out, size_t out_size)
+{
+    size_t o = 0;
+    const char *s = path;
+
+    if (out == NULL || out_size == 0)
+        return;
+    if (path == NULL) {
+        out[0] = '\0';
+        return;
+    }
+    for (;;) {
+        const char *e = strchr(s, '/');
+        size_t len;
+        bool digits;
+
+        if (e == NULL)
+            e = s + strlen(s);
+        len = (size_t)(e - s);
+        digits = len > 0;
+        for (size_t i = 0; i < len && digits; i++)
+            digits = s[i] >= '0' && s[i] <= '9';
+        if (digits) {
+            if (o + 1 < out_size)
+                out[o++] = '*';
+        } else {
+            for (size_t i = 0; i < len && o + 1 < out_size; i++)
+                out[o++] = s[i];
+        }
+        if (*e == '\0')
+            break;
+        if (o + 1 < out_size)
+            out[o++] = '/';
+        s = e + 1;
+    }
+    out[o] = '\0';
+}
+
+/* ---- strings ---------------------------------------------------------------------------- */
+
+/* Length of the well-formed UTF-8 sequence at p (at most avail bytes), or 0. */
+static size_t utf8_seq(const unsigned char *p, size_t avail)
+{
+    unsigned char c = p[0];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F; /* no UTF-16 surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (avail < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* A jansson string of the bytes from p, starting at most `want` bytes (a
+ * character straddling the end is kept whole); bytes that are not UTF-8 are
+ * written as the text \xNN, since jansson strings must be valid UTF-8.
+ * Returns a new reference, or NULL when out of memory. */
+static json_t *safe_stringn(const char *p, size_t avail, size_t want)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    size_t end = want < avail ? want : avail;
+    char *buf;
+    size_t o = 0, i = 0;
+    json_t *s;
+
+    /* Worst case every byte becomes four characters, plus a straddling char. */
+    buf = malloc(end * 4 + 4 + 1);
+    if (buf == NULL)
+        return NULL;
+    while (i < end) {
+        size_t n = utf8_seq(u + i, avail - i);
+        if (n > 0) {
+            memcpy(buf + o, u + i, n);
+            o += n;
+            i += n;
+        } else {
+            static const char hex[] = "0123456789abcdef";
+            buf[o++] = '\\';
+            buf[o++] = 'x';
+            buf[o++] = hex[u[i] >> 4];
+            buf[o++] = hex[u[i] & 15];
+            i++;
+        }
+    }
+    s = json_stringn_nocheck(buf, o);
+    free(buf);
+    return s;
+}
+
+static json_t *safe_string(const char *p, size_t len)
+{
+    return safe_stringn(p, len, len);
+}
+
+/* ---- JSON walk -------------------------------------------------------------------------- */
+
+struct walk {
+    const struct diff_rules *rules;
+    struct diff_result *out;
+    char *path; /* current JSON Pointer, NUL-terminated */
+    size_t len;
+    size_t cap;
+    bool probe;    /* comparing two items for equality: record nothing */
+    bool found;    /* probe: a difference was seen */
+    int err;       /* first error; stops the walk */
+    size_t budget; /* item comparisons left (DIFF_PROBE_BUDGET) */
+};
+
+static bool halted(const struct walk *w)
+{
+    if (w->err != 0)
+        return true;
+    return w->probe ? w->found : w->out->truncated;
+}
+
+static int path_reserve(struct walk *w, size_t more)
+{
+    size_t need = w->len + more + 1;
+    size_t ncap;
+    char *p;
+
+    if (need <= w->cap)
+        return 0;
+    ncap = w->cap ? w->cap : 64;
+    while (ncap < need)
+        ncap *= 2;
+    p = realloc(w->path, ncap);
+    if (p == NULL) {
+        w->err = FICUS_ENOMEM;
+        return FICUS_ENOMEM;
+    }
+    w->path = p;
+    w->cap = ncap;
+    return 0;
+}
+
+/* Appends "/" and key escaped per RFC 6901 ("~" -> "~0", "/" -> "~1").
+ * Returns the length to restore with path_pop, or SIZE_MAX on failure. */
+static size_t path_push_key(struct walk *w, const char *key, size_t key_len)
+{
+    size_t saved = w->len;
+
+    /* Each byte takes at most 6 ("\u0000" for a NUL, which a C string can't hold). */
+    if (key_len > (SIZE_MAX - 8) / 6 || path_reserve(w, 1 + key_len * 6) != 0) {
+        w->err = FICUS_ENOMEM;
+        return SIZE_MAX;
+    }
+    w->path[w->len++] = '/';
+    for (size_t i = 0; i < key_len; i++) {
+        char c = key[i];
+        if (c == '~') {
+            w->path[w->len++] = '~';
+            w->path[w->len++] = '0';
+        } else if (c == '/') {
+            w->path[w->len++] = '~';
+            w->path[w->len++] = '1';
+        } else if (c == '\0') {
+            memcpy(w->path + w->len, "\\u0000", 6);
+            w->len += 6;
+        } else {
+            w->path[w->len++] = c;
+        }
+    }
+    w->path[w->len] = '\0';
+    return saved;
+}
+
+static size_t path_push_index(struct walk *w, size_t idx)
+{
+    size_t saved = w->len;
+    int n;
+
+    if (path_reserve(w, 24) != 0)
+        return SIZE_MAX;
+    n = snprintf(w->path + w->len, w->cap - w->len, "/%zu", idx);
+    w->len += (size_t)n;
+    return saved;
+}
+
+static void path_pop(struct walk *w, size_t saved)
+{
+    w->len = saved;
+    w->path[w->len] = '\0';
+}
+
+static bool path_ignored(const struct walk *w)
+{
+    for (size_t i = 0; i < w->rules->n_ignore; i++)
+        if (diff_pointer_match(w->rules->ignore[i], w->path))
+            return true;
+    return false;
+}
+
+/* Records a difference at the current path (unless ignored). legacy and new_
+ * are borrowed from the documents; the item takes its own references. */
+static void record(struct walk *w, enum diff_kind kind, const json_t *legacy, const json_t *new_)
+{
+    int rc;
+
+    if (halted(w) || path_ignored(w))
+        return;
+    if (w->probe) {
+        w->found = true;
+        return;
+    }
+    rc = push_item(w->out, kind, w->path, json_incref((json_t *)legacy),
+                   json_incref((json_t *)new_));
+    if (rc != 0)
+        w->err = rc;
+}
+
+static void walk_value(struct walk *w, const json_t *a, const json_t *b);
+
+/* Are two numbers equal within the tolerance? Two integers compare as integers
+ * so that values beyond 2^53 are not rounded together. */
+static bool numbers_equal(const json_t *a, const json_t *b, double tolerance)
+{
+    double da, db;
+
+    if (json_is_integer(a) && json_is_integer(b)) {
+        json_int_t ia = json_integer_value(a);
+        json_int_t ib = json_integer_value(b);
+        uint64_t gap;
+
+        if (ia == ib)
+            return true;
+        if (!(tolerance > 0))
+            return false;
+        /* The exact distance fits in 64 unsigned bits even when a - b would overflow. */
+        gap = ia > ib ? (uint64_t)ia - (uint64_t)ib : (uint64_t)ib - (uint64_t)ia;
+        return (double)gap <= tolerance;
+    }
+    da = json_number_value(a);
+    db = json_number_value(b);
+    if (da == db)
+        return true;
+    return tolerance > 0 && fabs(da - db) <= tolerance;
+}
+
+static void walk_object(struct walk *w, const json_t *a, const json_t *b)
+{
+    const char *key;
+    size_t key_len;
+    json_t *va, *vb;
+
+    json_object_keylen_foreach((json_t *)a, key, key_len, va)
+    {
+        size_t saved;
+
+        if (halted(w))
+            return;
+        vb = json_object_getn(b, key, key_len);
+        saved = path_push_key(w, key, key_len);
+        if (saved == SIZE_MAX)
+            return;
+        if (vb == NULL)
+            record(w, DIFF_REMOVED, va, NULL);
+        else
+            walk_value(w, va, vb);
+        path_pop(w, saved);
+    }
+    json_object_keylen_foreach((json_t *)b, key, key_len, vb)
+    {
+        size_t saved;
+
+        if (halted(w))
+            return;
+        if (json_object_getn(a, key, key_len) != NULL)
+            continue;
+        saved = path_push_key(w, key, key_len);
+        if (saved == SIZE_MAX)
+            return;
+        record(w, DIFF_ADDED, NULL, vb);
+        path_pop(w, saved);
+    }
+}
+
+static void walk_positional(struct walk *w, const json_t *a, const json_t *b)
+{
+    size_t na = json_array_size(a), nb = json_array_size(b);
+    size_t n = na < nb ? na : nb;
+
+    for (size_t i = 0; i < na || i < nb; i++) {
+        size_t saved;
+
+        if (halted(w))
+            return;
+        saved = path_push_index(w, i);
+        if (saved == SIZE_MAX)
+            return;
+        if (i < n)
+            walk_value(w, json_array_get(a, i), json_array_get(b, i));
+        else if (i < na)
+            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+        else
+            record(w, DIFF_ADDED, NULL, json_array_get(b, i));
+        path_pop(w, saved);
+    }
+}
+
+/* A hash consistent with json_equal: equal values hash alike. Object members
+ * combine by addition so that key order does not matter. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t hash_bytes(const char *p, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static uint64_t json_hash(const json_t *v)
+{
+    uint64_t h;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t key_len;
+        json_t *m;
+        h = 0x6f626a;
+        json_object_keylen_foreach((json_t *)v, key, key_len, m)
+        {
+            h += mix64(hash_bytes(key, key_len) ^ (json_hash(m) * 31));
+        }
+        return mix64(h);
+    }
+    case JSON_ARRAY:
+        h = 0x617272;
+        for (size_t i = 0; i < json_array_size(v); i++)
+            h = mix64(h ^ json_hash(json_array_get(v, i)));
+        return h;
+    case JSON_STRING:
+        return mix64(hash_bytes(json_string_value(v), json_string_length(v)) ^ 0x737472);
+    case JSON_INTEGER:
+        return mix64((uint64_t)json_integer_value(v) ^ 0x696e74);
+    case JSON_REAL: {
+        double d = json_real_value(v);
+        uint64_t bits;
+        if (d == 0)
+            d = 0; /* -0.0 equals 0.0 */
+        memcpy(&bits, &d, sizeof bits);
+        return mix64(bits ^ 0x7265616c);
+    }
+    case JSON_TRUE:
+        return 1;
+    case JSON_FALSE:
+        return 2;
+    case JSON_NULL:
+        return 3;
+    }
+    return 0;
+}
+
+/* Chains of indexes by hash, to find identical values in linear time. */
+struct idx_table {
+    size_t *head; /* bucket -> first index + 1, 0 when empty */
+    size_t *next; /* index -> next index + 1 in the same bucket */
+    uint64_t *hash;
+    size_t mask;
+};
+
+static void idx_table_free(struct idx_table *t)
+{
+    free(t->head);
+    free(t->next);
+    free(t->hash);
+}
+
+/* Builds a table over n values; value(i) may be NULL to leave i out. Chains are
+ * in ascending index order so that duplicates pair first with first. */
+static int idx_table_init(struct idx_table *t, size_t n,
+                          const json_t *(*value)(const json_t *, size_t, const char *),
+                          const json_t *arr, const char *key)
+{
+    size_t buckets = 16;
+
+    while (buckets < n * 2)
+        buckets *= 2;
+    t->head = calloc(buckets, sizeof *t->head);
+    t->next = calloc(n ? n : 1, sizeof *t->next);
+    t->hash = calloc(n ? n : 1, sizeof *t->hash);
+    t->mask = buckets - 1;
+    if (t->head == NULL || t->next == NULL || t->hash == NULL) {
+        idx_table_free(t);
+        return FICUS_ENOMEM;
+    }
+    for (size_t i = n; i-- > 0;) {
+        const json_t *v = value(arr, i, key);
+        size_t b;
+        if (v == NULL)
+            continue;
+        t->hash[i] = json_hash(v);
+        b = (size_t)(t->hash[i] & t->mask);
+        t->next[i] = t->head[b];
+        t->head[b] = i + 1;
+    }
+    return 0;
+}
+
+/* Finds the first index not yet used whose value is json_equal to v. */
+static size_t idx_table_find(const struct idx_table *t, const json_t *v, const bool *used,
+                             const json_t *(*value)(const json_t *, size_t, const char *),
+                             const json_t *arr, const char *key)
+{
+    uint64_t h = json_hash(v);
+
+    for (size_t e = t->head[h & t->mask]; e != 0; e = t->next[e - 1]) {
+        size_t j = e - 1;
+        if (!used[j] && t->hash[j] == h && json_equal(value(arr, j, key), v))
+            return j;
+    }
+    return SIZE_MAX;
+}
+
+static const json_t *item_value(const json_t *arr, size_t i, const char *key)
+{
+    (void)key;
+    return json_array_get(arr, i);
+}
+
+static const json_t *item_key_value(const json_t *arr, size_t i, const char *key)
+{
+    const json_t *item = json_array_get(arr, i);
+    return json_is_object(item) ? json_object_get(item, key) : NULL;
+}
+
+/* Do a and b compare equal under the rules, at the current path? */
+static bool items_equal(struct walk *w, const json_t *a, const json_t *b)
+{
+    bool probe = w->probe, found = w->found, equal;
+
+    if (w->budget == 0)
+        return false;
+    w->budget--;
+    w->probe = true;
+    w->found = false;
+    walk_value(w, a, b);
+    equal = !w->found && w->err == 0;
+    w->probe = probe;
+    w->found = found;
+    return equal;
+}
+
+/* Multiset comparison: identical items pair first (by hash, in linear time),
+ * then the rest pair greedily with items equal under the rules. Unpaired items
+ * are removed at their legacy index or added at their new index. */
+static void walk_unordered(struct walk *w, const json_t *a, const json_t *b)
+{
+    size_t na = json_array_size(a), nb = json_array_size(b);
+    bool *used_a = calloc(na ? na : 1, sizeof *used_a);
+    bool *used_b = calloc(nb ? nb : 1, sizeof *used_b);
+    struct idx_table t;
+
+    if (used_a == NULL || used_b == NULL || idx_table_init(&t, nb, item_value, b, NULL) != 0) {
+        w->err = FICUS_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < na; i++) {
+        size_t j = idx_table_find(&t, json_array_get(a, i), used_b, item_value, b, NULL);
+        if (j != SIZE_MAX) {
+            used_a[i] = true;
+            used_b[j] = true;
+        }
+    }
+    idx_table_free(&t);
+    for (size_t i = 0; i < na && !halted(w); i++) {
+        size_t saved;
+        if (used_a[i])
+            continue;
+        saved = path_push_index(w, i);
+        if (saved == SIZE_MAX)
+            goto out;
+        for (size_t j = 0; j < nb && !halted(w); j++) {
+            if (!used_b[j] && items_equal(w, json_array_get(a, i), json_array_get(b, j))) {
+                used_a[i] = true;
+                used_b[j] = true;
+                break;
+            }
+        }
+        if (!used_a[i])
+            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+        path_pop(w, saved);
+    }
+    for (size_t j = 0; j < nb && !halted(w); j++) {
+        size_t saved;
+        if (used_b[j])
+            continue;
+        saved = path_push_index(w, j);
+        if (saved == SIZE_MAX)
+            goto out;
+        record(w, DIFF_ADDED, NULL, json_array_get(b, j));
+        path_pop(w, saved);
+    }
+out:
+    free(used_a);
+    free(used_b);
+}
+
+/* Pairs object items by the value of key. Paired items are compared under the
+ * legacy index; unpaired ones are removed (legacy index) or added (new index).
+ * Items without the key pair among themselves by position. */
+static void walk_keyed(struct walk *w, const json_t *a, const json_t *b, const char *key)
+{
+    size_t na = json_array_size(a), nb = json_array_size(b);
+    size_t *pair = malloc((na ? na : 1) * sizeof *pair);
+    bool *used_b = calloc(nb ? nb : 1, sizeof *used_b);
+    size_t nb_keyless = 0, kb = 0;
+    struct idx_table t;
+
+    if (pair == NULL || used_b == NULL || idx_table_init(&t, nb, item_key_value, b, key) != 0) {
+        w->err = FICUS_ENOMEM;
+        goto out;
+    }
+    for (size_t j = 0; j < nb; j++)
+        if (item_key_value(b, j, key) == NULL)
+            nb_keyless++;
+    for (size_t i = 0; i < na; i++) {
+        const json_t *k = item_key_value(a, i, key);
+        pair[i] = SIZE_MAX;
+        if (k != NULL) {
+            pair[i] = idx_table_find(&t, k, used_b, item_key_value, b, key);
+        } else {
+            /* The next keyless new item, in order. */
+            while (kb < nb && item_key_value(b, kb, key) != NULL)
+                kb++;
+            if (kb < nb)
+                pair[i] = kb++;
+        }
+        if (pair[i] != SIZE_MAX)
+            used_b[pair[i]] = true;
+    }
+    idx_table_free(&t);
+    for (size_t i = 0; i < na && !halted(w); i++) {
+        size_t saved = path_push_index(w, i);
+        if (saved == SIZE_MAX)
+            goto out;
+        if (pair[i] != SIZE_MAX)
+            walk_value(w, json_array_get(a, i), json_array_get(b, pair[i]));
+        else
+            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+        path_pop(w, saved);
+    }
+    for (size_t j = 0; j < nb && !halted(w); j++) {
+        size_t saved;
+        if (used_b[j])
+            continue;
+        saved = path_push_index(w, j);
+        if (saved == SIZE_MAX)
+            goto out;
+        record(w, DIFF_ADDED, NULL, json_array_get(b, j));
+        path_pop(w, saved);
+    }
+out:
+    free(pair);
+    free(used_b);
+}
+
+static void walk_array(struct walk *w, const json_t *a, const json_t *b)
+{
+    const struct diff_rules *r = w->rules;
+
+    for (size_t i = 0; i < r->n_unordered; i++) {
+        if (diff_pointer_match(r->unordered[i], w->path)) {
+            walk_unordered(w, a, b);
+            return;
+        }
+    }
+    for (size_t i = 0; i < r->n_match_by; i++) {
+        if (r->match_by[i].key != NULL && diff_pointer_match(r->match_by[i].pointer, w->path)) {
+            walk_keyed(w, a, b, r->match_by[i].key);
+            return;
+        }
+    }
+    walk_positional(w, a, b);
+}
+
+static void walk_value(struct walk *w, const json_t *a, const json_t *b)
+{
+    if (halted(w) || path_ignored(w))
+        return;
+    if (json_is_number(a) && json_is_number(b)) {
+        if (!numbers_equal(a, b, w->rules->tolerance))
+            record(w, DIFF_JSON, a, b);
+        return;
+    }
+    if (json_typeof(a) != json_typeof(b)) {
+        record(w, DIFF_JSON, a, b);
+        return;
+    }
+    switch (json_typeof(a)) {
+    case JSON_OBJECT:
+        walk_object(w, a, b);
+        break;
+    case JSON_ARRAY:
+        walk_array(w, a, b);
+        break;
+    case JSON_STRING:
+        if (!json_equal(a, b))
+            record(w, DIFF_JSON, a, b);
+        break;
+    default: /* true, false, null: the type is the value */
+        break;
+    }
+}
+
+int diff_json(const struct diff_rules *rules, const json_t *legacy, const json_t *new_,
+              struct diff_result *out)
+{
+    static const struct diff_rules no_rules;
+    struct walk w = {.rules = rules, .out = out, .budget = DIFF_PROBE_BUDGET};
+
+    if (w.rules == NULL)
+        w.rules = &no_rules;
+    if (path_reserve(&w, 0) != 0)
+        return FICUS_ENOMEM;
+    w.path[0] = '\0';
+    if (legacy == NULL || new_ == NULL) {
+        /* A missing document counts as absent: the whole other one is added or removed. */
+        if (legacy != NULL)
+            record(&w, DIFF_REMOVED, legacy, NULL);
+        else if (new_ != NULL)
+            record(&w, DIFF_ADDED, NULL, new_);
+    } else {
+        walk_value(&w, legacy, new_);
+    }
+    free(w.path);
+    return w.err;
+}
+
+/* ---- gzip ------------------------------------------------------------------------------- */
+
+int diff_gunzip(const char *in, size_t in_len, size_t max, char **out, size_t *out_len)
+{
+    const unsigned char *inp = (const unsigned char *)in;
+    size_t left = in_len;
+    size_t limit = max == SIZE_MAX ? max : max + 1; /* one more byte tells "too big" */
+    size_t cap, used = 0;
+    z_stream zs;
+    char *buf;
+    int rc, err = FICUS_EBADRESP;
+
+    *out = NULL;
+    *out_len = 0;
+    if (in == NULL && in_len > 0)
+        return FICUS_EBADRESP;
+    cap = in_len <= limit / 4 ? in_len * 4 : limit;
+    if (cap < 256)
+        cap = limit < 256 ? limit : 256;
+    buf = malloc(cap ? cap : 1);
+    if (buf == NULL)
+        return FICUS_ENOMEM;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, 15 + 32) != Z_OK) { /* 15 + 32: gzip or zlib header */
+        free(buf);
+        return FICUS_ENOMEM;
+    }
+    for (;;) {
+        size_t before_out, room;
+
+        if (zs.avail_in == 0 && left > 0) {
+            zs.avail_in = left > UINT_MAX ? UINT_MAX : (uInt)left;
+            zs.next_in = (Bytef *)inp;
+            inp += zs.avail_in;
+            left -= zs.avail_in;
+        }
+        if (used == cap) {
+            size_t ncap;
+            char *nbuf;
+            if (cap >= limit) {
+                err = FICUS_ETOOBIG;
+                goto fail;
+            }
+            ncap = cap > limit / 2 ? limit : cap * 2;
+            nbuf = realloc(buf, ncap);
+            if (nbuf == NULL) {
+                err = FICUS_ENOMEM;
+                goto fail;
+            }
+            buf = nbuf;
+            cap = ncap;
+        }
+        room = cap - used;
+        zs.next_out = (Bytef *)buf + used;
+        zs.avail_out = room > UINT_MAX ? UINT_MAX : (uInt)room;
+        before_out = zs.avail_out;
+        rc = inflate(&zs, Z_NO_FLUSH);
+        used += before_out - zs.avail_out;
+        if (used > max) {
+            err = FICUS_ETOOBIG;
+            goto fail;
+        }
+        if (rc == Z_STREAM_END) {
+            if (zs.avail_in == 0 && left == 0)
+                break;
+            /* Several gzip members in a row are one body (RFC 1952). Anything else
+             * after the end of the stream is not gzip: the body is invalid. */
+            if (zs.avail_in == 0) {
+                zs.avail_in = left > UINT_MAX ? UINT_MAX : (uInt)left;
+                zs.next_in = (Bytef *)inp;
+                inp += zs.avail_in;
+                left -= zs.avail_in;
+            }
+            if (zs.avail_in >= 2 && zs.next_in[0] == 0x1f && zs.next_in[1] == 0x8b &&
+                inflateReset(&zs) == Z_OK)
+                continue;
+            goto fail;
+        }
+        if (rc == Z_MEM_ERROR) {
+            err = FICUS_ENOMEM;
+            goto fail;
+        }
+        if (rc == Z_BUF_ERROR && zs.avail_out > 0)
+            goto fail; /* input ended before the stream did */
+        if (rc != Z_OK && rc != Z_BUF_ERROR)
+            goto fail; /* Z_DATA_ERROR, Z_NEED_DICT, Z_STREAM_ERROR */
+    }
+    inflateEnd(&zs);
+    *out = buf;
+    *out_len = used;
+    return 0;
+fail:
+    inflateEnd(&zs);
+    free(buf);
+    return err;
+}
+
+/* ---- responses -------------------------------------------------------------------------- */
+
+static bool header_name_is(const struct diff_header *h, const char *name)
+{
+    size_t n = strlen(name);
+    return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+}
+
+/* The values of every header called name, joined with ", ", in a malloc'd
+ * buffer (*found false and NULL when the header is absent). */
+static int header_join(const struct diff_response *r, const char *name, char **value, size_t *len,
+                       bool *found)
+{
+    size_t total = 0, o = 0, count = 0;
+    bool first = true;
+    char *buf;
+
+    *value = NULL;
+    *len = 0;
+    *found = false;
+    for (size_t i = 0; i < r->n_headers; i++) {
+        if (header_name_is(&r->headers[i], name)) {
+            total += r->headers[i].value_len + (count ? 2 : 0);
+            count++;
+        }
+    }
+    if (count == 0)
+        return 0;
+    buf = malloc(total + 1);
+    if (buf == NULL)
+        return FICUS_ENOMEM;
+    for (size_t i = 0; i < r->n_headers; i++) {
+        const struct diff_header *h = &r->headers[i];
+        if (!header_name_is(h, name))
+            continue;
+        if (!first) {
+            buf[o++] = ',';
+            buf[o++] = ' ';
+        }
+        first = false;
+        if (h->value_len > 0)
+            memcpy(buf + o, h->value, h->value_len);
+        o += h->value_len;
+    }
+    buf[o] = '\0';
+    *value = buf;
+    *len = o;
+    *found = true;
+    return 0;
+}
+
+/* The first value of header name, or NULL. */
+static const struct diff_header *header_first(const struct diff_response *r, const char *name)
+{
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (header_name_is(&r->headers[i], name))
+            return &r->headers[i];
+    return NULL;
+}
+
+/* The value without surrounding spaces and tabs, and without ";parameters"
+ * when cut_params is set. */
+static struct span header_token(const struct diff_header *h, bool cut_params)
+{
+    const char *p = h->value, *e = h->value + h->value_len;
+
+    if (cut_params) {
+        const char *semi = memchr(p, ';', h->value_len);
+        if (semi != NULL)
+            e = semi;
+    }
+    while (p < e && (*p == ' ' || *p == '\t'))
+        p++;
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    return (struct span){p, (size_t)(e - p)};
+}
+
+/* Is the media type application/json or any type ending in +json? */
+static bool is_json_type(const struct diff_response *r)
+{
+    const struct diff_header *h = header_first(r, "content-type");
+    struct span t;
+
+    if (h == NULL)
+        return false;
+    t = header_token(h, true);
+    if (span_ieq(t, "application/json"))
+        return true;
+    return t.len > 5 && strncasecmp(t.p + t.len - 5, "+json", 5) == 0;
+}
+
+static bool is_gzip(const struct diff_response *r)
+{
+    const struct diff_header *h = header_first(r, "content-encoding");
+    struct span t;
+
+    if (h == NULL)
+        return false;
+    t = header_token(h, false);
+    return span_ieq(t, "gzip") || span_ieq(t, "x-gzip");
+}
+
+static bool header_listed(const char *const *names, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (names[i] != NULL && strcasecmp(names[i], name) == 0)
+            return true;
+    return false;
+}
+
+static int diff_headers(const struct diff_rules *rules, const struct diff_response *legacy,
+                        const struct diff_response *new_, struct diff_result *out)
+{
+    const char *const *names = rules->n_headers ? rules->headers : default_headers;
+    size_t n = rules->n_headers ? rules->n_headers : ARRAY_SIZE(default_headers);
+    int rc = 0;
+
+    for (size_t i = 0; i < n && rc == 0 && !out->truncated; i++) {
+        char *lv = NULL, *nv = NULL;
+        size_t ll, nl;
+        bool lf, nf;
+        json_t *jl, *jn;
+
+        if (names[i] == NULL ||
+            header_listed(rules->ignore_headers, rules->n_ignore_headers, names[i]))
+            continue;
+        rc = header_join(legacy, names[i], &lv, &ll, &lf);
+        if (rc == 0)
+            rc = header_join(new_, names[i], &nv, &nl, &nf);
+        if (rc == 0 && (lf != nf || (lf && (ll != nl || memcmp(lv, nv, ll) != 0)))) {
+            /* An absent header shows as null, a present one as its (joined) value. */
+            jl = lf ? safe_string(lv, ll) : json_null();
+            jn = nf ? safe_string(nv, nl) : json_null();
+            if (jl == NULL || jn == NULL) {
+                json_decref(jl);
+                json_decref(jn);
+                rc = FICUS_ENOMEM;
+            } else {
+                rc = push_item(out, DIFF_HEADER, names[i], jl, jn);
+            }
+        }
+        free(lv);
+        free(nv);
+    }
+    return rc;
+}
+
+/* One side's body as compared: decoded when the response says gzip. */
+struct body {
+    const char *p;
+    size_t len;
+    char *owned;
+    const char *bad; /* NULL, or why the body could not be decoded */
+};
+
+static int body_decode(const struct diff_response *r, struct body *b)
+{
+    int rc;
+
+    b->p = r->body;
+    b->len = r->body_len;
+    b->owned = NULL;
+    b->bad = NULL;
+    /* HEAD answers and 204/304 carry content-encoding but no body at all. */
+    if (r->body_len == 0 || !is_gzip(r))
+        return 0;
+    rc = diff_gunzip(r->body, r->body_len, DIFF_GUNZIP_MAX, &b->owned, &b->len);
+    if (rc == FICUS_ENOMEM)
+        return rc;
+    if (rc == FICUS_ETOOBIG)
+        b->bad = "gzip_too_large";
+    else if (rc != 0)
+        b->bad = "invalid_gzip";
+    else
+        b->p = b->owned;
+    return 0;
+}
+
+/* A side whose gzip body does not decode is an error item for that side: a
+ * byte comparison of compressed data against plain data would only report a
+ * meaningless offset. The value of a side that decoded fine is null. */
+static int diff_bad_bodies(const struct body *l, const struct body *n, struct diff_result *out)
+{
+    const char *side[2] = {"legacy", "new"};
+    const struct body *b[2] = {l, n};
+
+    for (int i = 0; i < 2; i++) {
+        json_t *jl, *jn;
+        int rc;
+
+        if (b[i]->bad == NULL)
+            continue;
+        jl = l->bad ? json_string(l->bad) : json_null();
+        jn = n->bad ? json_string(n->bad) : json_null();
+        if (jl == NULL || jn == NULL) {
+            json_decref(jl);
+            json_decref(jn);
+            return FICUS_ENOMEM;
+        }
+        rc = push_item(out, DIFF_ERROR, side[i], jl, jn);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Byte comparison: one item at the first differing offset, showing up to
+ * DIFF_EXCERPT_BYTES of each side from there ("" for a side that ended). */
+static int diff_bytes(const struct body *l, const struct body *n, struct diff_result *out)
+{
+    size_t common = l->len < n->len ? l->len : n->len;
+    size_t off = 0;
+    char path[24];
+    json_t *jl, *jn;
+
+    if (common > 0 && memcmp(l->p, n->p, common) == 0)
+        off = common;
+    else
+        while (off < common && l->p[off] == n->p[off])
+            off++;
+    if (off == common && l->len == n->len)
+        return 0;
+    snprintf(path, sizeof path, "%zu", off);
+    jl = safe_stringn(l->p + off, l->len - off, DIFF_EXCERPT_BYTES);
+    jn = safe_stringn(n->p + off, n->len - off, DIFF_EXCERPT_BYTES);
+    if (jl == NULL || jn == NULL) {
+        json_decref(jl);
+        json_decref(jn);
+        return FICUS_ENOMEM;
+    }
+    return push_item(out, DIFF_BODY, path, jl, jn);
+}
+
+static int diff_bodies(const struct diff_rules *rules, const struct diff_response *legacy,
+                       const struct diff_response *new_, struct diff_result *out)
+{
+    struct body l, n;
+    int rc;
+
+    rc = body_decode(legacy, &l);
+    if (rc == 0)
+        rc = body_decode(new_, &n);
+    else
+        n.owned = NULL;
+    if (rc != 0)
+        goto out;
+    if (l.bad != NULL || n.bad != NULL) {
+        rc = diff_bad_bodies(&l, &n, out);
+        goto out;
+    }
+    if (is_json_type(legacy) && is_json_type(new_)) {
+        /* Integers beyond 64 bits and reals beyond double make jansson fail; such
+         * bodies, like invalid JSON, fall back to the byte comparison. */
+        const size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
+        json_t *jl = json_loadb(l.p, l.len, flags, NULL);
+        json_t *jn = jl != NULL ? json_loadb(n.p, n.len, flags, NULL) : NULL;
+
+        if (jl != NULL && jn != NULL) {
+            rc = diff_json(rules, jl, jn, out);
+            json_decref(jl);
+            json_decref(jn);
+            goto out;
+        }
+        json_decref(jl);
+        json_decref(jn);
+    }
+    rc = diff_bytes(&l, &n, out);
+out:
+    free(l.owned);
+    free(n.owned);
+    return rc;
+}
+
+/* The value an error item shows for a side: its error, else its status. */
+static json_t *side_value(const struct diff_response *r)
+{
+    return r->error != NULL ? safe_string(r->error, strlen(r->error)) : json_integer(r->status);
+}
+
+int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
+                   const struct diff_response *new_, struct diff_result *out)
+{
+    static const struct diff_rules no_rules;
+    int rc;
+
+    if (rules == NULL)
+        rules = &no_rules;
+    /* Reset, not dispose: out may be fresh memory. The caller disposes a used result. */
+    out->n = 0;
+    out->truncated = false;
+
+    if (legacy->error != NULL || new_->error != NULL) {
+        const struct diff_response *sides[2] = {legacy, new_};
+        const char *names[2] = {"legacy", "new"};
+
+        for (int i = 0; i < 2; i++) {
+            json_t *jl, *jn;
+            if (sides[i]->error == NULL)
+                continue;
+            jl = side_value(legacy);
+            jn = side_value(new_);
+            if (jl == NULL || jn == NULL) {
+                json_decref(jl);
+                json_decref(jn);
+                return FICUS_ENOMEM;
+            }
+            rc = push_item(out, DIFF_ERROR, names[i], jl, jn);
+            if (rc != 0)
+                return rc;
+        }
+        return 0;
+    }
+    if (legacy->status != new_->status) {
+        json_t *jl = json_integer(legacy->status);
+        json_t *jn = json_integer(new_->status);
+        if (jl == NULL || jn == NULL) {
+            json_decref(jl);
+            json_decref(jn);
+            return FICUS_ENOMEM;
+        }
+        rc = push_item(out, DIFF_STATUS, "status", jl, jn);
+        if (rc != 0)
+            return rc;
+    }
+    rc = diff_headers(rules, legacy, new_, out);
+    if (rc != 0 || out->truncated)
+        return rc;
+    return diff_bodies(rules, legacy, new_, out);
+}
