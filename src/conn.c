@@ -12,6 +12,7 @@
 #include "ficus/log.h"
 #include "ficus/router.h"
 #include "ficus/server.h"
+#include "ficus/state.h"
 #include "ficus/upstream.h"
 
 #include <arpa/inet.h>
@@ -67,6 +68,7 @@ struct exchange {
     bool chunked_up; /* the request body goes up chunked */
 
     struct upstream_wait wait;
+    bool fell_back; /* new failed and legacy took over */
     struct upconn *up;
     bool up_ready; /* connected and the head written */
     int attempts;
@@ -93,6 +95,7 @@ static void exchange_abort(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *msg);
 static void exchange_maybe_finish(struct exchange *x);
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
+static bool try_fallback(struct exchange *x, unsigned why);
 
 /* ---- connection bookkeeping ---------------------------------------------------- */
 
@@ -244,7 +247,8 @@ static void conn_arm_timer(struct conn *c)
 
 /* ---- input ---------------------------------------------------------------------- */
 
-static void exchange_start(struct conn *c, const char *head, size_t head_len);
+static void exchange_start(struct conn *c, const char *head, size_t head_len, const char *rest,
+                           size_t rest_len);
 
 /* Uses bytes from p[0, len): heads start exchanges, body bytes go upstream.
  * rb holds the bytes when they came straight from a read (NULL when they are
@@ -274,7 +278,7 @@ static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_
             }
             size_t head_len = c->scan.pos;
             memset(&c->scan, 0, sizeof(c->scan));
-            exchange_start(c, p + off, head_len);
+            exchange_start(c, p + off, head_len, p + off + head_len, len - off - head_len);
             off += head_len;
             continue;
         }
@@ -436,6 +440,10 @@ static void exchange_maybe_finish(struct exchange *x)
         x->up_reusable = false;
     }
     access_log(x);
+    if (x->rt != NULL && x->rt->state != NULL)
+        state_count_request(&x->rt->state->counters[x->w->id],
+                            x->backend == x->rt->new_ && x->backend != x->rt->legacy, x->status,
+                            io_now_us() - x->t0);
     exchange_release_upstream(x, x->up_reusable);
     bool keep = x->keep_alive && !c->w->draining;
     c->x = NULL;
@@ -614,6 +622,8 @@ static int response_head(struct exchange *x)
         return FICUS_EBADRESP;
     if (r->status < 200)
         return 1; /* an interim response: ficus answers 100-continue itself */
+    if (r->status >= 500 && try_fallback(x, FALLBACK_5XX))
+        return 2;
     x->status = r->status;
     bool has_body = http1_response_has_body(x->req.is_head, r->status);
     int64_t out_len;
@@ -685,6 +695,8 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
             exchange_fail(x, 502, "invalid upstream response");
             return;
         }
+        if (hr == 2)
+            return; /* fell back to legacy: this response is dropped */
         buf_reset(&x->rhead);
         memset(&x->rscan, 0, sizeof(x->rscan));
         if (hr == 1)
@@ -728,6 +740,34 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
 }
 
 static void exchange_connect(struct exchange *x);
+static bool is_idempotent(const struct http_head *req);
+
+/* When new, the primary, failed in a way the route lists and nothing reached
+ * the client yet, an idempotent request without a body goes to legacy once. */
+static bool try_fallback(struct exchange *x, unsigned why)
+{
+    const struct route_cfg *rt = x->rt;
+    if (rt == NULL || !(rt->fallback & why) || x->fell_back || x->resp_started ||
+        x->backend != rt->new_ || rt->legacy == rt->new_ || !is_idempotent(&x->req) ||
+        x->reqbody.kind != BODY_NONE)
+        return false;
+    log_info("conn", "fallback to legacy route=%s reason=%s id=%s", rt->name,
+             why == FALLBACK_5XX       ? "5xx"
+             : why == FALLBACK_TIMEOUT ? "timeout"
+                                       : "connect_error",
+             x->reqid);
+    if (rt->state != NULL)
+        counter_add(&rt->state->counters[x->w->id].fallbacks, 1);
+    exchange_release_upstream(x, false);
+    x->fell_back = true;
+    x->up_ready = false;
+    x->backend = rt->legacy;
+    x->backend_role = "legacy";
+    buf_reset(&x->rhead);
+    memset(&x->rscan, 0, sizeof(x->rscan));
+    exchange_connect(x);
+    return true;
+}
 
 static bool is_idempotent(const struct http_head *req)
 {
@@ -757,6 +797,8 @@ static void up_on_error(void *ctx, int err)
         exchange_connect(x);
         return;
     }
+    if (nothing_back && try_fallback(x, err == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : 0))
+        return;
     if (err == FICUS_ETIMEOUT) {
         log_warn("conn", "upstream timeout backend=%s id=%s", x->backend_role, x->reqid);
         exchange_fail(x, 504, "upstream timeout");
@@ -784,6 +826,8 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
     struct exchange *x = ctx;
     struct conn *c = x->c;
     if (status != 0) {
+        if (try_fallback(x, status == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : FALLBACK_CONNECT_ERROR))
+            return;
         if (status == FICUS_ETIMEOUT)
             exchange_fail(x, 504, "upstream connect timeout");
         else
@@ -859,7 +903,29 @@ static void make_request_id(struct exchange *x)
              (unsigned long long)b);
 }
 
-static void exchange_start(struct conn *c, const char *head, size_t head_len)
+/* Is the chunked framing of the body bytes already at hand valid so far? Checked
+ * before the head goes upstream, so that a request whose framing is already
+ * known bad never reaches a backend, not even in part. */
+static bool body_prefix_ok(const struct body_framer *f, const char *p, size_t len)
+{
+    struct body_framer probe = *f;
+    size_t off = 0;
+    while (off < len && !probe.done) {
+        size_t doff, dlen;
+        int64_t n = http1_body_step(&probe, p + off, len - off, &doff, &dlen);
+        if (n < 0)
+            return false;
+        if (n == 0)
+            break;
+        off += (size_t)n;
+    }
+    return true;
+}
+
+/* Starts the exchange for the head at head; rest holds the bytes that followed
+ * it in the same read (the start of the body, or a next request). */
+static void exchange_start(struct conn *c, const char *head, size_t head_len, const char *rest,
+                           size_t rest_len)
 {
     struct worker *w = c->w;
     atomic_fetch_add_explicit(&w->counters.requests, 1, memory_order_relaxed);
@@ -908,6 +974,12 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len)
         http1_body_init(&x->reqbody, BODY_NONE, 0);
     }
     x->req_done = x->reqbody.done;
+    if (x->reqbody.kind == BODY_CHUNKED && !body_prefix_ok(&x->reqbody, rest, rest_len)) {
+        x->req_done = true;
+        x->keep_alive = false;
+        exchange_fail(x, 400, "bad request body framing");
+        return;
+    }
 
     int ri = router_match(x->cfg, &x->req);
     if (ri < 0) {
@@ -916,9 +988,13 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len)
         return;
     }
     x->rt = &x->cfg->routes[ri];
-    struct split_decision d =
-        router_decide(x->rt, x->rt->new_percent, x->rt->shadow_percent, &x->req,
-                      (struct span){c->ip, strlen(c->ip)}, worker_random(w));
+    const struct route_state *rs = x->rt->state;
+    struct split_decision d = router_decide(
+        x->rt,
+        rs ? atomic_load_explicit(&rs->new_percent, memory_order_relaxed) : x->rt->new_percent,
+        rs ? atomic_load_explicit(&rs->shadow_percent, memory_order_relaxed)
+           : x->rt->shadow_percent,
+        &x->req, (struct span){c->ip, strlen(c->ip)}, worker_random(w));
     if (d.status != 0) {
         x->keep_alive = x->keep_alive && x->req_done;
         exchange_fail(x, d.status, "invalid override header");

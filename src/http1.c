@@ -298,6 +298,10 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
     memset(h, 0, offsetof(struct http_head, headers));
     h->n_headers = 0;
     h->content_length = -1;
+    h->chunked = false;
+    h->keep_alive = false;
+    h->expect_continue = false;
+    h->is_head = false;
     h->head_len = len;
 
     struct parse_ctx ctx = {.h = h};

@@ -6,6 +6,9 @@
 #include "ficus/conn.h"
 #include "ficus/log.h"
 #include "ficus/upstream.h"
+#include "ficus/admin.h"
+#include "ficus/metrics.h"
+#include "ficus/state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,11 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ACCESS_FLUSH_MS    200
 #define ACCESS_FLUSH_BYTES (32 * 1024)
 #define DRAIN_CHECK_MS     20
+#define TICK_MS            1000
+
+void control_tick(struct server *srv);
 
 /* ---- configuration ------------------------------------------------------------ */
 
@@ -301,6 +308,13 @@ int server_reload(struct server *srv, struct config_errors *errs)
             log_error("server", "reload rejected: %s", errs->lines[i]);
         return FICUS_ECONFIG;
     }
+    /* The running state table is the truth for overrides: it is what was saved. */
+    if (state_table_bind(srv->state, cfg) != 0) {
+        config_errors_add(errs, "%s: out of memory", cfg->path);
+        log_error("server", "reload rejected: out of memory");
+        config_unref(cfg);
+        return FICUS_ECONFIG;
+    }
     if (cfg->n_listens != srv->cfg->n_listens || cfg->workers != srv->cfg->workers)
         log_warn("server", "reload: listen and workers changes take effect at the next restart");
     for (int i = 0; i < srv->n_workers; i++) {
@@ -315,6 +329,11 @@ int server_reload(struct server *srv, struct config_errors *errs)
     srv->cfg = cfg;
     log_info("server", "configuration reloaded path=%s routes=%zu", cfg->path, cfg->n_routes);
     return 0;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    control_tick(t->data);
 }
 
 static void signal_workers(struct server *srv, int stop)
@@ -342,6 +361,9 @@ void server_stop(struct server *srv)
         return;
     srv->draining = true;
     log_info("server", "stopping: draining for up to %d ms", srv->cfg->drain_ms);
+    admin_stop(srv->admin);
+    srv->admin = NULL;
+    metrics_probe_stop(srv);
     signal_workers(srv, 1);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
 }
@@ -379,6 +401,7 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
     uv_close((uv_handle_t *)&srv->sig_usr1, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+    uv_close((uv_handle_t *)&srv->tick_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_done, NULL);
 }
 
@@ -403,6 +426,20 @@ int server_run(const char *path)
     srv->config_path = path;
     srv->cfg = cfg;
     srv->loop = uv_default_loop();
+    srv->started_at = (int64_t)time(NULL);
+    srv->state = state_table_new(cfg->workers, cfg->state_file);
+    if (srv->state == NULL || state_table_load(srv->state, &errs) != 0 ||
+        state_table_bind(srv->state, cfg) != 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.lines[i]);
+        config_errors_dispose(&errs);
+        state_table_free(srv->state);
+        config_unref(cfg);
+        free(srv);
+        return 1;
+    }
+    if (cfg->state_file == NULL)
+        log_warn("server", "no state_file: runtime changes to routes live in memory only");
     srv->access_fd = open_access_log(cfg);
     srv->n_workers = cfg->workers;
     srv->workers = calloc((size_t)srv->n_workers, sizeof(struct worker));
@@ -419,6 +456,7 @@ int server_run(const char *path)
         if (srv->access_fd >= 0)
             close(srv->access_fd);
         config_unref(cfg);
+        state_table_free(srv->state);
         free(srv);
         uv_loop_close(uv_default_loop());
         return 1;
@@ -437,6 +475,21 @@ int server_run(const char *path)
     srv->drain_timer.data = srv;
     uv_async_init(srv->loop, &srv->worker_done, on_worker_done);
     srv->worker_done.data = srv;
+    uv_timer_init(srv->loop, &srv->tick_timer);
+    srv->tick_timer.data = srv;
+    uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
+    metrics_probe_start(srv);
+    if (cfg->admin) {
+        rc = admin_start(srv, srv->loop, &srv->admin);
+        if (rc != 0) {
+            log_error("server", "cannot listen for admin address=%s err=%s", cfg->admin_addr.text,
+                      uv_strerror(rc));
+            fprintf(stderr, "%s: admin.address: cannot listen on %s: %s\n", cfg->path,
+                    cfg->admin_addr.text, uv_strerror(rc));
+            srv->exit_code = 1;
+            server_stop(srv);
+        }
+    }
 
     atomic_store(&srv->workers_running, srv->n_workers);
     for (int i = 0; i < srv->n_workers; i++)
@@ -455,6 +508,7 @@ int server_run(const char *path)
     if (srv->access_fd >= 0)
         close(srv->access_fd);
     config_unref(srv->cfg);
+    state_table_free(srv->state);
     int code = srv->exit_code;
     free(srv);
     uv_loop_close(uv_default_loop());

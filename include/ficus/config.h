@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct route_state;
+
 /* A list of error lines, each "FILE: json.location: reason". */
 struct config_errors {
     char **lines;
@@ -116,6 +118,10 @@ struct route_cfg {
     double *ramp_steps; /* increasing, each 0..100 */
     size_t n_ramp_steps;
     int64_t ramp_every_ms;
+
+    /* Set by the server (state_table_bind), not by config_parse: the route's
+     * live state, which outlives this snapshot. */
+    struct route_state *state;
 };
 
 struct config {

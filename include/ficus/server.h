@@ -14,6 +14,8 @@
 struct server;
 struct pool_set;
 struct conn;
+struct state_table;
+struct admin;
 
 /* Per-worker counters: written only by their worker, read by the control
  * thread with relaxed atomic loads (no lock on the request path). */
@@ -59,12 +61,16 @@ struct server {
     int n_workers;
     uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
     uv_timer_t drain_timer;
+    uv_timer_t tick_timer;  /* once a second: sampler, guard, ramp */
     uv_async_t worker_done; /* a worker's loop ended */
     atomic_int workers_running;
     atomic_long conns_total; /* client connections across workers, for limits.max_connections */
     bool draining;
     int access_fd; /* -1: no access log */
     int exit_code;
+    struct state_table *state; /* live route state (percentages, counters) */
+    struct admin *admin;       /* NULL without an admin listener */
+    int64_t started_at;        /* unix seconds */
 };
 
 /* Runs the proxy with the configuration at path until a signal stops it.

@@ -1,0 +1,1510 @@
+/* Configuration: reads the JSON file, checks it against the schema of SPEC
+ * "Configuration (JSON)" and builds an immutable, reference-counted snapshot.
+ *
+ * Validation never stops at the first problem: every reader reports what is
+ * wrong with its value, leaves the default in place and carries on, so that
+ * `ficus check` shows every error of a file at once. A snapshot is returned
+ * only when nothing was wrong.
+ *
+ * Ownership: the snapshot keeps the jansson document (cfg->root) and points
+ * into it for every string that is used as written. Everything else it holds
+ * (the arrays of listeners, backends, routes, methods..., the lower-cased
+ * copies of header names and the host names cut out of backend URLs) comes
+ * from cfg->arena. config_unref frees both at once; nothing is freed piecemeal. */
+#include "ficus/config.h"
+#include "ficus/common.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define LOC_MAX         512                /* a JSON location in an error line */
+#define ERRORS_SHOWN    200                /* error lines beyond this are counted, not kept */
+#define CONFIG_FILE_MAX (16 * 1024 * 1024) /* a bigger file is surely a mistake */
+#define KIB             1024LL
+#define MIB             (1024LL * 1024)
+#define GIB             (1024LL * 1024 * 1024)
+#define WORKERS_MAX     256
+
+/* ------------------------------------------------------------------------ */
+/* Error lists                                                              */
+
+void config_errors_add(struct config_errors *e, const char *fmt, ...)
+{
+    if (e == NULL)
+        return;
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 8;
+        char **lines = realloc(e->lines, cap * sizeof(*lines));
+        if (lines == NULL)
+            return; /* out of memory: the line is lost, the caller still gets NULL */
+        e->lines = lines;
+        e->cap = cap;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    char *line = malloc((size_t)n + 1);
+    if (line == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    e->lines[e->n++] = line;
+}
+
+void config_errors_dispose(struct config_errors *e)
+{
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < e->n; i++)
+        free(e->lines[i]);
+    free(e->lines);
+    e->lines = NULL;
+    e->n = 0;
+    e->cap = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Defaults: the only place where a default value is written down. Each
+ * function runs before the JSON of its object is read; a key that is present
+ * and valid then overwrites the default. */
+
+static const char *default_redact_headers[] = {"authorization", "cookie", "set-cookie",
+                                               "proxy-authorization"};
+static const char *default_diff_headers[] = {"content-type"};
+static const char *default_shadow_methods[] = {"GET", "HEAD", "OPTIONS"};
+
+#define DEFAULT_ADMIN_ADDRESS "127.0.0.1:9901"
+#define DEFAULT_LEGACY        "legacy" /* backend names a route uses when it names none */
+#define DEFAULT_NEW           "new"
+
+static const char *parse_addr(const char *text, struct config_addr *out);
+
+static void defaults_config(struct config *cfg)
+{
+    cfg->workers = 0;
+    /* Without an "admin" object the admin API still runs, on loopback: the
+     * dashboard and the rollback button must be there when they are needed. */
+    cfg->admin = true;
+    parse_addr(DEFAULT_ADMIN_ADDRESS, &cfg->admin_addr);
+    cfg->admin_token_env = NULL;
+    cfg->state_file = NULL;
+
+    cfg->divlog_path = NULL;
+    cfg->divlog_max_bytes = 100 * MIB;
+    cfg->divlog_keep = 5;
+    cfg->divlog_body_bytes = 4096;
+    /* Never modified: the snapshot replaces the pointer when it adds names. */
+    cfg->redact_headers = default_redact_headers;
+    cfg->n_redact_headers = ARRAY_SIZE(default_redact_headers);
+
+    cfg->access_log_path = "-";
+
+    cfg->max_connections = 10000;
+    cfg->max_header_bytes = 65536;
+    cfg->max_request_body_bytes = 100 * MIB;
+
+    cfg->connect_ms = 2000;
+    cfg->upstream_ms = 30000;
+    cfg->client_idle_ms = 60000;
+    cfg->drain_ms = 10000;
+}
+
+static void defaults_backend(struct backend_cfg *b)
+{
+    b->max_connections = 256;
+    b->verify = true;
+    b->ca_file = NULL;
+    b->server_name = NULL;
+    b->health_path = NULL;
+    b->health_interval_ms = 2000;
+}
+
+static void defaults_route(struct route_cfg *rt)
+{
+    rt->legacy = -1; /* resolved from DEFAULT_LEGACY / DEFAULT_NEW when not named */
+    rt->new_ = -1;
+    rt->new_percent = 0;
+    rt->sticky = STICKY_IP;
+    rt->sticky_name = NULL;
+    rt->override_header = NULL;
+
+    rt->shadow = false;
+    rt->shadow_percent = 100;
+    rt->shadow_methods = default_shadow_methods;
+    rt->n_shadow_methods = ARRAY_SIZE(default_shadow_methods);
+    rt->shadow_max_inflight = 100;
+    rt->shadow_timeout_ms = 5000;
+    rt->shadow_max_body_bytes = 1024 * 1024;
+
+    rt->diff.headers = default_diff_headers;
+    rt->diff.n_headers = ARRAY_SIZE(default_diff_headers);
+    rt->diff.tolerance = 0;
+    rt->noise = false;
+    rt->noise_percent = 2;
+    rt->noise_threshold = 0.05;
+
+    rt->fallback = 0;
+
+    rt->guard = false;
+    rt->guard_max_divergence_rate = 0.01;
+    rt->guard_max_error_rate = 0.02;
+    rt->guard_min_comparisons = 200;
+    rt->guard_window_ms = 60000;
+
+    rt->ramp = false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The parser: error reporting, locations and memory                        */
+
+struct parser {
+    const char *fname;
+    struct config_errors *errs; /* may be NULL: errors are only counted */
+    struct config *cfg;
+    size_t n_errors;
+    bool nomem;
+};
+
+static void fail(struct parser *p, const char *loc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Adds "FILE: loc: reason". */
+static void fail(struct parser *p, const char *loc, const char *fmt, ...)
+{
+    char reason[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (++p->n_errors <= ERRORS_SHOWN)
+        config_errors_add(p->errs, "%s: %s: %s", p->fname, loc, reason);
+}
+
+/* Writes the location of member key under parent: "key" at the top level,
+ * "parent.key" below it. Returns out (LOC_MAX bytes; a longer one is cut). */
+static const char *loc_key(char *out, const char *parent, const char *key)
+{
+    int n;
+    if (parent[0] == '\0')
+        n = snprintf(out, LOC_MAX, "%s", key);
+    else
+        n = snprintf(out, LOC_MAX, "%s.%s", parent, key);
+    if (n >= LOC_MAX)
+        out[LOC_MAX - 1] = '\0'; /* cut, as documented */
+    return out;
+}
+
+static const char *loc_index(char *out, const char *parent, size_t i)
+{
+    if (snprintf(out, LOC_MAX, "%s[%zu]", parent, i) >= LOC_MAX)
+        out[LOC_MAX - 1] = '\0';
+    return out;
+}
+
+/* n zeroed elements of size bytes from the snapshot's arena, or NULL (and the
+ * parse fails) when memory runs out. */
+static void *alloc_array(struct parser *p, size_t n, size_t size)
+{
+    if (n == 0 || n > SIZE_MAX / size) {
+        p->nomem = n != 0;
+        return NULL;
+    }
+    void *mem = arena_alloc(&p->cfg->arena, n * size);
+    if (mem == NULL) {
+        p->nomem = true;
+        return NULL;
+    }
+    memset(mem, 0, n * size);
+    return mem;
+}
+
+static const char *lower_dup(struct parser *p, const char *s)
+{
+    size_t n = strlen(s);
+    char *copy = alloc_array(p, n + 1, 1);
+    if (copy == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        copy[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] - 'A' + 'a') : s[i];
+    return copy;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lexical checks                                                           */
+
+/* RFC 9110 token characters: what header names and methods are made of. */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool is_token(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++) {
+        if (!is_tchar((unsigned char)*s))
+            return false;
+    }
+    return true;
+}
+
+static bool is_method(const char *s)
+{
+    if (!is_token(s))
+        return false;
+    for (; *s; s++) {
+        if (*s >= 'a' && *s <= 'z')
+            return false;
+    }
+    return true;
+}
+
+/* Route and backend names appear in metrics labels and admin URLs. */
+static bool is_name(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++) {
+        char c = *s;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+#define NAME_CHARS "letters, digits, '_', '.' and '-'"
+
+/* NULL when s is an RFC 6901 JSON Pointer (with "*" segments allowed), else
+ * the reason. */
+static const char *pointer_problem(const char *s)
+{
+    if (s[0] != '\0' && s[0] != '/')
+        return "must be a JSON Pointer: \"\" or a string starting with \"/\"";
+    for (; *s; s++) {
+        if (*s == '~' && s[1] != '0' && s[1] != '1')
+            return "must be a JSON Pointer: \"~\" is only allowed as \"~0\" or \"~1\"";
+    }
+    return NULL;
+}
+
+/* Reads a decimal port of 1..65535 from s (the whole string). */
+static bool parse_port(const char *s, uint16_t *out)
+{
+    unsigned long v = 0;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        if (s[n] < '0' || s[n] > '9' || n >= 5)
+            return false;
+        v = v * 10 + (unsigned long)(s[n] - '0');
+    }
+    if (n == 0 || v == 0 || v > 65535)
+        return false;
+    *out = (uint16_t)v;
+    return true;
+}
+
+/* Fills out from "host:port" or "[v6]:port" where host is an IPv4 literal or
+ * "localhost". Returns NULL, or the reason the text is not an address. */
+static const char *parse_addr(const char *text, struct config_addr *out)
+{
+    char host[64];
+    const char *port;
+    bool v6 = false;
+
+    memset(out, 0, sizeof(*out));
+    out->text = text;
+    if (text[0] == '[') {
+        const char *rb = strchr(text, ']');
+        if (rb == NULL || rb[1] != ':')
+            return "must be \"host:port\", as in \"[::1]:8080\"";
+        if ((size_t)(rb - text - 1) >= sizeof(host))
+            return "host must be an IPv4 address, an [IPv6] address or localhost";
+        memcpy(host, text + 1, (size_t)(rb - text - 1));
+        host[rb - text - 1] = '\0';
+        port = rb + 2;
+        v6 = true;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (colon == NULL)
+            return "must be \"host:port\", as in \"127.0.0.1:8080\"";
+        if (memchr(text, ':', (size_t)(colon - text)) != NULL)
+            return "an IPv6 address must be in brackets, as in \"[::1]:8080\"";
+        if ((size_t)(colon - text) >= sizeof(host))
+            return "host must be an IPv4 address, an [IPv6] address or localhost";
+        memcpy(host, text, (size_t)(colon - text));
+        host[colon - text] = '\0';
+        port = colon + 1;
+    }
+
+    uint16_t portnum;
+    if (!parse_port(port, &portnum))
+        return "port must be a number from 1 to 65535";
+    if (v6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->ss;
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+            return "host must be an IPv4 address, an [IPv6] address or localhost";
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(portnum);
+        out->len = sizeof(*sin6);
+    } else {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&out->ss;
+        const char *ip = strcasecmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+        if (inet_pton(AF_INET, ip, &sin->sin_addr) != 1)
+            return "host must be an IPv4 address, an [IPv6] address or localhost";
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(portnum);
+        out->len = sizeof(*sin);
+    }
+    return NULL;
+}
+
+static bool addr_is_any(const struct config_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr, &in6addr_any,
+                  sizeof(in6addr_any)) == 0;
+}
+
+/* Reports a (at loc) when binding it next to b (at other) would fail: the
+ * same address, or the same port with one of them a wildcard. Only addresses
+ * of one family are compared: whether [::] takes IPv4 too depends on the system. */
+static void check_addr_conflict(struct parser *p, const char *loc, const struct config_addr *a,
+                                const char *other, const struct config_addr *b)
+{
+    if (a->len == 0 || b->len == 0 || a->ss.ss_family != b->ss.ss_family)
+        return;
+    if (memcmp(&a->ss, &b->ss, a->len) == 0) {
+        fail(p, loc, "same address as %s", other);
+        return;
+    }
+    /* sin_port and sin6_port sit at the same offset. */
+    const struct sockaddr_in *sa = (const struct sockaddr_in *)&a->ss;
+    const struct sockaddr_in *sb = (const struct sockaddr_in *)&b->ss;
+    if (sa->sin_port == sb->sin_port && (addr_is_any(a) || addr_is_any(b)))
+        fail(p, loc, "same port as %s, and one of the two is a wildcard address", other);
+}
+
+static bool is_host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_';
+}
+
+/* Fills b->tls, host and port from url: "http[s]://host[:port][/]" where host
+ * is a name, an IPv4 literal or a bracketed IPv6 literal. Returns NULL, or the
+ * reason the URL is refused. */
+static const char *parse_url(struct parser *p, struct backend_cfg *b, const char *url)
+{
+    const char *s;
+    if (strncasecmp(url, "http://", 7) == 0) {
+        b->tls = false;
+        s = url + 7;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        b->tls = true;
+        s = url + 8;
+    } else {
+        return "must start with http:// or https://";
+    }
+
+    size_t alen = strcspn(s, "/?#");
+    const char *rest = s + alen;
+    if (memchr(s, '@', alen) != NULL)
+        return "must not contain user information (\"user@\")";
+    if (strpbrk(rest, "?#") != NULL)
+        return "must not contain a query or a fragment";
+    if (rest[0] == '/' && rest[1] != '\0')
+        return "must not contain a path: ficus forwards the request's own path";
+
+    const char *host = s, *host_end, *port = NULL;
+    if (s[0] == '[') {
+        const char *rb = memchr(s, ']', alen);
+        if (rb == NULL)
+            return "has an IPv6 address without its closing \"]\"";
+        host = s + 1;
+        host_end = rb;
+        if (rb + 1 < s + alen) {
+            if (rb[1] != ':')
+                return "must be http[s]://host[:port]";
+            port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(s, ':', alen);
+        host_end = colon ? colon : s + alen;
+        if (colon != NULL) {
+            if (memchr(colon + 1, ':', (size_t)(s + alen - colon - 1)) != NULL)
+                return "an IPv6 address must be in brackets, as in http://[::1]:8080";
+            port = colon + 1;
+        }
+    }
+
+    size_t hlen = (size_t)(host_end - host);
+    if (hlen == 0)
+        return "has no host";
+    if (hlen > 253)
+        return "has a host name longer than 253 characters";
+    if (s[0] == '[') {
+        char buf[64];
+        struct in6_addr a6;
+        if (hlen >= sizeof(buf))
+            return "has an invalid IPv6 address";
+        memcpy(buf, host, hlen);
+        buf[hlen] = '\0';
+        if (inet_pton(AF_INET6, buf, &a6) != 1)
+            return "has an invalid IPv6 address";
+    } else {
+        for (size_t i = 0; i < hlen; i++) {
+            if (!is_host_char(host[i]))
+                return "host must be a name, an IPv4 address or an [IPv6] address";
+        }
+    }
+
+    if (port != NULL) {
+        char buf[8];
+        size_t plen = (size_t)(s + alen - port);
+        if (plen >= sizeof(buf))
+            return "port must be a number from 1 to 65535";
+        memcpy(buf, port, plen);
+        buf[plen] = '\0';
+        if (!parse_port(buf, &b->port))
+            return "port must be a number from 1 to 65535";
+    } else {
+        b->port = b->tls ? 443 : 80;
+    }
+
+    char *copy = alloc_array(p, hlen + 1, 1);
+    if (copy != NULL)
+        memcpy(copy, host, hlen);
+    b->host = copy;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Readers: each checks one JSON value at loc and reports what is wrong. They
+ * return true and set *out only when the value is valid.                   */
+
+/* Is v an object? Reports keys that are not in keys (NULL-terminated). An
+ * object with unknown keys still returns true so that its known members are
+ * checked too. */
+static bool read_object(struct parser *p, json_t *v, const char *loc, const char *const *keys)
+{
+    if (!json_is_object(v)) {
+        fail(p, loc, "must be an object");
+        return false;
+    }
+    const char *key;
+    json_t *member;
+    json_object_foreach(v, key, member)
+    {
+        bool known = false;
+        for (size_t i = 0; keys[i] != NULL && !known; i++)
+            known = strcmp(key, keys[i]) == 0;
+        if (!known) {
+            char l[LOC_MAX];
+            fail(p, loc_key(l, loc, key), "unknown key");
+        }
+    }
+    return true;
+}
+
+/* The member key of obj, or NULL. A missing required member is reported. */
+static json_t *member(struct parser *p, json_t *obj, const char *loc, const char *key,
+                      bool required)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL && required) {
+        char l[LOC_MAX];
+        fail(p, loc_key(l, loc, key), "is required");
+    }
+    return v;
+}
+
+static bool read_int(struct parser *p, json_t *v, const char *loc, long long lo, long long hi,
+                     long long *out)
+{
+    long long x = json_is_integer(v) ? (long long)json_integer_value(v) : 0;
+    if (json_is_integer(v) && x >= lo && x <= hi) {
+        *out = x;
+        return true;
+    }
+    if (hi == LLONG_MAX)
+        fail(p, loc, "must be an integer >= %lld", lo);
+    else
+        fail(p, loc, "must be an integer from %lld to %lld", lo, hi);
+    return false;
+}
+
+/* A number: a JSON integer or real. hi is HUGE_VAL for no upper bound. */
+static bool read_number(struct parser *p, json_t *v, const char *loc, double lo, double hi,
+                        double *out)
+{
+    double x = json_is_number(v) ? json_number_value(v) : 0;
+    if (json_is_number(v) && x >= lo && x <= hi) {
+        *out = x;
+        return true;
+    }
+    if (hi == HUGE_VAL)
+        fail(p, loc, "must be a number >= %g", lo);
+    else
+        fail(p, loc, "must be a number from %g to %g", lo, hi);
+    return false;
+}
+
+static bool read_string(struct parser *p, json_t *v, const char *loc, const char **out)
+{
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        fail(p, loc, "must be a non-empty string");
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+static bool read_bool(struct parser *p, json_t *v, const char *loc, bool *out)
+{
+    if (!json_is_boolean(v)) {
+        fail(p, loc, "must be true or false");
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+/* A header name, stored lower case (a copy in the arena). */
+static bool read_header_name(struct parser *p, json_t *v, const char *loc, const char **out)
+{
+    if (!json_is_string(v) || !is_token(json_string_value(v))) {
+        fail(p, loc, "must be a header name (letters, digits and !#$%%&'*+-.^_`|~)");
+        return false;
+    }
+    const char *copy = lower_dup(p, json_string_value(v));
+    if (copy == NULL)
+        return false;
+    *out = copy;
+    return true;
+}
+
+static bool read_method(struct parser *p, json_t *v, const char *loc, const char **out)
+{
+    if (!json_is_string(v) || !is_method(json_string_value(v))) {
+        fail(p, loc, "must be an upper-case method name such as \"GET\"");
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+static bool read_pointer(struct parser *p, json_t *v, const char *loc, const char **out)
+{
+    const char *why = json_is_string(v) ? pointer_problem(json_string_value(v))
+                                        : "must be a JSON Pointer: \"\" or a string starting "
+                                          "with \"/\"";
+    if (why != NULL) {
+        fail(p, loc, "%s", why);
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+typedef bool (*read_item_fn)(struct parser *p, json_t *v, const char *loc, const char **out);
+
+/* An array of strings, each checked by read_item; what names the items in
+ * the error about the array itself. The array comes from the arena. */
+static bool read_list(struct parser *p, json_t *v, const char *loc, bool nonempty, const char *what,
+                      read_item_fn read_item, const char ***out, size_t *n_out)
+{
+    if (!json_is_array(v) || (nonempty && json_array_size(v) == 0)) {
+        fail(p, loc, "must be %s array of %s", nonempty ? "a non-empty" : "an", what);
+        return false;
+    }
+    size_t n = json_array_size(v);
+    const char **items = alloc_array(p, n, sizeof(*items));
+    if (items == NULL && n > 0)
+        return false;
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        char l[LOC_MAX];
+        if (!read_item(p, json_array_get(v, i), loc_index(l, loc, i), &items[i]))
+            ok = false;
+    }
+    if (!ok)
+        return false;
+    *out = items;
+    *n_out = n;
+    return true;
+}
+
+/* Field readers: read member key of obj (at loc) when present; an absent one
+ * leaves the default in *out. */
+
+static void field_int(struct parser *p, json_t *obj, const char *loc, const char *key, long long lo,
+                      long long hi, int *out)
+{
+    char l[LOC_MAX];
+    long long x;
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL && read_int(p, v, loc_key(l, loc, key), lo, hi, &x))
+        *out = (int)x;
+}
+
+static void field_i64(struct parser *p, json_t *obj, const char *loc, const char *key, long long lo,
+                      long long hi, int64_t *out)
+{
+    char l[LOC_MAX];
+    long long x;
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL && read_int(p, v, loc_key(l, loc, key), lo, hi, &x))
+        *out = (int64_t)x;
+}
+
+static void field_size(struct parser *p, json_t *obj, const char *loc, const char *key,
+                       long long lo, long long hi, size_t *out)
+{
+    char l[LOC_MAX];
+    long long x;
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL && read_int(p, v, loc_key(l, loc, key), lo, hi, &x))
+        *out = (size_t)x;
+}
+
+static void field_number(struct parser *p, json_t *obj, const char *loc, const char *key, double lo,
+                         double hi, double *out)
+{
+    char l[LOC_MAX];
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL)
+        read_number(p, v, loc_key(l, loc, key), lo, hi, out);
+}
+
+static void field_bool(struct parser *p, json_t *obj, const char *loc, const char *key, bool *out)
+{
+    char l[LOC_MAX];
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL)
+        read_bool(p, v, loc_key(l, loc, key), out);
+}
+
+static void field_string(struct parser *p, json_t *obj, const char *loc, const char *key,
+                         bool required, const char **out)
+{
+    char l[LOC_MAX];
+    json_t *v = member(p, obj, loc, key, required);
+    if (v != NULL)
+        read_string(p, v, loc_key(l, loc, key), out);
+}
+
+static void field_list(struct parser *p, json_t *obj, const char *loc, const char *key,
+                       bool nonempty, const char *what, read_item_fn read_item, const char ***out,
+                       size_t *n_out)
+{
+    char l[LOC_MAX];
+    json_t *v = json_object_get(obj, key);
+    if (v != NULL)
+        read_list(p, v, loc_key(l, loc, key), nonempty, what, read_item, out, n_out);
+}
+
+/* An address at loc: "host:port". */
+static bool read_addr(struct parser *p, json_t *v, const char *loc, struct config_addr *out)
+{
+    if (!json_is_string(v)) {
+        fail(p, loc, "must be a string \"host:port\"");
+        return false;
+    }
+    const char *why = parse_addr(json_string_value(v), out);
+    if (why != NULL) {
+        fail(p, loc, "%s", why);
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sections                                                                  */
+
+static void parse_listen(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"address", "tls", NULL};
+    static const char *const tls_keys[] = {"cert_file", "key_file", NULL};
+    struct config *cfg = p->cfg;
+
+    if (json_is_string(v)) {
+        cfg->listens = alloc_array(p, 1, sizeof(*cfg->listens));
+        if (cfg->listens != NULL && read_addr(p, v, "listen", &cfg->listens[0].addr))
+            cfg->n_listens = 1;
+        return;
+    }
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        fail(p, "listen", "must be \"host:port\" or a non-empty array of {\"address\": ...}");
+        return;
+    }
+    size_t n = json_array_size(v);
+    cfg->listens = alloc_array(p, n, sizeof(*cfg->listens));
+    if (cfg->listens == NULL)
+        return;
+    cfg->n_listens = n;
+    for (size_t i = 0; i < n; i++) {
+        struct listen_cfg *ls = &cfg->listens[i];
+        json_t *item = json_array_get(v, i);
+        char loc[LOC_MAX], l[LOC_MAX];
+        loc_index(loc, "listen", i);
+        if (!read_object(p, item, loc, keys))
+            continue;
+        json_t *addr = member(p, item, loc, "address", true);
+        if (addr != NULL && read_addr(p, addr, loc_key(l, loc, "address"), &ls->addr)) {
+            for (size_t j = 0; j < i; j++) {
+                char other[LOC_MAX];
+                loc_index(other, "listen", j);
+                check_addr_conflict(p, l, &ls->addr, other, &cfg->listens[j].addr);
+            }
+        }
+        json_t *tls = json_object_get(item, "tls");
+        if (tls != NULL && read_object(p, tls, loc_key(l, loc, "tls"), tls_keys)) {
+            ls->tls = true;
+            field_string(p, tls, l, "cert_file", true, &ls->cert_file);
+            field_string(p, tls, l, "key_file", true, &ls->key_file);
+        }
+    }
+}
+
+static void parse_admin(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"address", "token_env", NULL};
+    struct config *cfg = p->cfg;
+    if (!read_object(p, v, "admin", keys))
+        return;
+    json_t *addr = json_object_get(v, "address");
+    if (addr != NULL)
+        read_addr(p, addr, "admin.address", &cfg->admin_addr);
+    field_string(p, v, "admin", "token_env", false, &cfg->admin_token_env);
+}
+
+static void parse_backend(struct parser *p, json_t *v, const char *loc, struct backend_cfg *b)
+{
+    static const char *const keys[] = {"url", "max_connections", "tls", "health", NULL};
+    static const char *const tls_keys[] = {"verify", "ca_file", "server_name", NULL};
+    static const char *const health_keys[] = {"path", "interval_ms", NULL};
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    bool url_ok = false;
+    json_t *url = member(p, v, loc, "url", true);
+    if (url != NULL && read_string(p, url, loc_key(l, loc, "url"), &b->url)) {
+        const char *why = parse_url(p, b, b->url);
+        if (why != NULL)
+            fail(p, l, "%s", why);
+        url_ok = why == NULL;
+    }
+    field_int(p, v, loc, "max_connections", 1, 100000, &b->max_connections);
+
+    json_t *tls = json_object_get(v, "tls");
+    if (tls != NULL && read_object(p, tls, loc_key(l, loc, "tls"), tls_keys)) {
+        if (url_ok && !b->tls)
+            fail(p, l, "only allowed with an https:// url");
+        field_bool(p, tls, l, "verify", &b->verify);
+        field_string(p, tls, l, "ca_file", false, &b->ca_file);
+        field_string(p, tls, l, "server_name", false, &b->server_name);
+    }
+
+    json_t *health = json_object_get(v, "health");
+    if (health != NULL && read_object(p, health, loc_key(l, loc, "health"), health_keys)) {
+        char hl[LOC_MAX];
+        json_t *path = member(p, health, l, "path", true);
+        if (path != NULL && (!json_is_string(path) || json_string_value(path)[0] != '/'))
+            fail(p, loc_key(hl, l, "path"), "must be a path starting with \"/\"");
+        else if (path != NULL)
+            b->health_path = json_string_value(path);
+        field_int(p, health, l, "interval_ms", 100, 3600000, &b->health_interval_ms);
+    }
+}
+
+static void parse_backends(struct parser *p, json_t *v)
+{
+    struct config *cfg = p->cfg;
+    if (!json_is_object(v) || json_object_size(v) == 0) {
+        fail(p, "backends", "must be an object naming at least one backend");
+        return;
+    }
+    size_t n = json_object_size(v);
+    cfg->backends = alloc_array(p, n, sizeof(*cfg->backends));
+    if (cfg->backends == NULL)
+        return;
+    cfg->n_backends = n;
+
+    size_t i = 0;
+    const char *name;
+    json_t *item;
+    json_object_foreach(v, name, item)
+    {
+        struct backend_cfg *b = &cfg->backends[i++];
+        char loc[LOC_MAX];
+        loc_key(loc, "backends", name);
+        defaults_backend(b);
+        b->name = name; /* kept even when invalid, so routes naming it get no second error */
+        if (!is_name(name))
+            fail(p, loc, "a backend name must be non-empty and use only " NAME_CHARS);
+        parse_backend(p, item, loc, b);
+    }
+}
+
+static void parse_match(struct parser *p, json_t *v, const char *loc, struct route_match *m)
+{
+    static const char *const keys[] = {"path_prefix", "methods", "host", "headers", NULL};
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    json_t *prefix = json_object_get(v, "path_prefix");
+    if (prefix != NULL) {
+        if (!json_is_string(prefix) || json_string_value(prefix)[0] != '/') {
+            fail(p, loc_key(l, loc, "path_prefix"), "must be a path starting with \"/\"");
+        } else {
+            m->path_prefix = json_string_value(prefix);
+            m->path_prefix_len = json_string_length(prefix);
+        }
+    }
+    field_list(p, v, loc, "methods", true, "method names", read_method, &m->methods, &m->n_methods);
+    field_string(p, v, loc, "host", false, &m->host);
+
+    json_t *headers = json_object_get(v, "headers");
+    if (headers == NULL)
+        return;
+    if (!json_is_object(headers)) {
+        fail(p, loc_key(l, loc, "headers"), "must be an object of header name to value");
+        return;
+    }
+    char hloc[LOC_MAX];
+    loc_key(hloc, loc, "headers");
+    size_t n = json_object_size(headers);
+    struct header_match *hm = alloc_array(p, n, sizeof(*hm));
+    if (hm == NULL)
+        return;
+    size_t k = 0;
+    bool ok = true;
+    const char *name;
+    json_t *value;
+    json_object_foreach(headers, name, value)
+    {
+        loc_key(l, hloc, name);
+        if (!is_token(name)) {
+            fail(p, l, "must be a header name (letters, digits and !#$%%&'*+-.^_`|~)");
+            ok = false;
+            continue;
+        }
+        if (!json_is_string(value)) {
+            fail(p, l, "must be a string");
+            ok = false;
+            continue;
+        }
+        const char *lower = lower_dup(p, name);
+        if (lower == NULL)
+            return;
+        for (size_t j = 0; j < k; j++) {
+            if (strcmp(hm[j].name, lower) == 0) {
+                fail(p, l, "header \"%s\" is listed twice (names ignore case)", lower);
+                ok = false;
+            }
+        }
+        hm[k].name = lower;
+        hm[k].value = json_string_value(value);
+        k++;
+    }
+    if (ok) {
+        m->headers = hm;
+        m->n_headers = k;
+    }
+}
+
+static void parse_route_match(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    parse_match(p, v, loc, &rt->match);
+}
+
+static void parse_sticky(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"header", "cookie", "query", "ip", NULL};
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    size_t given = 0;
+    for (size_t i = 0; keys[i] != NULL; i++)
+        given += json_object_get(v, keys[i]) != NULL;
+    if (given != 1) {
+        fail(p, loc, "must have exactly one of \"header\", \"cookie\", \"query\" or \"ip\"");
+        return;
+    }
+    json_t *header = json_object_get(v, "header");
+    json_t *cookie = json_object_get(v, "cookie");
+    json_t *query = json_object_get(v, "query");
+    if (header != NULL) {
+        if (read_header_name(p, header, loc_key(l, loc, "header"), &rt->sticky_name))
+            rt->sticky = STICKY_HEADER;
+    } else if (cookie != NULL) {
+        if (!json_is_string(cookie) || !is_token(json_string_value(cookie))) {
+            fail(p, loc_key(l, loc, "cookie"), "must be a cookie name");
+        } else {
+            rt->sticky = STICKY_COOKIE;
+            rt->sticky_name = json_string_value(cookie);
+        }
+    } else if (query != NULL) {
+        if (read_string(p, query, loc_key(l, loc, "query"), &rt->sticky_name))
+            rt->sticky = STICKY_QUERY;
+    } else if (!json_is_true(json_object_get(v, "ip"))) {
+        fail(p, loc_key(l, loc, "ip"), "must be true");
+    }
+}
+
+static void parse_shadow(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"percent",    "methods",        "max_inflight",
+                                       "timeout_ms", "max_body_bytes", NULL};
+    if (!read_object(p, v, loc, keys))
+        return;
+    rt->shadow = true;
+    field_number(p, v, loc, "percent", 0, 100, &rt->shadow_percent);
+    field_list(p, v, loc, "methods", true, "method names", read_method, &rt->shadow_methods,
+               &rt->n_shadow_methods);
+    field_int(p, v, loc, "max_inflight", 1, 1000000, &rt->shadow_max_inflight);
+    field_int(p, v, loc, "timeout_ms", 1, 3600000, &rt->shadow_timeout_ms);
+    field_size(p, v, loc, "max_body_bytes", 0, GIB, &rt->shadow_max_body_bytes);
+}
+
+static void parse_diff(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"ignore_headers", "headers",   "ignore", "unordered",
+                                       "match_by",       "tolerance", "noise",  NULL};
+    static const char *const noise_keys[] = {"percent", "threshold", NULL};
+    struct diff_rules *d = &rt->diff;
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    field_list(p, v, loc, "ignore_headers", false, "header names", read_header_name,
+               &d->ignore_headers, &d->n_ignore_headers);
+    field_list(p, v, loc, "headers", false, "header names", read_header_name, &d->headers,
+               &d->n_headers);
+    field_list(p, v, loc, "ignore", false, "JSON Pointers", read_pointer, &d->ignore, &d->n_ignore);
+    field_list(p, v, loc, "unordered", false, "JSON Pointers", read_pointer, &d->unordered,
+               &d->n_unordered);
+    field_number(p, v, loc, "tolerance", 0, HUGE_VAL, &d->tolerance);
+
+    json_t *match_by = json_object_get(v, "match_by");
+    if (match_by != NULL) {
+        char ml[LOC_MAX];
+        loc_key(ml, loc, "match_by");
+        if (!json_is_object(match_by)) {
+            fail(p, ml, "must be an object of JSON Pointer to key name");
+        } else if (json_object_size(match_by) > 0) {
+            size_t n = json_object_size(match_by), k = 0;
+            struct diff_match_by *mb = alloc_array(p, n, sizeof(*mb));
+            bool ok = mb != NULL;
+            const char *ptr;
+            json_t *key;
+            json_object_foreach(match_by, ptr, key)
+            {
+                const char *why = pointer_problem(ptr);
+                loc_key(l, ml, ptr);
+                if (why != NULL) {
+                    fail(p, l, "%s", why);
+                    ok = false;
+                } else if (!json_is_string(key) || json_string_length(key) == 0) {
+                    fail(p, l, "must be a non-empty string: the member that identifies an item");
+                    ok = false;
+                } else if (mb != NULL) {
+                    mb[k].pointer = ptr;
+                    mb[k].key = json_string_value(key);
+                    k++;
+                }
+            }
+            if (ok) {
+                d->match_by = mb;
+                d->n_match_by = k;
+            }
+        }
+    }
+
+    json_t *noise = json_object_get(v, "noise");
+    if (noise != NULL && read_object(p, noise, loc_key(l, loc, "noise"), noise_keys)) {
+        rt->noise = true;
+        field_number(p, noise, l, "percent", 0, 100, &rt->noise_percent);
+        field_number(p, noise, l, "threshold", 0, 1, &rt->noise_threshold);
+    }
+}
+
+static void parse_fallback(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const struct {
+        const char *name;
+        unsigned flag;
+    } kinds[] = {
+        {"connect_error", FALLBACK_CONNECT_ERROR},
+        {"timeout", FALLBACK_TIMEOUT},
+        {"5xx", FALLBACK_5XX},
+    };
+    if (!json_is_array(v)) {
+        fail(p, loc, "must be an array of \"connect_error\", \"timeout\" or \"5xx\"");
+        return;
+    }
+    unsigned flags = 0;
+    bool ok = true;
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *item = json_array_get(v, i);
+        char l[LOC_MAX];
+        unsigned flag = 0;
+        loc_index(l, loc, i);
+        for (size_t k = 0; k < ARRAY_SIZE(kinds) && json_is_string(item); k++) {
+            if (strcmp(json_string_value(item), kinds[k].name) == 0)
+                flag = kinds[k].flag;
+        }
+        if (flag == 0) {
+            fail(p, l, "must be \"connect_error\", \"timeout\" or \"5xx\"");
+            ok = false;
+        } else if (flags & flag) {
+            fail(p, l, "\"%s\" is listed twice", json_string_value(item));
+            ok = false;
+        }
+        flags |= flag;
+    }
+    if (ok)
+        rt->fallback = flags;
+}
+
+static void parse_guard(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"max_divergence_rate", "max_error_rate", "min_comparisons",
+                                       "window_ms", NULL};
+    if (!read_object(p, v, loc, keys))
+        return;
+    rt->guard = true;
+    field_number(p, v, loc, "max_divergence_rate", 0, 1, &rt->guard_max_divergence_rate);
+    field_number(p, v, loc, "max_error_rate", 0, 1, &rt->guard_max_error_rate);
+    field_int(p, v, loc, "min_comparisons", 1, INT_MAX, &rt->guard_min_comparisons);
+    field_int(p, v, loc, "window_ms", 1000, 86400000, &rt->guard_window_ms);
+}
+
+static void parse_ramp(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"steps", "every_ms", NULL};
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    rt->ramp = true;
+    json_t *steps = member(p, v, loc, "steps", true);
+    if (steps != NULL) {
+        loc_key(l, loc, "steps");
+        if (!json_is_array(steps) || json_array_size(steps) == 0) {
+            fail(p, l, "must be a non-empty array of percentages");
+        } else {
+            size_t n = json_array_size(steps);
+            double *out = alloc_array(p, n, sizeof(*out));
+            bool ok = out != NULL;
+            for (size_t i = 0; i < n && out != NULL; i++) {
+                char il[LOC_MAX];
+                loc_index(il, l, i);
+                if (!read_number(p, json_array_get(steps, i), il, 0, 100, &out[i])) {
+                    ok = false;
+                } else if (i > 0 && ok && out[i] <= out[i - 1]) {
+                    fail(p, il, "must be greater than the step before it");
+                    ok = false;
+                }
+            }
+            if (ok) {
+                rt->ramp_steps = out;
+                rt->n_ramp_steps = n;
+            }
+        }
+    }
+    json_t *every = member(p, v, loc, "every_ms", true);
+    long long x;
+    if (every != NULL && read_int(p, every, loc_key(l, loc, "every_ms"), 1000, LLONG_MAX, &x))
+        rt->ramp_every_ms = x;
+}
+
+/* Sets *index to the backend named by member key of v (or by dflt when the
+ * member is absent). */
+static void route_backend(struct parser *p, json_t *v, const char *loc, const char *key,
+                          const char *dflt, int *index)
+{
+    char l[LOC_MAX];
+    const char *name = dflt;
+    json_t *x = json_object_get(v, key);
+    loc_key(l, loc, key);
+    if (x != NULL && !read_string(p, x, l, &name))
+        return;
+    if (p->cfg->n_backends == 0) /* "backends" is missing or wrong: already reported */
+        return;
+    *index = config_backend_index(p->cfg, name);
+    if (*index < 0)
+        fail(p, l, "no backend named \"%s\"", name);
+}
+
+static void parse_route(struct parser *p, json_t *v, const char *loc, size_t i)
+{
+    static const char *const keys[] = {
+        "name",   "match", "legacy",   "new",   "new_percent", "sticky", "override_header",
+        "shadow", "diff",  "fallback", "guard", "ramp",        NULL};
+    struct config *cfg = p->cfg;
+    struct route_cfg *rt = &cfg->routes[i];
+    char l[LOC_MAX];
+
+    defaults_route(rt);
+    if (!read_object(p, v, loc, keys))
+        return;
+
+    json_t *name = member(p, v, loc, "name", true);
+    loc_key(l, loc, "name");
+    if (name != NULL && (!json_is_string(name) || !is_name(json_string_value(name)))) {
+        fail(p, l, "must be a non-empty string of " NAME_CHARS);
+    } else if (name != NULL) {
+        rt->name = json_string_value(name);
+        for (size_t j = 0; j < i; j++) {
+            if (cfg->routes[j].name != NULL && strcmp(cfg->routes[j].name, rt->name) == 0)
+                fail(p, l, "\"%s\" is already the name of routes[%zu]", rt->name, j);
+        }
+    }
+
+    route_backend(p, v, loc, "legacy", DEFAULT_LEGACY, &rt->legacy);
+    route_backend(p, v, loc, "new", DEFAULT_NEW, &rt->new_);
+    field_number(p, v, loc, "new_percent", 0, 100, &rt->new_percent);
+
+    /* The optional sections, each read by its own function. */
+    static const struct {
+        const char *key;
+        void (*parse)(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt);
+    } sections[] = {
+        {"match", parse_route_match}, {"sticky", parse_sticky},     {"shadow", parse_shadow},
+        {"diff", parse_diff},         {"fallback", parse_fallback}, {"guard", parse_guard},
+        {"ramp", parse_ramp},
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(sections); k++) {
+        json_t *x = json_object_get(v, sections[k].key);
+        if (x != NULL)
+            sections[k].parse(p, x, loc_key(l, loc, sections[k].key), rt);
+    }
+    json_t *ov = json_object_get(v, "override_header");
+    if (ov != NULL)
+        read_header_name(p, ov, loc_key(l, loc, "override_header"), &rt->override_header);
+}
+
+static void parse_routes(struct parser *p, json_t *v)
+{
+    struct config *cfg = p->cfg;
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        fail(p, "routes", "must be a non-empty array of routes");
+        return;
+    }
+    size_t n = json_array_size(v);
+    cfg->routes = alloc_array(p, n, sizeof(*cfg->routes));
+    if (cfg->routes == NULL)
+        return;
+    cfg->n_routes = n;
+    for (size_t i = 0; i < n; i++) {
+        char loc[LOC_MAX];
+        parse_route(p, json_array_get(v, i), loc_index(loc, "routes", i), i);
+    }
+}
+
+/* redact_headers is the defaults plus what the file adds: a file can widen
+ * redaction, never narrow it, so that secrets cannot leak through a typo. */
+static void set_redact_headers(struct parser *p, const char **extra, size_t n_extra)
+{
+    struct config *cfg = p->cfg;
+    size_t n_dflt = ARRAY_SIZE(default_redact_headers);
+    const char **all = alloc_array(p, n_dflt + n_extra, sizeof(*all));
+    if (all == NULL)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < n_dflt; i++)
+        all[n++] = default_redact_headers[i];
+    for (size_t i = 0; i < n_extra; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < n && !dup; j++)
+            dup = strcmp(all[j], extra[i]) == 0;
+        if (!dup)
+            all[n++] = extra[i];
+    }
+    cfg->redact_headers = all;
+    cfg->n_redact_headers = n;
+}
+
+static void parse_divergence_log(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"path",       "max_bytes",      "keep",
+                                       "body_bytes", "redact_headers", NULL};
+    const char *loc = "divergence_log";
+    struct config *cfg = p->cfg;
+    const char **extra = NULL;
+    size_t n_extra = 0;
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    field_string(p, v, loc, "path", true, &cfg->divlog_path);
+    field_i64(p, v, loc, "max_bytes", 4096, LLONG_MAX, &cfg->divlog_max_bytes);
+    field_int(p, v, loc, "keep", 0, 1000, &cfg->divlog_keep);
+    field_size(p, v, loc, "body_bytes", 0, 16 * MIB, &cfg->divlog_body_bytes);
+    field_list(p, v, loc, "redact_headers", false, "header names", read_header_name, &extra,
+               &n_extra);
+    if (n_extra > 0)
+        set_redact_headers(p, extra, n_extra);
+}
+
+static void parse_access_log(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"path", NULL};
+    if (!read_object(p, v, "access_log", keys))
+        return;
+    json_t *path = json_object_get(v, "path");
+    if (path == NULL)
+        return;
+    if (!json_is_string(path))
+        fail(p, "access_log.path", "must be a string: a file, \"-\" for stdout or \"\" for none");
+    else
+        p->cfg->access_log_path = json_string_length(path) ? json_string_value(path) : NULL;
+}
+
+static void parse_limits(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"max_connections", "max_header_bytes",
+                                       "max_request_body_bytes", NULL};
+    const char *loc = "limits";
+    struct config *cfg = p->cfg;
+    if (!read_object(p, v, loc, keys))
+        return;
+    field_int(p, v, loc, "max_connections", 1, 10000000, &cfg->max_connections);
+    field_size(p, v, loc, "max_header_bytes", 1 * KIB, 16 * MIB, &cfg->max_header_bytes);
+    field_i64(p, v, loc, "max_request_body_bytes", 0, LLONG_MAX, &cfg->max_request_body_bytes);
+}
+
+static void parse_timeouts(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"connect_ms", "upstream_ms", "client_idle_ms", "drain_ms",
+                                       NULL};
+    const char *loc = "timeouts";
+    struct config *cfg = p->cfg;
+    if (!read_object(p, v, loc, keys))
+        return;
+    field_int(p, v, loc, "connect_ms", 1, 86400000, &cfg->connect_ms);
+    field_int(p, v, loc, "upstream_ms", 1, 86400000, &cfg->upstream_ms);
+    field_int(p, v, loc, "client_idle_ms", 1, 86400000, &cfg->client_idle_ms);
+    field_int(p, v, loc, "drain_ms", 1, 86400000, &cfg->drain_ms);
+}
+
+static void parse_root(struct parser *p, json_t *root)
+{
+    static const char *const keys[] = {
+        "listen",         "workers",    "admin",  "state_file", "backends", "routes",
+        "divergence_log", "access_log", "limits", "timeouts",   NULL};
+    struct config *cfg = p->cfg;
+    json_t *v;
+
+    if (!json_is_object(root)) {
+        fail(p, "top level", "must be a JSON object");
+        return;
+    }
+    read_object(p, root, "", keys);
+
+    v = member(p, root, "", "listen", true);
+    if (v != NULL)
+        parse_listen(p, v);
+    field_int(p, root, "", "workers", 0, WORKERS_MAX, &cfg->workers);
+    v = json_object_get(root, "admin");
+    if (v != NULL)
+        parse_admin(p, v);
+    for (size_t i = 0; i < cfg->n_listens; i++) {
+        char l[LOC_MAX];
+        if (json_is_array(json_object_get(root, "listen")))
+            loc_index(l, "listen", i);
+        else
+            snprintf(l, sizeof(l), "listen");
+        check_addr_conflict(p, "admin.address", &cfg->admin_addr, l, &cfg->listens[i].addr);
+    }
+    field_string(p, root, "", "state_file", false, &cfg->state_file);
+    v = member(p, root, "", "backends", true);
+    if (v != NULL)
+        parse_backends(p, v);
+    v = member(p, root, "", "routes", true);
+    if (v != NULL)
+        parse_routes(p, v);
+    v = json_object_get(root, "divergence_log");
+    if (v != NULL)
+        parse_divergence_log(p, v);
+    v = json_object_get(root, "access_log");
+    if (v != NULL)
+        parse_access_log(p, v);
+    v = json_object_get(root, "limits");
+    if (v != NULL)
+        parse_limits(p, v);
+    v = json_object_get(root, "timeouts");
+    if (v != NULL)
+        parse_timeouts(p, v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots                                                                */
+
+static void config_free(struct config *cfg)
+{
+    json_decref(cfg->root);
+    arena_dispose(&cfg->arena);
+    free(cfg->path);
+    free(cfg);
+}
+
+struct config *config_parse(const char *text, size_t len, const char *fname,
+                            struct config_errors *errs)
+{
+    struct parser p = {.fname = fname ? fname : "config", .errs = errs};
+    json_error_t jerr;
+
+    /* Some editors start a UTF-8 file with a byte order mark; JSON has no use for it. */
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
+        text += 3;
+        len -= 3;
+    }
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        config_errors_add(errs, "%s: line %d, column %d: %s", p.fname, jerr.line, jerr.column,
+                          jerr.text);
+        return NULL;
+    }
+    struct config *cfg = calloc(1, sizeof(*cfg));
+    char *path = strdup(p.fname);
+    if (cfg == NULL || path == NULL) {
+        config_errors_add(errs, "%s: out of memory", p.fname);
+        json_decref(root);
+        free(cfg);
+        free(path);
+        return NULL;
+    }
+    cfg->path = path;
+    cfg->root = root;
+    cfg->refcount = 1;
+    arena_init(&cfg->arena);
+    defaults_config(cfg);
+
+    p.cfg = cfg;
+    parse_root(&p, root);
+    if (p.nomem)
+        fail(&p, "top level", "out of memory");
+    if (p.n_errors > ERRORS_SHOWN)
+        config_errors_add(errs, "%s: %zu more errors not shown", p.fname,
+                          p.n_errors - ERRORS_SHOWN);
+    if (p.n_errors > 0) {
+        config_free(cfg);
+        return NULL;
+    }
+
+    if (cfg->workers == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = cpus < 1 ? 1 : cpus > WORKERS_MAX ? WORKERS_MAX : (int)cpus;
+    }
+    /* A client gets at most 10 s to send its request head (slowloris), and
+     * never more than it may stay idle. */
+    cfg->header_ms = cfg->client_idle_ms < 10000 ? cfg->client_idle_ms : 10000;
+    return cfg;
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+    struct config *cfg = NULL;
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        config_errors_add(errs, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (len == cap) {
+            if (cap >= CONFIG_FILE_MAX) {
+                config_errors_add(errs, "%s: larger than %d MiB: not a configuration file", path,
+                                  CONFIG_FILE_MAX / (1024 * 1024));
+                goto out;
+            }
+            cap = cap ? cap * 2 : 16384;
+            char *grown = realloc(text, cap + 1);
+            if (grown == NULL) {
+                config_errors_add(errs, "%s: out of memory", path);
+                goto out;
+            }
+            text = grown;
+        }
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    if (ferror(f)) {
+        config_errors_add(errs, "%s: cannot read: %s", path, strerror(errno));
+        goto out;
+    }
+    cfg = config_parse(text, len, path, errs);
+out:
+    free(text);
+    fclose(f);
+    return cfg;
+}
+
+struct config *config_ref(struct config *cfg)
+{
+    __atomic_fetch_add(&cfg->refcount, 1, __ATOMIC_RELAXED);
+    return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    if (__atomic_fetch_sub(&cfg->refcount, 1, __ATOMIC_ACQ_REL) == 1)
+        config_free(cfg);
+}
+
+int config_backend_index(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; name != NULL && i < cfg->n_backends; i++) {
+        if (strcmp(cfg->backends[i].name, name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+int config_route_index(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; name != NULL && i < cfg->n_routes; i++) {
+        if (cfg->routes[i].name != NULL && strcmp(cfg->routes[i].name, name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+bool config_is_redacted(const struct config *cfg, const char *name, size_t len)
+{
+    const char **list = cfg ? cfg->redact_headers : default_redact_headers;
+    size_t n = cfg ? cfg->n_redact_headers : ARRAY_SIZE(default_redact_headers);
+    for (size_t i = 0; i < n; i++) {
+        if (strlen(list[i]) == len && strncasecmp(list[i], name, len) == 0)
+            return true;
+    }
+    return false;
+}

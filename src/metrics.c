@@ -1,0 +1,451 @@
+#include "ficus/metrics.h"
+#include "ficus/common.h"
+#include "ficus/log.h"
+#include "ficus/server.h"
+#include "ficus/upstream.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the sampler ------------------------------------------------------------------ */
+
+struct sample {
+    unsigned long long comparisons, divergent, new_requests, new_errors;
+};
+
+struct ring {
+    size_t next;  /* where the next sample goes */
+    size_t count; /* samples held, up to METRICS_WINDOW_SAMPLES */
+    struct sample s[METRICS_WINDOW_SAMPLES];
+};
+
+static void take_sample(struct route_state *rs, void *arg)
+{
+    struct server *srv = arg;
+    struct ring *r = rs->samples;
+    if (r == NULL) {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return;
+        rs->samples = r;
+    }
+    struct route_totals t;
+    state_totals(srv->state, rs, &t);
+    struct sample *s = &r->s[r->next];
+    s->comparisons = t.comparisons;
+    s->divergent = t.divergent;
+    s->new_requests = 0;
+    for (int k = 0; k < CODE_N; k++)
+        s->new_requests += t.requests[1][k];
+    s->new_errors = t.requests[1][CODE_5XX] + t.requests[1][CODE_ERROR];
+    r->next = (r->next + 1) % METRICS_WINDOW_SAMPLES;
+    if (r->count < METRICS_WINDOW_SAMPLES)
+        r->count++;
+}
+
+void metrics_sample(struct server *srv)
+{
+    state_each(srv->state, take_sample, srv);
+}
+
+/* The sample taken `back` seconds before the newest (0: the newest). */
+static const struct sample *sample_at(const struct ring *r, size_t back)
+{
+    size_t idx = (r->next + METRICS_WINDOW_SAMPLES - 1 - back) % METRICS_WINDOW_SAMPLES;
+    return &r->s[idx];
+}
+
+void metrics_window(const struct route_state *rs, int64_t window_ms, struct window_counts *out)
+{
+    memset(out, 0, sizeof(*out));
+    const struct ring *r = rs->samples;
+    if (r == NULL || r->count < 2)
+        return;
+    size_t back = (size_t)(window_ms / 1000);
+    if (back >= r->count)
+        back = r->count - 1;
+    const struct sample *now = sample_at(r, 0), *then = sample_at(r, back);
+    out->comparisons = now->comparisons - then->comparisons;
+    out->divergent = now->divergent - then->divergent;
+    out->new_requests = now->new_requests - then->new_requests;
+    out->new_errors = now->new_errors - then->new_errors;
+    out->seconds = (double)back;
+}
+
+static double ratio(unsigned long long a, unsigned long long b)
+{
+    return b ? (double)a / (double)b : 0.0;
+}
+
+void metrics_route_windows(struct server *srv, const struct route_state *rs, json_t *route)
+{
+    (void)srv;
+    struct window_counts w;
+    metrics_window(rs, 60000, &w);
+    json_object_set_new(route, "window",
+                        json_pack("{s:f,s:I,s:I,s:f,s:f}", "seconds", w.seconds, "comparisons",
+                                  (json_int_t)w.comparisons, "divergences", (json_int_t)w.divergent,
+                                  "divergence_rate", ratio(w.divergent, w.comparisons),
+                                  "new_error_rate", ratio(w.new_errors, w.new_requests)));
+    /* Divergence rate per 10-second step over the last 10 minutes, oldest first. */
+    json_t *hist = json_array();
+    const struct ring *r = rs->samples;
+    if (r != NULL && r->count >= 2) {
+        size_t span = r->count - 1 < 600 ? r->count - 1 : 600;
+        for (size_t back = span; back >= 10; back -= 10) {
+            const struct sample *a = sample_at(r, back), *b = sample_at(r, back - 10);
+            json_array_append_new(
+                hist,
+                json_pack("{s:i,s:I,s:I,s:f}", "ago_s", (int)(back - 10), "comparisons",
+                          (json_int_t)(b->comparisons - a->comparisons), "divergences",
+                          (json_int_t)(b->divergent - a->divergent), "rate",
+                          ratio(b->divergent - a->divergent, b->comparisons - a->comparisons)));
+        }
+    }
+    json_object_set_new(route, "history", hist);
+}
+
+double metrics_quantile_ms(const unsigned long long hist[STATE_HIST_BUCKETS], double q)
+{
+    unsigned long long total = 0;
+    for (int k = 0; k < STATE_HIST_BUCKETS; k++)
+        total += hist[k];
+    if (total == 0)
+        return 0;
+    double want = q * (double)total, seen = 0;
+    for (int k = 0; k < STATE_HIST_BUCKETS; k++) {
+        if (seen + (double)hist[k] >= want && hist[k] > 0) {
+            double lo = k == 0 ? 0 : state_hist_bounds[k - 1];
+            double hi = k < STATE_HIST_BUCKETS - 1 ? state_hist_bounds[k] : lo * 2;
+            double frac = ((want - seen) / (double)hist[k]);
+            return (lo + (hi - lo) * frac) * 1000.0;
+        }
+        seen += (double)hist[k];
+    }
+    return state_hist_bounds[STATE_HIST_BUCKETS - 2] * 1000.0;
+}
+
+/* ---- Prometheus exposition ------------------------------------------------------------- */
+
+static void put_label(struct buf *out, const char *v)
+{
+    /* Label values escape backslash, double quote and newline. */
+    for (const char *p = v; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            buf_printf(out, "\\%c", *p);
+        else if (*p == '\n')
+            buf_puts(out, "\\n");
+        else
+            buf_append(out, p, 1);
+    }
+}
+
+static void head(struct buf *out, const char *name, const char *type, const char *help)
+{
+    buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+struct render_ctx {
+    struct server *srv;
+    struct buf *out;
+    int pass;
+};
+
+static const char *const roles[2] = {"legacy", "new"};
+static const char *const classes[CODE_N] = {"2xx", "3xx", "4xx", "5xx", "error"};
+static const char *const outcomes[SHADOW_N] = {"compared",       "skipped_inflight", "skipped_body",
+                                               "skipped_method", "timeout",          "error",
+                                               "skipped_queue"};
+
+static void render_route(struct route_state *rs, void *arg)
+{
+    struct render_ctx *rc = arg;
+    struct buf *out = rc->out;
+    struct route_totals t;
+    state_totals(rc->srv->state, rs, &t);
+#define LABEL_ROUTE()                                                                              \
+    do {                                                                                           \
+        buf_puts(out, "{route=\"");                                                                \
+        put_label(out, rs->name);                                                                  \
+        buf_puts(out, "\"");                                                                       \
+    } while (0)
+    switch (rc->pass) {
+    case 0:
+        for (int b = 0; b < 2; b++) {
+            for (int k = 0; k < CODE_N; k++) {
+                buf_puts(out, "ficus_requests_total");
+                LABEL_ROUTE();
+                buf_printf(out, ",backend=\"%s\",code=\"%s\"} %llu\n", roles[b], classes[k],
+                           t.requests[b][k]);
+            }
+        }
+        break;
+    case 1:
+        for (int b = 0; b < 2; b++) {
+            unsigned long long cum = 0;
+            for (int k = 0; k < STATE_HIST_BUCKETS; k++) {
+                cum += t.hist[b][k];
+                buf_puts(out, "ficus_request_duration_seconds_bucket");
+                LABEL_ROUTE();
+                if (k < STATE_HIST_BUCKETS - 1)
+                    buf_printf(out, ",backend=\"%s\",le=\"%g\"} %llu\n", roles[b],
+                               state_hist_bounds[k], cum);
+                else
+                    buf_printf(out, ",backend=\"%s\",le=\"+Inf\"} %llu\n", roles[b], cum);
+            }
+            buf_puts(out, "ficus_request_duration_seconds_sum");
+            LABEL_ROUTE();
+            buf_printf(out, ",backend=\"%s\"} %.6f\n", roles[b], (double)t.latency_us_sum[b] / 1e6);
+            buf_puts(out, "ficus_request_duration_seconds_count");
+            LABEL_ROUTE();
+            buf_printf(out, ",backend=\"%s\"} %llu\n", roles[b], cum);
+        }
+        break;
+    case 2:
+        for (int k = 0; k < SHADOW_N; k++) {
+            buf_puts(out, "ficus_shadow_total");
+            LABEL_ROUTE();
+            buf_printf(out, ",outcome=\"%s\"} %llu\n", outcomes[k], t.shadow[k]);
+        }
+        break;
+    case 3:
+        buf_puts(out, "ficus_comparisons_total");
+        LABEL_ROUTE();
+        buf_printf(out, "} %llu\n", t.comparisons);
+        break;
+    case 4:
+        for (int k = 0; k < DIFF_KINDS; k++) {
+            buf_puts(out, "ficus_divergences_total");
+            LABEL_ROUTE();
+            buf_printf(out, ",kind=\"%s\"} %llu\n", diff_kind_name((enum diff_kind)k),
+                       t.divergences[k]);
+        }
+        break;
+    case 5:
+        buf_puts(out, "ficus_noise_total");
+        LABEL_ROUTE();
+        buf_printf(out, "} %llu\n", t.noise);
+        break;
+    case 6:
+        buf_puts(out, "ficus_fallbacks_total");
+        LABEL_ROUTE();
+        buf_printf(out, "} %llu\n", t.fallbacks);
+        break;
+    case 7:
+        buf_puts(out, "ficus_route_new_percent");
+        LABEL_ROUTE();
+        buf_printf(out, "} %g\n", atomic_load(&rs->new_percent));
+        break;
+    case 8:
+        buf_puts(out, "ficus_rollbacks_total");
+        LABEL_ROUTE();
+        buf_printf(out, ",reason=\"manual\"} %llu\n", rs->rollbacks_manual);
+        buf_puts(out, "ficus_rollbacks_total");
+        LABEL_ROUTE();
+        buf_printf(out, ",reason=\"guard\"} %llu\n", rs->rollbacks_guard);
+        break;
+    default:
+        break;
+    }
+#undef LABEL_ROUTE
+}
+
+static long count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return 0;
+    long n = 0;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n > 2 ? n - 3 : 0; /* ".", ".." and the directory's own descriptor */
+}
+
+static long resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+void metrics_render(struct server *srv, struct buf *out)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fams[] = {
+        {"ficus_requests_total", "counter", "Requests answered, by route, backend and code class."},
+        {"ficus_request_duration_seconds", "histogram", "Time to the end of the response."},
+        {"ficus_shadow_total", "counter", "Shadow requests by outcome."},
+        {"ficus_comparisons_total", "counter", "Responses compared."},
+        {"ficus_divergences_total", "counter", "Differences found, by kind."},
+        {"ficus_noise_total", "counter", "Differences classed as noise."},
+        {"ficus_fallbacks_total", "counter", "Requests retried on legacy after new failed."},
+        {"ficus_route_new_percent", "gauge", "Share of keys routed to new."},
+        {"ficus_rollbacks_total", "counter", "Rollbacks of new_percent to 0, by reason."},
+    };
+    struct render_ctx rc = {.srv = srv, .out = out};
+    for (size_t i = 0; i < ARRAY_SIZE(fams); i++) {
+        head(out, fams[i].name, fams[i].type, fams[i].help);
+        rc.pass = (int)i;
+        state_each(srv->state, render_route, &rc);
+    }
+
+    head(out, "ficus_upstream_connections", "gauge", "Upstream connections, by state.");
+    /* Pools belong to workers; their sizes are read without a lock and may be
+     * a moment old, which is fine for a gauge. */
+    for (size_t b = 0; b < srv->cfg->n_backends; b++) {
+        int active = 0, idle = 0;
+        for (int w = 0; w < srv->n_workers; w++) {
+            struct pool_set *ps = srv->workers[w].pools;
+            if (ps == NULL || b >= srv->workers[w].cfg->n_backends)
+                continue;
+            int a = 0, i = 0;
+            upstream_counts(ps, (int)b, &a, &i);
+            active += a;
+            idle += i;
+        }
+        buf_puts(out, "ficus_upstream_connections{backend=\"");
+        put_label(out, srv->cfg->backends[b].name);
+        buf_printf(out, "\",state=\"active\"} %d\n", active);
+        buf_puts(out, "ficus_upstream_connections{backend=\"");
+        put_label(out, srv->cfg->backends[b].name);
+        buf_printf(out, "\",state=\"idle\"} %d\n", idle);
+    }
+    unsigned long long active = 0, idle = 0;
+    for (int w = 0; w < srv->n_workers; w++) {
+        active +=
+            atomic_load_explicit(&srv->workers[w].counters.conns_active, memory_order_relaxed);
+        idle += atomic_load_explicit(&srv->workers[w].counters.conns_idle, memory_order_relaxed);
+    }
+    head(out, "ficus_connections", "gauge", "Client connections, by state.");
+    buf_printf(out, "ficus_connections{state=\"active\"} %llu\n", active - idle);
+    buf_printf(out, "ficus_connections{state=\"idle\"} %llu\n", idle);
+
+    head(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    buf_printf(out, "process_resident_memory_bytes %ld\n", resident_bytes());
+    head(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+    buf_printf(out, "process_open_fds %ld\n", count_fds());
+    head(out, "process_start_time_seconds", "gauge", "Start time since the epoch in seconds.");
+    buf_printf(out, "process_start_time_seconds %lld\n", (long long)srv->started_at);
+}
+
+/* ---- readiness probes ----------------------------------------------------------------------- */
+
+#define PROBE_MAX 64
+
+struct probe {
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    int slot;
+};
+
+static struct {
+    char name[128];
+    bool up;
+    bool probed;
+} probe_state[PROBE_MAX];
+static uv_timer_t probe_timer;
+static bool probe_running;
+
+static void on_probe_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_probe_connect(uv_connect_t *req, int status)
+{
+    struct probe *p = req->data;
+    if (p->slot >= 0) {
+        bool up = status == 0;
+        if (probe_state[p->slot].probed && probe_state[p->slot].up != up)
+            log_info("metrics", "backend %s is %s", probe_state[p->slot].name,
+                     up ? "reachable" : "unreachable");
+        probe_state[p->slot].up = up;
+        probe_state[p->slot].probed = true;
+    }
+    uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
+}
+
+static void on_probe_timer(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    const struct config *cfg = srv->cfg;
+    for (size_t i = 0; i < cfg->n_backends && i < PROBE_MAX; i++) {
+        if (strcmp(probe_state[i].name, cfg->backends[i].name) != 0) {
+            snprintf(probe_state[i].name, sizeof(probe_state[i].name), "%s", cfg->backends[i].name);
+            probe_state[i].probed = false;
+        }
+        struct probe *p = calloc(1, sizeof(*p));
+        if (p == NULL)
+            return;
+        p->slot = (int)i;
+        uv_tcp_init(t->loop, &p->tcp);
+        p->tcp.data = p;
+        p->req.data = p;
+        if (uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&cfg->backends[i].resolved,
+                           on_probe_connect) != 0) {
+            probe_state[i].up = false;
+            probe_state[i].probed = true;
+            uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
+        }
+    }
+}
+
+void metrics_probe_start(struct server *srv)
+{
+    uv_timer_init(srv->loop, &probe_timer);
+    probe_timer.data = srv;
+    uv_timer_start(&probe_timer, on_probe_timer, 0, 2000);
+    probe_running = true;
+}
+
+void metrics_probe_stop(struct server *srv)
+{
+    (void)srv;
+    if (probe_running)
+        uv_close((uv_handle_t *)&probe_timer, NULL);
+    probe_running = false;
+}
+
+json_t *metrics_readiness(struct server *srv)
+{
+    json_t *backends = json_object();
+    bool all = true;
+    for (size_t i = 0; i < srv->cfg->n_backends && i < PROBE_MAX; i++) {
+        bool up = probe_state[i].probed && probe_state[i].up &&
+                  strcmp(probe_state[i].name, srv->cfg->backends[i].name) == 0;
+        json_object_set_new(backends, srv->cfg->backends[i].name, json_boolean(up));
+        all = all && up;
+    }
+    bool listeners = atomic_load(&srv->workers_running) == srv->n_workers && !srv->draining;
+    return json_pack("{s:b,s:b,s:o}", "ready", listeners && all, "listeners", listeners, "backends",
+                     backends);
+}
+
+/* ---- divergence views --------------------------------------------------------------------------
+ */
+
+json_t *metrics_divergences_json(struct server *srv, const char *route, int limit)
+{
+    (void)srv;
+    (void)route;
+    (void)limit;
+    /* Records arrive with the parallel-run issue (divlog); none exist before. */
+    return json_pack("{s:[]}", "divergences");
+}
+
+json_t *metrics_summary_json(struct server *srv, const char *route)
+{
+    (void)srv;
+    (void)route;
+    return json_pack("{s:[]}", "paths");
+}

@@ -1,0 +1,882 @@
+/* Unit tests of the configuration: defaults, every section read back, the
+ * exact error line of each kind of bad input (table-driven), several errors at
+ * once, syntax errors, unknown keys at every depth, references between routes
+ * and backends, redaction and the snapshot's reference count. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "ficus/common.h"
+#include "ficus/config.h"
+
+#include <arpa/inet.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- helpers ---- */
+
+/* JSON in C string literals is unreadable with \" everywhere, so the texts
+ * below use single quotes, turned into double quotes before parsing (none of
+ * the texts needs a real single quote). */
+static struct config *parse_q(const char *squoted, struct config_errors *errs)
+{
+    size_t n = strlen(squoted);
+    char *text = malloc(n + 1);
+    assert_non_null(text);
+    for (size_t i = 0; i <= n; i++)
+        text[i] = squoted[i] == '\'' ? '"' : squoted[i];
+    struct config *cfg = config_parse(text, n, "t.json", errs);
+    free(text);
+    return cfg;
+}
+
+/* Parses a text that must be valid; prints the errors when it is not. */
+static struct config *parse_ok(const char *squoted)
+{
+    struct config_errors errs = {0};
+    struct config *cfg = parse_q(squoted, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "unexpected: %s\n", errs.lines[i]);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(cfg);
+    config_errors_dispose(&errs);
+    return cfg;
+}
+
+static bool has_line(const struct config_errors *errs, const char *line)
+{
+    for (size_t i = 0; i < errs->n; i++) {
+        if (strcmp(errs->lines[i], line) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void dump_errors(const char *what, const struct config_errors *errs)
+{
+    fprintf(stderr, "%s\n", what);
+    for (size_t i = 0; i < errs->n; i++)
+        fprintf(stderr, "  got: %s\n", errs->lines[i]);
+}
+
+/* Building blocks of the texts. */
+#define LISTEN "'listen':'127.0.0.1:8080'"
+#define BACKENDS                                                                                   \
+    "'backends':{'legacy':{'url':'http://127.0.0.1:9001'},'new':{'url':'http://127.0.0.1:9002'}}"
+/* A whole config whose only route has the members x (each starting with a comma). */
+#define ROUTE(x) "{" LISTEN "," BACKENDS ",'routes':[{'name':'r'" x "}]}"
+/* A whole valid config plus the top-level members x (starting with a comma). */
+#define TOP(x) "{" LISTEN "," BACKENDS ",'routes':[{'name':'r'}]" x "}"
+/* A config with listen as given. */
+#define WITH_LISTEN(l) "{'listen':" l "," BACKENDS ",'routes':[{'name':'r'}]}"
+/* A config with backends as given. */
+#define WITH_BACKENDS(b) "{" LISTEN ",'backends':" b ",'routes':[{'name':'r'}]}"
+/* A config with routes as given. */
+#define WITH_ROUTES(r) "{" LISTEN "," BACKENDS ",'routes':" r "}"
+#define URL(u)         WITH_BACKENDS("{'legacy':{'url':'" u "'},'new':{'url':'http://127.0.0.1:9002'}}")
+#define LEGACY(members)                                                                            \
+    WITH_BACKENDS("{'legacy':{'url':'http://127.0.0.1:9001'" members                               \
+                  "},'new':{'url':'http://127.0.0.1:9002'}}")
+#define HDRNAME_REASON "must be a header name (letters, digits and !#$%&'*+-.^_`|~)"
+
+/* ---- bad input: one exact error line each ---- */
+
+struct bad_case {
+    const char *json;
+    const char *line; /* the one error expected, exactly */
+};
+
+static const struct bad_case bad_cases[] = {
+    /* top level */
+    {"[]", "t.json: top level: must be a JSON object"},
+    {TOP(",'wrkers':1"), "t.json: wrkers: unknown key"},
+    {"{" LISTEN "," BACKENDS "}", "t.json: routes: is required"},
+    {"{" BACKENDS ",'routes':[{'name':'r'}]}", "t.json: listen: is required"},
+    {TOP(",'workers':-1"), "t.json: workers: must be an integer from 0 to 256"},
+    {TOP(",'workers':257"), "t.json: workers: must be an integer from 0 to 256"},
+    {TOP(",'workers':1.5"), "t.json: workers: must be an integer from 0 to 256"},
+    {TOP(",'workers':'4'"), "t.json: workers: must be an integer from 0 to 256"},
+    {TOP(",'state_file':5"), "t.json: state_file: must be a non-empty string"},
+    {TOP(",'state_file':''"), "t.json: state_file: must be a non-empty string"},
+    /* listen */
+    {WITH_LISTEN("'localhost'"), "t.json: listen: must be \"host:port\", as in \"127.0.0.1:8080\""},
+    {WITH_LISTEN("'127.0.0.1:0'"), "t.json: listen: port must be a number from 1 to 65535"},
+    {WITH_LISTEN("'127.0.0.1:65536'"), "t.json: listen: port must be a number from 1 to 65535"},
+    {WITH_LISTEN("'127.0.0.1:80x'"), "t.json: listen: port must be a number from 1 to 65535"},
+    {WITH_LISTEN("'example.com:80'"),
+     "t.json: listen: host must be an IPv4 address, an [IPv6] address or localhost"},
+    {WITH_LISTEN("'300.1.1.1:80'"),
+     "t.json: listen: host must be an IPv4 address, an [IPv6] address or localhost"},
+    {WITH_LISTEN("'[::g]:80'"),
+     "t.json: listen: host must be an IPv4 address, an [IPv6] address or localhost"},
+    {WITH_LISTEN("'::1:8080'"),
+     "t.json: listen: an IPv6 address must be in brackets, as in \"[::1]:8080\""},
+    {WITH_LISTEN("[]"),
+     "t.json: listen: must be \"host:port\" or a non-empty array of {\"address\": ...}"},
+    {WITH_LISTEN("8080"),
+     "t.json: listen: must be \"host:port\" or a non-empty array of {\"address\": ...}"},
+    {WITH_LISTEN("[{}]"), "t.json: listen[0].address: is required"},
+    {WITH_LISTEN("['127.0.0.1:80']"), "t.json: listen[0]: must be an object"},
+    {WITH_LISTEN("[{'address':80}]"), "t.json: listen[0].address: must be a string \"host:port\""},
+    {WITH_LISTEN("[{'address':'127.0.0.1:80','tls':{'cert_file':'c.pem'}}]"),
+     "t.json: listen[0].tls.key_file: is required"},
+    {WITH_LISTEN("[{'address':'127.0.0.1:80','tls':{'cert_file':'c','key_file':''}}]"),
+     "t.json: listen[0].tls.key_file: must be a non-empty string"},
+    {WITH_LISTEN("[{'address':'127.0.0.1:80'},{'address':'127.0.0.1:80'}]"),
+     "t.json: listen[1].address: same address as listen[0]"},
+    {WITH_LISTEN("[{'address':'127.0.0.1:80'},{'address':'0.0.0.0:80'}]"),
+     "t.json: listen[1].address: same port as listen[0], and one of the two is a wildcard "
+     "address"},
+    /* admin */
+    {TOP(",'admin':'127.0.0.1:9901'"), "t.json: admin: must be an object"},
+    {TOP(",'admin':{'address':'127.0.0.1:8080'}"), "t.json: admin.address: same address as listen"},
+    {WITH_LISTEN("'0.0.0.0:9901'"),
+     "t.json: admin.address: same port as listen, and one of the two is a wildcard address"},
+    {TOP(",'admin':{'address':'localhost'}"),
+     "t.json: admin.address: must be \"host:port\", as in \"127.0.0.1:8080\""},
+    {TOP(",'admin':{'token_env':''}"), "t.json: admin.token_env: must be a non-empty string"},
+    {TOP(",'admin':{'token':'x'}"), "t.json: admin.token: unknown key"},
+    /* backends */
+    {WITH_BACKENDS("{}"), "t.json: backends: must be an object naming at least one backend"},
+    {WITH_BACKENDS("[]"), "t.json: backends: must be an object naming at least one backend"},
+    {WITH_BACKENDS("{'legacy':{'url':'http://a'},'new':{'url':'http://b'},'x y':{'url':'http://"
+                   "c'}}"),
+     "t.json: backends.x y: a backend name must be non-empty and use only letters, digits, '_', "
+     "'.' and '-'"},
+    {WITH_BACKENDS("{'legacy':{},'new':{'url':'http://b'}}"),
+     "t.json: backends.legacy.url: is required"},
+    {WITH_BACKENDS("{'legacy':'http://a','new':{'url':'http://b'}}"),
+     "t.json: backends.legacy: must be an object"},
+    {URL("ftp://a"), "t.json: backends.legacy.url: must start with http:// or https://"},
+    {URL("127.0.0.1:9001"), "t.json: backends.legacy.url: must start with http:// or https://"},
+    {URL("http://a/api"),
+     "t.json: backends.legacy.url: must not contain a path: ficus forwards the request's own path"},
+    {URL("http://u:p@a"),
+     "t.json: backends.legacy.url: must not contain user information (\"user@\")"},
+    {URL("http://a/?x=1"), "t.json: backends.legacy.url: must not contain a query or a fragment"},
+    {URL("http://a:99999"), "t.json: backends.legacy.url: port must be a number from 1 to 65535"},
+    {URL("http://a:"), "t.json: backends.legacy.url: port must be a number from 1 to 65535"},
+    {URL("http://"), "t.json: backends.legacy.url: has no host"},
+    {URL("http://a b"),
+     "t.json: backends.legacy.url: host must be a name, an IPv4 address or an [IPv6] address"},
+    {URL("http://[::1"),
+     "t.json: backends.legacy.url: has an IPv6 address without its closing \"]\""},
+    {URL("http://[::x]:80"), "t.json: backends.legacy.url: has an invalid IPv6 address"},
+    {URL("http://::1:80"),
+     "t.json: backends.legacy.url: an IPv6 address must be in brackets, as in http://[::1]:8080"},
+    {LEGACY(",'tls':{'verify':false}"),
+     "t.json: backends.legacy.tls: only allowed with an https:// url"},
+    {LEGACY(",'max_connections':0"),
+     "t.json: backends.legacy.max_connections: must be an integer from 1 to 100000"},
+    {LEGACY(",'max_connections':100001"),
+     "t.json: backends.legacy.max_connections: must be an integer from 1 to 100000"},
+    {LEGACY(",'health':{'path':'healthz'}"),
+     "t.json: backends.legacy.health.path: must be a path starting with \"/\""},
+    {LEGACY(",'health':{'interval_ms':1000}"), "t.json: backends.legacy.health.path: is required"},
+    {LEGACY(",'health':{'path':'/h','interval_ms':50}"),
+     "t.json: backends.legacy.health.interval_ms: must be an integer from 100 to 3600000"},
+    {WITH_BACKENDS("{'legacy':{'url':'https://a','tls':{'verify':'yes'}},'new':{'url':'http://"
+                   "b'}}"),
+     "t.json: backends.legacy.tls.verify: must be true or false"},
+    /* routes */
+    {WITH_ROUTES("[]"), "t.json: routes: must be a non-empty array of routes"},
+    {WITH_ROUTES("{}"), "t.json: routes: must be a non-empty array of routes"},
+    {WITH_ROUTES("[{}]"), "t.json: routes[0].name: is required"},
+    {WITH_ROUTES("[{'name':'a/b'}]"),
+     "t.json: routes[0].name: must be a non-empty string of letters, digits, '_', '.' and '-'"},
+    {WITH_ROUTES("[{'name':''}]"),
+     "t.json: routes[0].name: must be a non-empty string of letters, digits, '_', '.' and '-'"},
+    {WITH_ROUTES("[{'name':'a'},{'name':'a'}]"),
+     "t.json: routes[1].name: \"a\" is already the name of routes[0]"},
+    {ROUTE(",'new':'nw'"), "t.json: routes[0].new: no backend named \"nw\""},
+    {WITH_BACKENDS("{'old':{'url':'http://a'},'new':{'url':'http://b'}}"),
+     "t.json: routes[0].legacy: no backend named \"legacy\""},
+    {ROUTE(",'new_percent':101"), "t.json: routes[0].new_percent: must be a number from 0 to 100"},
+    {ROUTE(",'new_percent':-0.5"), "t.json: routes[0].new_percent: must be a number from 0 to 100"},
+    {ROUTE(",'new_percent':'5'"), "t.json: routes[0].new_percent: must be a number from 0 to 100"},
+    {ROUTE(",'sticky':{}"),
+     "t.json: routes[0].sticky: must have exactly one of \"header\", \"cookie\", \"query\" or "
+     "\"ip\""},
+    {ROUTE(",'sticky':{'header':'x-user','cookie':'sid'}"),
+     "t.json: routes[0].sticky: must have exactly one of \"header\", \"cookie\", \"query\" or "
+     "\"ip\""},
+    {ROUTE(",'sticky':{'ip':false}"), "t.json: routes[0].sticky.ip: must be true"},
+    {ROUTE(",'sticky':{'header':'x user'}"), "t.json: routes[0].sticky.header: " HDRNAME_REASON},
+    {ROUTE(",'sticky':{'query':''}"), "t.json: routes[0].sticky.query: must be a non-empty string"},
+    {ROUTE(",'override_header':'bad header'"),
+     "t.json: routes[0].override_header: " HDRNAME_REASON},
+    {ROUTE(",'match':{'path_prefix':'api'}"),
+     "t.json: routes[0].match.path_prefix: must be a path starting with \"/\""},
+    {ROUTE(",'match':{'methods':['GET','get']}"),
+     "t.json: routes[0].match.methods[1]: must be an upper-case method name such as \"GET\""},
+    {ROUTE(",'match':{'methods':[]}"),
+     "t.json: routes[0].match.methods: must be a non-empty array of method names"},
+    {ROUTE(",'match':{'host':''}"), "t.json: routes[0].match.host: must be a non-empty string"},
+    {ROUTE(",'match':{'headers':{'x-a':1}}"),
+     "t.json: routes[0].match.headers.x-a: must be a string"},
+    {ROUTE(",'match':{'headers':{'X-A':'1','x-a':'2'}}"),
+     "t.json: routes[0].match.headers.x-a: header \"x-a\" is listed twice (names ignore case)"},
+    {ROUTE(",'match':{'headers':['x-a']}"),
+     "t.json: routes[0].match.headers: must be an object of header name to value"},
+    {ROUTE(",'match':{'path':'/'}"), "t.json: routes[0].match.path: unknown key"},
+    {ROUTE(",'shadow':{'percnt':5}"), "t.json: routes[0].shadow.percnt: unknown key"},
+    {ROUTE(",'shadow':true"), "t.json: routes[0].shadow: must be an object"},
+    {ROUTE(",'shadow':{'percent':100.5}"),
+     "t.json: routes[0].shadow.percent: must be a number from 0 to 100"},
+    {ROUTE(",'shadow':{'timeout_ms':0}"),
+     "t.json: routes[0].shadow.timeout_ms: must be an integer from 1 to 3600000"},
+    {ROUTE(",'shadow':{'max_inflight':0}"),
+     "t.json: routes[0].shadow.max_inflight: must be an integer from 1 to 1000000"},
+    {ROUTE(",'shadow':{'max_body_bytes':2147483648}"),
+     "t.json: routes[0].shadow.max_body_bytes: must be an integer from 0 to 1073741824"},
+    {ROUTE(",'shadow':{'methods':'GET'}"),
+     "t.json: routes[0].shadow.methods: must be a non-empty array of method names"},
+    {ROUTE(",'diff':{'ignore':['meta']}"),
+     "t.json: routes[0].diff.ignore[0]: must be a JSON Pointer: \"\" or a string starting with "
+     "\"/\""},
+    {ROUTE(",'diff':{'unordered':['/a~2']}"),
+     "t.json: routes[0].diff.unordered[0]: must be a JSON Pointer: \"~\" is only allowed as "
+     "\"~0\" or \"~1\""},
+    {ROUTE(",'diff':{'tolerance':-1}"), "t.json: routes[0].diff.tolerance: must be a number >= 0"},
+    {ROUTE(",'diff':{'noise':{'threshold':2}}"),
+     "t.json: routes[0].diff.noise.threshold: must be a number from 0 to 1"},
+    {ROUTE(",'diff':{'noise':{'percent':101}}"),
+     "t.json: routes[0].diff.noise.percent: must be a number from 0 to 100"},
+    {ROUTE(",'diff':{'match_by':{'/items':''}}"),
+     "t.json: routes[0].diff.match_by./items: must be a non-empty string: the member that "
+     "identifies an item"},
+    {ROUTE(",'diff':{'match_by':{'items':'id'}}"),
+     "t.json: routes[0].diff.match_by.items: must be a JSON Pointer: \"\" or a string starting "
+     "with \"/\""},
+    {ROUTE(",'diff':{'match_by':['/items']}"),
+     "t.json: routes[0].diff.match_by: must be an object of JSON Pointer to key name"},
+    {ROUTE(",'diff':{'headers':[1]}"), "t.json: routes[0].diff.headers[0]: " HDRNAME_REASON},
+    {ROUTE(",'diff':{'ignore_headers':'date'}"),
+     "t.json: routes[0].diff.ignore_headers: must be an array of header names"},
+    {ROUTE(",'fallback':['5xx','5xx']"), "t.json: routes[0].fallback[1]: \"5xx\" is listed twice"},
+    {ROUTE(",'fallback':['oops']"),
+     "t.json: routes[0].fallback[0]: must be \"connect_error\", \"timeout\" or \"5xx\""},
+    {ROUTE(",'fallback':'5xx'"),
+     "t.json: routes[0].fallback: must be an array of \"connect_error\", \"timeout\" or \"5xx\""},
+    {ROUTE(",'guard':{'window_ms':10}"),
+     "t.json: routes[0].guard.window_ms: must be an integer from 1000 to 86400000"},
+    {ROUTE(",'guard':{'max_error_rate':1.5}"),
+     "t.json: routes[0].guard.max_error_rate: must be a number from 0 to 1"},
+    {ROUTE(",'guard':{'max_divergence_rate':-0.1}"),
+     "t.json: routes[0].guard.max_divergence_rate: must be a number from 0 to 1"},
+    {ROUTE(",'guard':{'min_comparisons':0}"),
+     "t.json: routes[0].guard.min_comparisons: must be an integer from 1 to 2147483647"},
+    {ROUTE(",'ramp':{'steps':[5,1],'every_ms':1000}"),
+     "t.json: routes[0].ramp.steps[1]: must be greater than the step before it"},
+    {ROUTE(",'ramp':{'steps':[5,5],'every_ms':1000}"),
+     "t.json: routes[0].ramp.steps[1]: must be greater than the step before it"},
+    {ROUTE(",'ramp':{'steps':[5,150],'every_ms':1000}"),
+     "t.json: routes[0].ramp.steps[1]: must be a number from 0 to 100"},
+    {ROUTE(",'ramp':{'steps':[1]}"), "t.json: routes[0].ramp.every_ms: is required"},
+    {ROUTE(",'ramp':{'steps':[],'every_ms':1000}"),
+     "t.json: routes[0].ramp.steps: must be a non-empty array of percentages"},
+    {ROUTE(",'ramp':{'steps':[1],'every_ms':999}"),
+     "t.json: routes[0].ramp.every_ms: must be an integer >= 1000"},
+    /* divergence_log, access_log, limits, timeouts */
+    {TOP(",'divergence_log':{}"), "t.json: divergence_log.path: is required"},
+    {TOP(",'divergence_log':{'path':'d','max_bytes':100}"),
+     "t.json: divergence_log.max_bytes: must be an integer >= 4096"},
+    {TOP(",'divergence_log':{'path':'d','keep':1001}"),
+     "t.json: divergence_log.keep: must be an integer from 0 to 1000"},
+    {TOP(",'divergence_log':{'path':'d','body_bytes':16777217}"),
+     "t.json: divergence_log.body_bytes: must be an integer from 0 to 16777216"},
+    {TOP(",'divergence_log':{'path':'d','redact_headers':'authorization'}"),
+     "t.json: divergence_log.redact_headers: must be an array of header names"},
+    {TOP(",'divergence_log':{'path':'d','redact_headers':['x:y']}"),
+     "t.json: divergence_log.redact_headers[0]: " HDRNAME_REASON},
+    {TOP(",'access_log':{'path':5}"),
+     "t.json: access_log.path: must be a string: a file, \"-\" for stdout or \"\" for none"},
+    {TOP(",'access_log':'-'"), "t.json: access_log: must be an object"},
+    {TOP(",'limits':{'max_header_bytes':100}"),
+     "t.json: limits.max_header_bytes: must be an integer from 1024 to 16777216"},
+    {TOP(",'limits':{'max_connections':0}"),
+     "t.json: limits.max_connections: must be an integer from 1 to 10000000"},
+    {TOP(",'limits':{'max_request_body_bytes':-1}"),
+     "t.json: limits.max_request_body_bytes: must be an integer >= 0"},
+    {TOP(",'timeouts':{'connect_ms':0}"),
+     "t.json: timeouts.connect_ms: must be an integer from 1 to 86400000"},
+    {TOP(",'timeouts':{'drain_ms':1e3}"),
+     "t.json: timeouts.drain_ms: must be an integer from 1 to 86400000"},
+    {TOP(",'timeouts':{'upstream_ms':null}"),
+     "t.json: timeouts.upstream_ms: must be an integer from 1 to 86400000"},
+    {TOP(",'timeouts':{'idle_ms':5}"), "t.json: timeouts.idle_ms: unknown key"},
+};
+
+static void test_bad_inputs(void **state)
+{
+    (void)state;
+    int failures = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(bad_cases); i++) {
+        struct config_errors errs = {0};
+        struct config *cfg = parse_q(bad_cases[i].json, &errs);
+        if (cfg != NULL || errs.n != 1 || !has_line(&errs, bad_cases[i].line)) {
+            char what[4096];
+            snprintf(what, sizeof(what), "case %zu: %s\n  want: %s", i, bad_cases[i].json,
+                     bad_cases[i].line);
+            dump_errors(what, &errs);
+            failures++;
+        }
+        config_unref(cfg);
+        config_errors_dispose(&errs);
+    }
+    assert_true(ARRAY_SIZE(bad_cases) >= 40);
+    assert_int_equal(failures, 0);
+}
+
+/* ---- valid input ---- */
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(TOP(""));
+
+    assert_string_equal(cfg->path, "t.json");
+    assert_int_equal(cfg->refcount, 1);
+    assert_true(cfg->workers >= 1);
+    assert_true(cfg->admin);
+    assert_string_equal(cfg->admin_addr.text, "127.0.0.1:9901");
+    assert_int_equal(cfg->admin_addr.ss.ss_family, AF_INET);
+    assert_int_equal(ntohs(((struct sockaddr_in *)&cfg->admin_addr.ss)->sin_port), 9901);
+    assert_null(cfg->admin_token_env);
+    assert_null(cfg->state_file);
+
+    assert_int_equal(cfg->n_backends, 2);
+    const struct backend_cfg *b = &cfg->backends[0];
+    assert_string_equal(b->name, "legacy");
+    assert_string_equal(b->host, "127.0.0.1");
+    assert_int_equal(b->port, 9001);
+    assert_false(b->tls);
+    assert_int_equal(b->max_connections, 256);
+    assert_true(b->verify);
+    assert_null(b->ca_file);
+    assert_null(b->server_name);
+    assert_null(b->health_path);
+    assert_int_equal(b->health_interval_ms, 2000);
+
+    assert_int_equal(cfg->n_routes, 1);
+    const struct route_cfg *rt = &cfg->routes[0];
+    assert_string_equal(rt->name, "r");
+    assert_null(rt->match.path_prefix);
+    assert_null(rt->match.methods);
+    assert_int_equal(rt->match.n_methods, 0);
+    assert_null(rt->match.host);
+    assert_int_equal(rt->match.n_headers, 0);
+    assert_int_equal(rt->legacy, 0);
+    assert_int_equal(rt->new_, 1);
+    assert_true(rt->new_percent == 0);
+    assert_int_equal(rt->sticky, STICKY_IP);
+    assert_null(rt->sticky_name);
+    assert_null(rt->override_header);
+    assert_false(rt->shadow);
+    assert_true(rt->shadow_percent == 100);
+    assert_int_equal(rt->n_shadow_methods, 3);
+    assert_string_equal(rt->shadow_methods[0], "GET");
+    assert_string_equal(rt->shadow_methods[1], "HEAD");
+    assert_string_equal(rt->shadow_methods[2], "OPTIONS");
+    assert_int_equal(rt->shadow_max_inflight, 100);
+    assert_int_equal(rt->shadow_timeout_ms, 5000);
+    assert_int_equal(rt->shadow_max_body_bytes, 1048576);
+    assert_int_equal(rt->diff.n_headers, 1);
+    assert_string_equal(rt->diff.headers[0], "content-type");
+    assert_int_equal(rt->diff.n_ignore_headers, 0);
+    assert_int_equal(rt->diff.n_ignore, 0);
+    assert_int_equal(rt->diff.n_unordered, 0);
+    assert_int_equal(rt->diff.n_match_by, 0);
+    assert_true(rt->diff.tolerance == 0);
+    assert_false(rt->noise);
+    assert_true(rt->noise_percent == 2);
+    assert_true(rt->noise_threshold == 0.05);
+    assert_int_equal(rt->fallback, 0);
+    assert_false(rt->guard);
+    assert_true(rt->guard_max_divergence_rate == 0.01);
+    assert_true(rt->guard_max_error_rate == 0.02);
+    assert_int_equal(rt->guard_min_comparisons, 200);
+    assert_int_equal(rt->guard_window_ms, 60000);
+    assert_false(rt->ramp);
+    assert_int_equal(rt->n_ramp_steps, 0);
+
+    assert_null(cfg->divlog_path);
+    assert_int_equal(cfg->divlog_max_bytes, 104857600);
+    assert_int_equal(cfg->divlog_keep, 5);
+    assert_int_equal(cfg->divlog_body_bytes, 4096);
+    assert_int_equal(cfg->n_redact_headers, 4);
+    assert_string_equal(cfg->access_log_path, "-");
+    assert_int_equal(cfg->max_connections, 10000);
+    assert_int_equal(cfg->max_header_bytes, 65536);
+    assert_int_equal(cfg->max_request_body_bytes, 104857600);
+    assert_int_equal(cfg->connect_ms, 2000);
+    assert_int_equal(cfg->upstream_ms, 30000);
+    assert_int_equal(cfg->client_idle_ms, 60000);
+    assert_int_equal(cfg->header_ms, 10000);
+    assert_int_equal(cfg->drain_ms, 10000);
+    config_unref(cfg);
+}
+
+static void test_every_option(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(
+        "{'listen':[{'address':'0.0.0.0:8080'},"
+        "           {'address':'[::]:8443','tls':{'cert_file':'c.pem','key_file':'k.pem'}}],"
+        " 'workers':3,"
+        " 'admin':{'address':'[::1]:9902','token_env':'TOKEN'},"
+        " 'state_file':'s.json',"
+        " 'backends':{'old':{'url':'http://10.0.0.1','max_connections':512},"
+        "             'v2':{'url':'HTTPS://Orders-v2.internal:8443/',"
+        "                   'tls':{'verify':false,'ca_file':'ca.pem','server_name':'o.internal'},"
+        "                   'health':{'path':'/healthz','interval_ms':500}},"
+        "             'v6':{'url':'https://[2001:db8::1]'}},"
+        " 'routes':[{'name':'orders.v1_x-y',"
+        "   'match':{'path_prefix':'/api/orders','methods':['GET','POST'],"
+        "            'host':'shop.example.com','headers':{'X-Tenant':'Acme'}},"
+        "   'legacy':'old','new':'v2','new_percent':0.1,"
+        "   'sticky':{'header':'X-User-Id'},"
+        "   'override_header':'X-Ficus-Backend',"
+        "   'shadow':{'percent':50,'methods':['GET','POST'],'max_inflight':1000,"
+        "             'timeout_ms':250,'max_body_bytes':0},"
+        "   'diff':{'ignore_headers':['Date','server'],'headers':['Content-Type','Cache-Control'],"
+        "           'ignore':['/meta/generated_at','/items/*/etag',''],'unordered':['/tags'],"
+        "           'match_by':{'/items':'id','/a~1b':'key'},'tolerance':1e-6,"
+        "           'noise':{'percent':10,'threshold':0.5}},"
+        "   'fallback':['connect_error','5xx'],"
+        "   'guard':{'max_divergence_rate':0.5,'max_error_rate':1,'min_comparisons':10,"
+        "            'window_ms':1000},"
+        "   'ramp':{'steps':[0.5,1,25,100],'every_ms':3600000}},"
+        "  {'name':'rest','legacy':'v6','new':'v6','sticky':{'cookie':'sid'}},"
+        "  {'name':'q','sticky':{'query':'user'},'legacy':'old','new':'v2'},"
+        "  {'name':'ip','sticky':{'ip':true},'legacy':'old','new':'v2','shadow':{}}],"
+        " 'divergence_log':{'path':'d.ndjson','max_bytes':4096,'keep':0,'body_bytes':0,"
+        "                   'redact_headers':['X-Api-Key']},"
+        " 'access_log':{'path':''},"
+        " 'limits':{'max_connections':1,'max_header_bytes':1024,'max_request_body_bytes':0},"
+        " 'timeouts':{'connect_ms':1,'upstream_ms':2,'client_idle_ms':3000,'drain_ms':4}}");
+
+    assert_int_equal(cfg->n_listens, 2);
+    assert_false(cfg->listens[0].tls);
+    assert_null(cfg->listens[0].cert_file);
+    assert_int_equal(cfg->listens[0].addr.ss.ss_family, AF_INET);
+    assert_true(cfg->listens[1].tls);
+    assert_string_equal(cfg->listens[1].cert_file, "c.pem");
+    assert_string_equal(cfg->listens[1].key_file, "k.pem");
+    assert_int_equal(cfg->listens[1].addr.ss.ss_family, AF_INET6);
+    assert_int_equal(cfg->listens[1].addr.len, sizeof(struct sockaddr_in6));
+    assert_int_equal(cfg->workers, 3);
+    assert_string_equal(cfg->admin_addr.text, "[::1]:9902");
+    assert_int_equal(cfg->admin_addr.ss.ss_family, AF_INET6);
+    assert_string_equal(cfg->admin_token_env, "TOKEN");
+    assert_string_equal(cfg->state_file, "s.json");
+
+    assert_int_equal(cfg->n_backends, 3);
+    const struct backend_cfg *b = &cfg->backends[0];
+    assert_string_equal(b->host, "10.0.0.1");
+    assert_int_equal(b->port, 80);
+    assert_int_equal(b->max_connections, 512);
+    b = &cfg->backends[1];
+    assert_true(b->tls);
+    assert_string_equal(b->host, "Orders-v2.internal");
+    assert_int_equal(b->port, 8443);
+    assert_false(b->verify);
+    assert_string_equal(b->ca_file, "ca.pem");
+    assert_string_equal(b->server_name, "o.internal");
+    assert_string_equal(b->health_path, "/healthz");
+    assert_int_equal(b->health_interval_ms, 500);
+    b = &cfg->backends[2];
+    assert_string_equal(b->host, "2001:db8::1");
+    assert_int_equal(b->port, 443);
+
+    assert_int_equal(cfg->n_routes, 4);
+    const struct route_cfg *rt = &cfg->routes[0];
+    assert_string_equal(rt->name, "orders.v1_x-y");
+    assert_string_equal(rt->match.path_prefix, "/api/orders");
+    assert_int_equal(rt->match.path_prefix_len, strlen("/api/orders"));
+    assert_int_equal(rt->match.n_methods, 2);
+    assert_string_equal(rt->match.methods[1], "POST");
+    assert_string_equal(rt->match.host, "shop.example.com");
+    assert_int_equal(rt->match.n_headers, 1);
+    assert_string_equal(rt->match.headers[0].name, "x-tenant");
+    assert_string_equal(rt->match.headers[0].value, "Acme");
+    assert_int_equal(rt->legacy, 0);
+    assert_int_equal(rt->new_, 1);
+    assert_true(rt->new_percent == 0.1);
+    assert_int_equal(rt->sticky, STICKY_HEADER);
+    assert_string_equal(rt->sticky_name, "x-user-id");
+    assert_string_equal(rt->override_header, "x-ficus-backend");
+    assert_true(rt->shadow);
+    assert_true(rt->shadow_percent == 50);
+    assert_int_equal(rt->n_shadow_methods, 2);
+    assert_string_equal(rt->shadow_methods[1], "POST");
+    assert_int_equal(rt->shadow_max_inflight, 1000);
+    assert_int_equal(rt->shadow_timeout_ms, 250);
+    assert_int_equal(rt->shadow_max_body_bytes, 0);
+    assert_int_equal(rt->diff.n_ignore_headers, 2);
+    assert_string_equal(rt->diff.ignore_headers[0], "date");
+    assert_int_equal(rt->diff.n_headers, 2);
+    assert_string_equal(rt->diff.headers[0], "content-type");
+    assert_string_equal(rt->diff.headers[1], "cache-control");
+    assert_int_equal(rt->diff.n_ignore, 3);
+    assert_string_equal(rt->diff.ignore[1], "/items/*/etag");
+    assert_string_equal(rt->diff.ignore[2], "");
+    assert_int_equal(rt->diff.n_unordered, 1);
+    assert_string_equal(rt->diff.unordered[0], "/tags");
+    assert_int_equal(rt->diff.n_match_by, 2);
+    assert_string_equal(rt->diff.match_by[0].pointer, "/items");
+    assert_string_equal(rt->diff.match_by[0].key, "id");
+    assert_string_equal(rt->diff.match_by[1].pointer, "/a~1b");
+    assert_true(rt->diff.tolerance == 1e-6);
+    assert_true(rt->noise);
+    assert_true(rt->noise_percent == 10);
+    assert_true(rt->noise_threshold == 0.5);
+    assert_int_equal(rt->fallback, FALLBACK_CONNECT_ERROR | FALLBACK_5XX);
+    assert_true(rt->guard);
+    assert_true(rt->guard_max_divergence_rate == 0.5);
+    assert_true(rt->guard_max_error_rate == 1);
+    assert_int_equal(rt->guard_min_comparisons, 10);
+    assert_int_equal(rt->guard_window_ms, 1000);
+    assert_true(rt->ramp);
+    assert_int_equal(rt->n_ramp_steps, 4);
+    assert_true(rt->ramp_steps[0] == 0.5);
+    assert_true(rt->ramp_steps[3] == 100);
+    assert_int_equal(rt->ramp_every_ms, 3600000);
+
+    rt = &cfg->routes[1];
+    assert_int_equal(rt->legacy, 2);
+    assert_int_equal(rt->new_, 2);
+    assert_int_equal(rt->sticky, STICKY_COOKIE);
+    assert_string_equal(rt->sticky_name, "sid");
+    assert_false(rt->shadow);
+    rt = &cfg->routes[2];
+    assert_int_equal(rt->sticky, STICKY_QUERY);
+    assert_string_equal(rt->sticky_name, "user");
+    rt = &cfg->routes[3];
+    assert_int_equal(rt->sticky, STICKY_IP);
+    assert_null(rt->sticky_name);
+    assert_true(rt->shadow); /* an empty shadow object shadows with the defaults */
+    assert_true(rt->shadow_percent == 100);
+
+    assert_string_equal(cfg->divlog_path, "d.ndjson");
+    assert_int_equal(cfg->divlog_max_bytes, 4096);
+    assert_int_equal(cfg->divlog_keep, 0);
+    assert_int_equal(cfg->divlog_body_bytes, 0);
+    assert_int_equal(cfg->n_redact_headers, 5);
+    assert_null(cfg->access_log_path);
+    assert_int_equal(cfg->max_connections, 1);
+    assert_int_equal(cfg->max_header_bytes, 1024);
+    assert_int_equal(cfg->max_request_body_bytes, 0);
+    assert_int_equal(cfg->connect_ms, 1);
+    assert_int_equal(cfg->upstream_ms, 2);
+    assert_int_equal(cfg->client_idle_ms, 3000);
+    assert_int_equal(cfg->header_ms, 3000); /* min(client_idle_ms, 10000) */
+    assert_int_equal(cfg->drain_ms, 4);
+    config_unref(cfg);
+}
+
+static void test_listen_shorthand(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(WITH_LISTEN("'localhost:8080'"));
+    assert_int_equal(cfg->n_listens, 1);
+    const struct listen_cfg *ls = &cfg->listens[0];
+    assert_string_equal(ls->addr.text, "localhost:8080");
+    assert_false(ls->tls);
+    assert_int_equal(ls->addr.len, sizeof(struct sockaddr_in));
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&ls->addr.ss;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 8080);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    config_unref(cfg);
+}
+
+static void test_listen_ipv6(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(WITH_LISTEN("[{'address':'[::1]:65535'},{'address':'[::]:80'}]"));
+    assert_int_equal(cfg->n_listens, 2);
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&cfg->listens[0].addr.ss;
+    assert_int_equal(sin6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(sin6->sin6_port), 65535);
+    assert_memory_equal(&sin6->sin6_addr, &in6addr_loopback, sizeof(struct in6_addr));
+    assert_int_equal(cfg->listens[0].addr.len, sizeof(struct sockaddr_in6));
+    sin6 = (const struct sockaddr_in6 *)&cfg->listens[1].addr.ss;
+    assert_memory_equal(&sin6->sin6_addr, &in6addr_any, sizeof(struct in6_addr));
+    config_unref(cfg);
+}
+
+static void test_many_errors_at_once(void **state)
+{
+    (void)state;
+    struct config_errors errs = {0};
+    struct config *cfg =
+        parse_q("{'listen':'127.0.0.1:0','workers':-1,"
+                " 'backends':{'legacy':{'url':'ftp://x'},'new':{'url':'http://b'}},"
+                " 'routes':[{'name':'a','new_percent':200},"
+                "           {'name':'b','new':'nw','shadow':{'percnt':1}}],"
+                " 'timeouts':{'drain_ms':0}}",
+                &errs);
+    assert_null(cfg);
+    static const char *const want[] = {
+        "t.json: listen: port must be a number from 1 to 65535",
+        "t.json: workers: must be an integer from 0 to 256",
+        "t.json: backends.legacy.url: must start with http:// or https://",
+        "t.json: routes[0].new_percent: must be a number from 0 to 100",
+        "t.json: routes[1].new: no backend named \"nw\"",
+        "t.json: routes[1].shadow.percnt: unknown key",
+        "t.json: timeouts.drain_ms: must be an integer from 1 to 86400000",
+    };
+    if (errs.n != ARRAY_SIZE(want))
+        dump_errors("many errors", &errs);
+    assert_int_equal(errs.n, ARRAY_SIZE(want));
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++)
+        assert_true(has_line(&errs, want[i]));
+    config_errors_dispose(&errs);
+    assert_null(errs.lines);
+    assert_int_equal(errs.n, 0);
+}
+
+static void test_error_lines_are_capped(void **state)
+{
+    (void)state;
+    /* 300 bad methods: 200 lines are kept and one more line counts the rest. */
+    size_t cap = 300 * 8 + 1024;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    size_t n = (size_t)snprintf(text, cap, "%s",
+                                "{" LISTEN "," BACKENDS ",'routes':[{'name':'r',"
+                                "'match':{'methods':[");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)snprintf(text + n, cap - n, "%s'get'", i ? "," : "");
+    snprintf(text + n, cap - n, "]}}]}");
+    struct config_errors errs = {0};
+    assert_null(parse_q(text, &errs));
+    assert_int_equal(errs.n, 201);
+    assert_string_equal(errs.lines[200], "t.json: 100 more errors not shown");
+    config_errors_dispose(&errs);
+    free(text);
+}
+
+static void test_syntax_errors(void **state)
+{
+    (void)state;
+    struct config_errors errs = {0};
+    assert_null(parse_q("{\n  'listen': '127.0.0.1:80',\n  oops\n}", &errs));
+    assert_int_equal(errs.n, 1);
+    const char *prefix = "t.json: line 3, column ";
+    if (strncmp(errs.lines[0], prefix, strlen(prefix)) != 0)
+        dump_errors("syntax", &errs);
+    assert_int_equal(strncmp(errs.lines[0], prefix, strlen(prefix)), 0);
+    config_errors_dispose(&errs);
+
+    /* A key given twice would otherwise silently take the last value. */
+    assert_null(parse_q("{'listen':'127.0.0.1:80',\n'listen':'127.0.0.1:81'}", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_non_null(strstr(errs.lines[0], "t.json: line 2, column "));
+    assert_non_null(strstr(errs.lines[0], "duplicate object key"));
+    config_errors_dispose(&errs);
+
+    assert_null(parse_q("", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_non_null(strstr(errs.lines[0], "t.json: line "));
+    config_errors_dispose(&errs);
+}
+
+static void test_unknown_keys_at_every_level(void **state)
+{
+    (void)state;
+    struct config_errors errs = {0};
+    struct config *cfg = parse_q(
+        "{'listen':[{'address':'127.0.0.1:80','tsl':{}}],'rotues':[],"
+        " 'backends':{'legacy':{'url':'https://a','tls':{'verfy':true}},'new':{'url':'http://b'}},"
+        " 'routes':[{'name':'r','nme':'x','shadow':{'percnt':5},"
+        "            'diff':{'noise':{'threshhold':0.1}}}]}",
+        &errs);
+    assert_null(cfg);
+    static const char *const want[] = {
+        "t.json: rotues: unknown key",
+        "t.json: listen[0].tsl: unknown key",
+        "t.json: backends.legacy.tls.verfy: unknown key",
+        "t.json: routes[0].nme: unknown key",
+        "t.json: routes[0].shadow.percnt: unknown key",
+        "t.json: routes[0].diff.noise.threshhold: unknown key",
+    };
+    if (errs.n != ARRAY_SIZE(want))
+        dump_errors("unknown keys", &errs);
+    assert_int_equal(errs.n, ARRAY_SIZE(want));
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++)
+        assert_true(has_line(&errs, want[i]));
+    config_errors_dispose(&errs);
+}
+
+static void test_refcount(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(TOP(""));
+    assert_ptr_equal(config_ref(cfg), cfg);
+    assert_ptr_equal(config_ref(cfg), cfg);
+    assert_int_equal(cfg->refcount, 3);
+    config_unref(cfg);
+    config_unref(cfg);
+    assert_int_equal(cfg->refcount, 1);
+    assert_string_equal(cfg->routes[0].name, "r"); /* still alive */
+    config_unref(cfg);                             /* freed: ASan reports a leak otherwise */
+    config_unref(NULL);
+}
+
+static void test_redact_defaults_always_present(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(
+        TOP(",'divergence_log':{'path':'d','redact_headers':['X-Api-Key','Authorization']}"));
+    static const char *const always[] = {"authorization", "cookie", "set-cookie",
+                                         "proxy-authorization"};
+    assert_int_equal(cfg->n_redact_headers, 5);
+    for (size_t i = 0; i < ARRAY_SIZE(always); i++)
+        assert_true(config_is_redacted(cfg, always[i], strlen(always[i])));
+    assert_true(config_is_redacted(cfg, "x-api-key", 9));
+    assert_true(config_is_redacted(cfg, "X-API-KEY", 9));
+    assert_true(config_is_redacted(cfg, "Set-Cookie: x", 10)); /* name need not end in NUL */
+    assert_false(config_is_redacted(cfg, "x-api", 5));
+    assert_false(config_is_redacted(cfg, "content-type", 12));
+    config_unref(cfg);
+
+    /* Redaction holds with no divergence_log at all, and even without a snapshot. */
+    cfg = parse_ok(TOP(""));
+    assert_true(config_is_redacted(cfg, "Cookie", 6));
+    assert_false(config_is_redacted(cfg, "x-api-key", 9));
+    config_unref(cfg);
+    assert_true(config_is_redacted(NULL, "AUTHORIZATION", 13));
+    assert_false(config_is_redacted(NULL, "date", 4));
+
+    /* An empty list does not remove the defaults. */
+    cfg = parse_ok(TOP(",'divergence_log':{'path':'d','redact_headers':[]}"));
+    assert_int_equal(cfg->n_redact_headers, 4);
+    assert_true(config_is_redacted(cfg, "proxy-authorization", 19));
+    config_unref(cfg);
+}
+
+static void test_backend_references(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(
+        "{" LISTEN ",'backends':{'a':{'url':'http://a'},'old':{'url':'http://o'},"
+        "'v2':{'url':'http://n'}},"
+        "'routes':[{'name':'x','legacy':'old','new':'v2'},{'name':'y','legacy':'v2','new':'a'}]}");
+    assert_int_equal(config_backend_index(cfg, "a"), 0);
+    assert_int_equal(config_backend_index(cfg, "old"), 1);
+    assert_int_equal(config_backend_index(cfg, "v2"), 2);
+    assert_int_equal(config_backend_index(cfg, "legacy"), -1);
+    assert_int_equal(config_backend_index(cfg, NULL), -1);
+    assert_int_equal(cfg->routes[0].legacy, 1);
+    assert_int_equal(cfg->routes[0].new_, 2);
+    assert_int_equal(cfg->routes[1].legacy, 2);
+    assert_int_equal(cfg->routes[1].new_, 0);
+    assert_int_equal(config_route_index(cfg, "x"), 0);
+    assert_int_equal(config_route_index(cfg, "y"), 1);
+    assert_int_equal(config_route_index(cfg, "z"), -1);
+    config_unref(cfg);
+
+    /* Both names wrong: both reported; a missing "backends" adds no noise. */
+    struct config_errors errs = {0};
+    assert_null(parse_q(ROUTE(",'legacy':'lgacy','new':'nw'"), &errs));
+    assert_int_equal(errs.n, 2);
+    assert_true(has_line(&errs, "t.json: routes[0].legacy: no backend named \"lgacy\""));
+    assert_true(has_line(&errs, "t.json: routes[0].new: no backend named \"nw\""));
+    config_errors_dispose(&errs);
+    assert_null(parse_q("{" LISTEN ",'routes':[{'name':'r'}]}", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.lines[0], "t.json: backends: is required");
+    config_errors_dispose(&errs);
+}
+
+static void test_workers_and_access_log(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(TOP(",'workers':0,'access_log':{'path':'/var/log/a.log'}"));
+    assert_true(cfg->workers >= 1 && cfg->workers <= 256);
+    assert_string_equal(cfg->access_log_path, "/var/log/a.log");
+    config_unref(cfg);
+    cfg = parse_ok(TOP(",'access_log':{}"));
+    assert_string_equal(cfg->access_log_path, "-");
+    config_unref(cfg);
+}
+
+static void test_byte_order_mark(void **state)
+{
+    (void)state;
+    /* Editors on some systems start UTF-8 files with a byte order mark. */
+    struct config *cfg = parse_ok("\xEF\xBB\xBF" TOP(""));
+    assert_int_equal(cfg->n_routes, 1);
+    config_unref(cfg);
+}
+
+/* ---- files ---- */
+
+static void source_path(char *out, size_t size, const char *rel)
+{
+    /* __FILE__ is absolute under CMake: tests/unit/test_config.c. */
+    char here[PATH_MAX];
+    snprintf(here, sizeof(here), "%s", __FILE__);
+    snprintf(out, size, "%s/../../%s", dirname(here), rel);
+}
+
+static void test_load_files(void **state)
+{
+    (void)state;
+    static const char *const files[] = {"config/ficus.example.json", "config/minimal.json"};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        char path[PATH_MAX + 64];
+        struct config_errors errs = {0};
+        source_path(path, sizeof(path), files[i]);
+        struct config *cfg = config_load(path, &errs);
+        if (cfg == NULL)
+            dump_errors(path, &errs);
+        assert_non_null(cfg);
+        assert_string_equal(cfg->path, path);
+        assert_true(cfg->n_routes >= 1);
+        config_unref(cfg);
+        config_errors_dispose(&errs);
+    }
+
+    struct config_errors errs = {0};
+    assert_null(config_load("/nonexistent/ficus.json", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.lines[0],
+                        "/nonexistent/ficus.json: cannot open: No such file or directory");
+    config_errors_dispose(&errs);
+
+    assert_null(config_load("/", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_non_null(strstr(errs.lines[0], "/: cannot read: "));
+    config_errors_dispose(&errs);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_option),
+        cmocka_unit_test(test_listen_shorthand),
+        cmocka_unit_test(test_listen_ipv6),
+        cmocka_unit_test(test_many_errors_at_once),
+        cmocka_unit_test(test_error_lines_are_capped),
+        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_unknown_keys_at_every_level),
+        cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_redact_defaults_always_present),
+        cmocka_unit_test(test_backend_references),
+        cmocka_unit_test(test_workers_and_access_log),
+        cmocka_unit_test(test_byte_order_mark),
+        cmocka_unit_test(test_load_files),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
