@@ -12,6 +12,7 @@
 #include "ficus/log.h"
 #include "ficus/router.h"
 #include "ficus/server.h"
+#include "ficus/shadow.h"
 #include "ficus/state.h"
 #include "ficus/upstream.h"
 
@@ -68,7 +69,9 @@ struct exchange {
     bool chunked_up; /* the request body goes up chunked */
 
     struct upstream_wait wait;
-    bool fell_back; /* new failed and legacy took over */
+    bool fell_back;         /* new failed and legacy took over */
+    struct comparison *cmp; /* the parallel run fed by this exchange, or NULL */
+    const char *up_error;   /* how the primary failed, for the comparison */
     struct upconn *up;
     bool up_ready; /* connected and the head written */
     int attempts;
@@ -380,6 +383,8 @@ static void conn_update_reading(struct conn *c)
 
 static void exchange_free(struct exchange *x)
 {
+    shadow_primary_failed(x->cmp, NULL); /* no-op once the primary is done */
+    shadow_release(x->cmp);
     buf_dispose(&x->rhead);
     free(x->head_bytes);
     pool_set_unref(x->pools);
@@ -468,6 +473,7 @@ static void exchange_fail(struct exchange *x, int status, const char *msg)
         conn_close(c);
         return;
     }
+    shadow_primary_failed(x->cmp, status >= 500 ? (x->up_error ? x->up_error : "reset") : NULL);
     x->status = status;
     x->keep_alive = x->keep_alive && x->req_done && status < 500;
     struct buf b;
@@ -551,6 +557,7 @@ static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const c
                 exchange_fail(x, 413, "request body too large");
                 return len;
             }
+            shadow_request_body(x->cmp, p + off + doff, dlen);
             send_body_up(x, rb, p + off + doff, dlen);
             if (!live(c, gen))
                 return len;
@@ -558,6 +565,7 @@ static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const c
         off += (size_t)n;
         if (x->reqbody.done) {
             x->req_done = true;
+            shadow_request_done(x->cmp);
             if (x->chunked_up) {
                 uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
                 write_up(x, &last, 1, NULL, NULL);
@@ -569,6 +577,10 @@ static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const c
             break;
     }
     if (live(c, gen)) {
+        /* A backend still being sent the request is not late: its deadline
+         * counts from the last body byte. */
+        if (off > 0 && x->up != NULL && !x->resp_done)
+            upstream_timeout(x->up, x->cfg->upstream_ms);
         if (x->req_done)
             exchange_maybe_finish(x);
         else if (x->up != NULL && upstream_queued(x->up) >= WRITE_HIGH_WATER)
@@ -583,6 +595,7 @@ static void send_body_down(struct exchange *x, struct rbuf *rb, const char *p, s
 {
     struct conn *c = x->c;
     x->resp_bytes += (int64_t)n;
+    shadow_primary_body(x->cmp, p, n);
     if (x->chunked_down) {
         char *hdr = malloc(24);
         if (hdr == NULL) {
@@ -609,6 +622,7 @@ static void response_done(struct exchange *x)
         conn_write(x->c, &last, 1, NULL, NULL);
     }
     x->resp_done = true;
+    shadow_primary_done(x->cmp, x->resp_bytes);
     if (x->up != NULL)
         upstream_timeout(x->up, 0);
     exchange_maybe_finish(x);
@@ -625,6 +639,7 @@ static int response_head(struct exchange *x)
     if (r->status >= 500 && try_fallback(x, FALLBACK_5XX))
         return 2;
     x->status = r->status;
+    shadow_primary_head(x->cmp, x->rhead.data, x->rhead.len);
     bool has_body = http1_response_has_body(x->req.is_head, r->status);
     int64_t out_len;
     if (!has_body) {
@@ -682,6 +697,7 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
         if (r < 0) {
             log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
                      x->reqid);
+            x->up_error = "invalid_response";
             exchange_fail(x, 502, "invalid upstream response");
             return;
         }
@@ -692,6 +708,7 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
         if (hr < 0) {
             log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
                      x->reqid);
+            x->up_error = "invalid_response";
             exchange_fail(x, 502, "invalid upstream response");
             return;
         }
@@ -720,6 +737,7 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
         if (n < 0) {
             log_warn("conn", "invalid upstream chunked body backend=%s id=%s", x->backend_role,
                      x->reqid);
+            x->up_error = "invalid_response";
             exchange_fail(x, 502, "invalid upstream response");
             return;
         }
@@ -759,6 +777,10 @@ static bool try_fallback(struct exchange *x, unsigned why)
     if (rt->state != NULL)
         counter_add(&rt->state->counters[x->w->id].fallbacks, 1);
     exchange_release_upstream(x, false);
+    /* Legacy now answers: a comparison with legacy as the shadow means nothing. */
+    shadow_primary_failed(x->cmp, NULL);
+    shadow_release(x->cmp);
+    x->cmp = NULL;
     x->fell_back = true;
     x->up_ready = false;
     x->backend = rt->legacy;
@@ -799,6 +821,7 @@ static void up_on_error(void *ctx, int err)
     }
     if (nothing_back && try_fallback(x, err == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : 0))
         return;
+    x->up_error = err == FICUS_ETIMEOUT ? "timeout" : "reset";
     if (err == FICUS_ETIMEOUT) {
         log_warn("conn", "upstream timeout backend=%s id=%s", x->backend_role, x->reqid);
         exchange_fail(x, 504, "upstream timeout");
@@ -821,6 +844,25 @@ static const struct upstream_handlers exchange_handlers = {
     .on_drain = up_on_drain,
 };
 
+/* What the rewritten request head needs to know, for the primary or the shadow. */
+static void forward_info(const struct exchange *x, struct forward_info *fi, bool shadow)
+{
+    const struct conn *c = x->c;
+    memset(fi, 0, sizeof(*fi));
+    fi->client_ip = (struct span){c->ip, strlen(c->ip)};
+    fi->tls = c->tls;
+    fi->request_id = (struct span){x->reqid, strlen(x->reqid)};
+    fi->shadow = shadow;
+    if (x->rt != NULL && x->rt->override_header != NULL)
+        fi->drop = (struct span){x->rt->override_header, strlen(x->rt->override_header)};
+    if (x->reqbody.kind == BODY_NONE)
+        fi->content_length = x->req.content_length == 0 ? 0 : -2;
+    else if (x->reqbody.kind == BODY_LENGTH)
+        fi->content_length = x->req.content_length;
+    else
+        fi->content_length = -1;
+}
+
 static void on_upstream_ready(void *ctx, struct upconn *u, int status)
 {
     struct exchange *x = ctx;
@@ -828,6 +870,7 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
     if (status != 0) {
         if (try_fallback(x, status == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : FALLBACK_CONNECT_ERROR))
             return;
+        x->up_error = status == FICUS_ETIMEOUT ? "timeout" : "connect_error";
         if (status == FICUS_ETIMEOUT)
             exchange_fail(x, 504, "upstream connect timeout");
         else
@@ -838,21 +881,8 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
     x->attempts++;
     upstream_attach(u, &exchange_handlers, x);
 
-    struct forward_info fi = {
-        .client_ip = {c->ip, strlen(c->ip)},
-        .tls = c->tls,
-        .request_id = {x->reqid, strlen(x->reqid)},
-        .shadow = false,
-        .drop = x->rt && x->rt->override_header
-                    ? (struct span){x->rt->override_header, strlen(x->rt->override_header)}
-                    : (struct span){NULL, 0},
-    };
-    if (x->reqbody.kind == BODY_NONE)
-        fi.content_length = x->req.content_length == 0 ? 0 : -2;
-    else if (x->reqbody.kind == BODY_LENGTH)
-        fi.content_length = x->req.content_length;
-    else
-        fi.content_length = -1;
+    struct forward_info fi;
+    forward_info(x, &fi, false);
     x->chunked_up = fi.content_length == -1;
 
     struct buf head;
@@ -1002,6 +1032,19 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     }
     x->backend = d.primary == SPLIT_NEW ? x->rt->new_ : x->rt->legacy;
     x->backend_role = d.primary == SPLIT_NEW ? "new" : "legacy";
+    if (d.shadow) {
+        struct forward_info fi;
+        forward_info(x, &fi, true);
+        struct buf shead;
+        buf_init(&shead, 0);
+        if (http1_write_request_head(&shead, &x->req, &fi) == 0)
+            x->cmp = shadow_begin(w, x->cfg, x->pools, x->rt, &x->req, d.primary == SPLIT_NEW,
+                                  x->reqid, &shead, x->req_done, fi.content_length);
+        buf_dispose(&shead);
+    } else if (x->rt->shadow && x->rt->state != NULL &&
+               !shadow_method_allowed(x->rt, x->req.method)) {
+        counter_add(&x->rt->state->counters[w->id].shadow[SHADOW_SKIPPED_METHOD], 1);
+    }
     exchange_connect(x);
 }
 

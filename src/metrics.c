@@ -1,5 +1,6 @@
 #include "ficus/metrics.h"
 #include "ficus/common.h"
+#include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
 #include "ficus/upstream.h"
@@ -436,16 +437,14 @@ json_t *metrics_readiness(struct server *srv)
 
 json_t *metrics_divergences_json(struct server *srv, const char *route, int limit)
 {
-    (void)srv;
-    (void)route;
-    (void)limit;
-    /* Records arrive with the parallel-run issue (divlog); none exist before. */
-    return json_pack("{s:[]}", "divergences");
+    if (srv->divlog == NULL)
+        return json_pack("{s:[]}", "divergences");
+    return divlog_recent(srv->divlog, route, limit);
 }
 
 json_t *metrics_summary_json(struct server *srv, const char *route)
 {
-    (void)srv;
-    (void)route;
-    return json_pack("{s:[]}", "paths");
+    if (srv->divlog == NULL)
+        return json_pack("{s:[]}", "paths");
+    return divlog_summary(srv->divlog, route);
 }

@@ -7,6 +7,8 @@
 #include "ficus/log.h"
 #include "ficus/upstream.h"
 #include "ficus/admin.h"
+#include "ficus/divlog.h"
+#include "ficus/shadow.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
 
@@ -136,6 +138,7 @@ static void worker_finish(struct worker *w)
     worker_flush_access(w);
     worker_close_listeners(w);
     conn_close_all(w);
+    shadow_abort_all(w);
     pool_set_close_idle(w->pools);
     uv_close((uv_handle_t *)&w->flush_timer, on_handle_closed_noop);
     uv_close((uv_handle_t *)&w->async, on_handle_closed_noop);
@@ -387,6 +390,7 @@ static void on_signal(uv_signal_t *s, int signum)
         } else if (fd >= 0) {
             close(fd);
         }
+        divlog_reopen(srv->divlog);
         log_info("server", "log files reopened");
     }
 }
@@ -403,6 +407,8 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     uv_close((uv_handle_t *)&srv->tick_timer, NULL);
     uv_close((uv_handle_t *)&srv->worker_done, NULL);
+    divlog_free(srv->divlog); /* after the workers: nothing pushes any more */
+    srv->divlog = NULL;
 }
 
 int server_run(const char *path)
@@ -440,6 +446,7 @@ int server_run(const char *path)
     }
     if (cfg->state_file == NULL)
         log_warn("server", "no state_file: runtime changes to routes live in memory only");
+    srv->divlog = divlog_new(srv, srv->loop);
     srv->access_fd = open_access_log(cfg);
     srv->n_workers = cfg->workers;
     srv->workers = calloc((size_t)srv->n_workers, sizeof(struct worker));

@@ -43,6 +43,8 @@ void state_table_free(struct state_table *t)
     for (size_t i = 0; i < t->n; i++) {
         free(t->entries[i]->counters);
         free(t->entries[i]->samples);
+        noise_free(t->entries[i]->noise);
+        uv_mutex_destroy(&t->entries[i]->noise_lock);
         free(t->entries[i]);
     }
     free(t->entries);
@@ -80,6 +82,7 @@ static struct route_state *state_add(struct state_table *t, const char *name)
     memset(rs->counters, 0, sizeof(struct route_counters) * (size_t)t->n_workers);
     snprintf(rs->name, sizeof(rs->name), "%s", name);
     rs->ramp_step = -1;
+    uv_mutex_init(&rs->noise_lock);
     t->entries[t->n++] = rs;
     return rs;
 }
@@ -89,9 +92,18 @@ bool state_persisted(const struct state_table *t)
     return t->path != NULL;
 }
 
-/* Parses a state file's text into (name, new, shadow) calls of fn. */
+/* One route of a state file. shadow_percent is -1 when absent; last_rollback
+ * is NULL when absent and lives as long as the parsed document. */
+struct state_entry {
+    double new_percent, shadow_percent;
+    bool ramp_stopped; /* a rollback stopped the ramp: a restart must not resume it */
+    const char *last_rollback;
+};
+
+/* Parses a state file's text into one call of fn per route. */
 static int parse_state(const char *path, struct config_errors *errs,
-                       int (*fn)(const char *name, double np, double sp, void *arg), void *arg)
+                       int (*fn)(const char *name, const struct state_entry *e, void *arg),
+                       void *arg)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
@@ -124,6 +136,17 @@ static int parse_state(const char *path, struct config_errors *errs,
     {
         json_t *np = json_object_get(v, "new_percent");
         json_t *sp = json_object_get(v, "shadow_percent");
+        json_t *stopped = json_object_get(v, "ramp_stopped");
+        json_t *last = json_object_get(v, "last_rollback");
+        if ((stopped != NULL && !json_is_boolean(stopped)) ||
+            (last != NULL && !json_is_string(last))) {
+            config_errors_add(errs,
+                              "%s: routes.%s: ramp_stopped must be a boolean and last_rollback "
+                              "a string",
+                              path, name);
+            rc = FICUS_ECONFIG;
+            continue;
+        }
         if (!json_is_number(np) || json_number_value(np) < 0 || json_number_value(np) > 100 ||
             (sp != NULL &&
              (!json_is_number(sp) || json_number_value(sp) < 0 || json_number_value(sp) > 100))) {
@@ -134,7 +157,9 @@ static int parse_state(const char *path, struct config_errors *errs,
             rc = FICUS_ECONFIG;
             continue;
         }
-        rc = fn(name, json_number_value(np), sp ? json_number_value(sp) : -1, arg);
+        struct state_entry e = {json_number_value(np), sp ? json_number_value(sp) : -1,
+                                json_is_true(stopped), last ? json_string_value(last) : NULL};
+        rc = fn(name, &e, arg);
         if (rc != 0)
             break;
     }
@@ -142,15 +167,18 @@ static int parse_state(const char *path, struct config_errors *errs,
     return rc;
 }
 
-static int apply_loaded(const char *name, double np, double sp, void *arg)
+static int apply_loaded(const char *name, const struct state_entry *e, void *arg)
 {
     struct state_table *t = arg;
     struct route_state *rs = state_find(t, name);
     if (rs == NULL && (rs = state_add(t, name)) == NULL)
         return FICUS_ENOMEM;
-    atomic_store(&rs->new_percent, np);
-    if (sp >= 0)
-        atomic_store(&rs->shadow_percent, sp);
+    atomic_store(&rs->new_percent, e->new_percent);
+    rs->ramp_stopped = e->ramp_stopped;
+    if (e->last_rollback != NULL)
+        snprintf(rs->last_rollback, sizeof(rs->last_rollback), "%s", e->last_rollback);
+    if (e->shadow_percent >= 0)
+        atomic_store(&rs->shadow_percent, e->shadow_percent);
     else
         atomic_store(&rs->shadow_percent, -1.0); /* filled from the config at bind */
     rs->overridden = true;
@@ -208,9 +236,13 @@ int state_save(struct state_table *t)
         struct route_state *rs = t->entries[i];
         if (!rs->overridden)
             continue;
-        json_object_set_new(routes, rs->name,
-                            json_pack("{s:f,s:f}", "new_percent", atomic_load(&rs->new_percent),
-                                      "shadow_percent", atomic_load(&rs->shadow_percent)));
+        json_t *r = json_pack("{s:f,s:f}", "new_percent", atomic_load(&rs->new_percent),
+                              "shadow_percent", atomic_load(&rs->shadow_percent));
+        if (rs->ramp_stopped)
+            json_object_set_new(r, "ramp_stopped", json_true());
+        if (rs->last_rollback[0] != '\0')
+            json_object_set_new(r, "last_rollback", json_string(rs->last_rollback));
+        json_object_set_new(routes, rs->name, r);
     }
     char ts[32];
     time_t now = time(NULL);
@@ -319,13 +351,15 @@ void state_each(struct state_table *t, void (*fn)(struct route_state *rs, void *
         fn(t->entries[i], arg);
 }
 
-static int describe_one(const char *name, double np, double sp, void *arg)
+static int describe_one(const char *name, const struct state_entry *e, void *arg)
 {
     struct buf *b = arg;
-    if (sp >= 0)
-        buf_printf(b, "state override: route %s new_percent=%g shadow_percent=%g\n", name, np, sp);
-    else
-        buf_printf(b, "state override: route %s new_percent=%g\n", name, np);
+    buf_printf(b, "state override: route %s new_percent=%g", name, e->new_percent);
+    if (e->shadow_percent >= 0)
+        buf_printf(b, " shadow_percent=%g", e->shadow_percent);
+    if (e->ramp_stopped)
+        buf_puts(b, " ramp_stopped");
+    buf_puts(b, "\n");
     return 0;
 }
 

@@ -16,6 +16,8 @@ struct pool_set;
 struct conn;
 struct state_table;
 struct admin;
+struct divlog;
+struct comparison;
 
 /* Per-worker counters: written only by their worker, read by the control
  * thread with relaxed atomic loads (no lock on the request path). */
@@ -51,6 +53,8 @@ struct worker {
     bool stopped;
 
     struct worker_counters counters;
+    struct comparison *comparisons; /* running on this worker, for shutdown */
+    int diff_jobs;                  /* queued on the threadpool */
 };
 
 struct server {
@@ -70,6 +74,7 @@ struct server {
     int exit_code;
     struct state_table *state; /* live route state (percentages, counters) */
     struct admin *admin;       /* NULL without an admin listener */
+    struct divlog *divlog;     /* divergence records (control thread) */
     int64_t started_at;        /* unix seconds */
 };
 

@@ -7,6 +7,8 @@
 #define FICUS_STATE_H
 
 #include "ficus/config.h"
+#include "ficus/noise.h"
+#include <uv.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -60,6 +62,8 @@ struct route_state {
     int64_t ramp_next_ms;            /* when the next step is due (uv_now of the control loop) */
     struct route_counters *counters; /* one per worker */
     void *samples;                   /* the metrics sampler's ring, freed with the entry */
+    struct noise_stats *noise;       /* legacy-vs-legacy statistics, under noise_lock */
+    uv_mutex_t noise_lock;           /* taken on the threadpool only, around one update */
 };
 
 /* Sums of a route's counters over every worker. */

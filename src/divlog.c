@@ -1,0 +1,341 @@
+#include "ficus/divlog.h"
+#include "ficus/diff.h"
+#include "ficus/log.h"
+#include "ficus/server.h"
+#include "ficus/state.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SUMMARY_BUCKETS 1024
+#define SUMMARY_MAX     10000
+
+struct path_stat {
+    struct path_stat *next;
+    char *route;
+    char *path; /* normalised */
+    char *kind;
+    unsigned long long count, noise;
+    char example_id[64];
+};
+
+struct divlog {
+    struct server *srv;
+    uv_async_t async;
+    uv_mutex_t lock; /* guards the queue only; held for a push or a swap */
+    json_t **queue;
+    size_t qlen;
+    unsigned long long dropped; /* under lock */
+
+    FILE *f;
+    long long size;
+    json_t *recent[DIVLOG_RECENT_MAX]; /* ring, control thread only */
+    size_t recent_next, recent_count;
+    struct path_stat *buckets[SUMMARY_BUCKETS];
+    size_t n_stats;
+};
+
+static void divlog_open(struct divlog *d)
+{
+    const struct config *cfg = d->srv->cfg;
+    if (cfg->divlog_path == NULL)
+        return;
+    d->f = fopen(cfg->divlog_path, "a");
+    if (d->f == NULL) {
+        log_error("divlog", "cannot open divergence log path=%s err=%s", cfg->divlog_path,
+                  strerror(errno));
+        return;
+    }
+    fseek(d->f, 0, SEEK_END);
+    d->size = ftell(d->f);
+}
+
+void divlog_reopen(struct divlog *d)
+{
+    if (d->f != NULL)
+        fclose(d->f);
+    d->f = NULL;
+    divlog_open(d);
+}
+
+static void rotate(struct divlog *d)
+{
+    const struct config *cfg = d->srv->cfg;
+    fclose(d->f);
+    d->f = NULL;
+    char from[4096], to[4096];
+    for (int i = cfg->divlog_keep; i >= 1; i--) {
+        if (i == 1)
+            snprintf(from, sizeof(from), "%s", cfg->divlog_path);
+        else
+            snprintf(from, sizeof(from), "%s.%d", cfg->divlog_path, i - 1);
+        snprintf(to, sizeof(to), "%s.%d", cfg->divlog_path, i);
+        rename(from, to); /* a missing older file is fine */
+    }
+    if (cfg->divlog_keep == 0)
+        d->f = fopen(cfg->divlog_path, "w");
+    else
+        d->f = fopen(cfg->divlog_path, "a");
+    d->size = 0;
+    if (d->f == NULL)
+        log_error("divlog", "cannot reopen divergence log after rotation path=%s err=%s",
+                  cfg->divlog_path, strerror(errno));
+}
+
+static unsigned hash_key(const char *route, const char *path, const char *kind)
+{
+    unsigned h = 2166136261u;
+    for (const char *s = route; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    h = (h ^ 0xff) * 16777619u;
+    for (const char *s = path; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    h = (h ^ 0xfe) * 16777619u;
+    for (const char *s = kind; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % SUMMARY_BUCKETS;
+}
+
+static void count_path(struct divlog *d, const char *route, const char *raw_path, const char *kind,
+                       bool noise, const char *id)
+{
+    char path[1024];
+    diff_normalize_path(raw_path, path, sizeof(path));
+    unsigned h = hash_key(route, path, kind);
+    struct path_stat *ps = d->buckets[h];
+    while (ps != NULL && !(strcmp(ps->route, route) == 0 && strcmp(ps->path, path) == 0 &&
+                           strcmp(ps->kind, kind) == 0))
+        ps = ps->next;
+    if (ps == NULL) {
+        if (d->n_stats >= SUMMARY_MAX)
+            return;
+        ps = calloc(1, sizeof(*ps));
+        if (ps == NULL)
+            return;
+        ps->route = strdup(route);
+        ps->path = strdup(path);
+        ps->kind = strdup(kind);
+        if (ps->route == NULL || ps->path == NULL || ps->kind == NULL) {
+            free(ps->route);
+            free(ps->path);
+            free(ps->kind);
+            free(ps);
+            return;
+        }
+        ps->next = d->buckets[h];
+        d->buckets[h] = ps;
+        d->n_stats++;
+    }
+    if (noise)
+        ps->noise++;
+    else
+        ps->count++;
+    snprintf(ps->example_id, sizeof(ps->example_id), "%s", id);
+}
+
+static void handle(struct divlog *d, json_t *rec)
+{
+    const char *route = json_string_value(json_object_get(rec, "route"));
+    const char *id = json_string_value(json_object_get(rec, "id"));
+    bool divergent = json_is_true(json_object_get(rec, "divergent"));
+    json_object_del(rec, "divergent");
+    if (route == NULL || id == NULL) {
+        json_decref(rec);
+        return;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(rec, "diffs"), i, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "path"));
+        const char *k = json_string_value(json_object_get(v, "kind"));
+        if (p != NULL && k != NULL)
+            count_path(d, route, strcmp(k, "body") == 0 ? "" : p, k, false, id);
+    }
+    json_array_foreach(json_object_get(rec, "noise"), i, v)
+    {
+        if (json_is_string(v))
+            count_path(d, route, json_string_value(v), "json", true, id);
+    }
+    if (!divergent) {
+        json_decref(rec);
+        return;
+    }
+    if (d->f != NULL) {
+        char *line = json_dumps(rec, JSON_COMPACT | JSON_REAL_PRECISION(10));
+        if (line != NULL) {
+            size_t len = strlen(line);
+            if (d->size > 0 && d->size + (long long)len + 1 > d->srv->cfg->divlog_max_bytes)
+                rotate(d);
+            if (d->f != NULL && fwrite(line, 1, len, d->f) == len && fputc('\n', d->f) != EOF)
+                d->size += (long long)len + 1;
+            free(line);
+        }
+    }
+    json_decref(d->recent[d->recent_next]);
+    d->recent[d->recent_next] = rec;
+    d->recent_next = (d->recent_next + 1) % DIVLOG_RECENT_MAX;
+    if (d->recent_count < DIVLOG_RECENT_MAX)
+        d->recent_count++;
+}
+
+static void drain_queue(struct divlog *d)
+{
+    for (;;) {
+        uv_mutex_lock(&d->lock);
+        json_t **batch = d->queue;
+        size_t n = d->qlen;
+        d->queue = n ? calloc(DIVLOG_QUEUE_MAX, sizeof(json_t *)) : d->queue;
+        if (n && d->queue == NULL) {
+            d->queue = batch; /* keep the old array; try later */
+            uv_mutex_unlock(&d->lock);
+            return;
+        }
+        if (n)
+            d->qlen = 0;
+        uv_mutex_unlock(&d->lock);
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < n; i++)
+            handle(d, batch[i]);
+        free(batch);
+    }
+    if (d->f != NULL)
+        fflush(d->f);
+}
+
+static void on_async(uv_async_t *a)
+{
+    drain_queue(a->data);
+}
+
+struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
+{
+    struct divlog *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    d->queue = calloc(DIVLOG_QUEUE_MAX, sizeof(json_t *));
+    if (d->queue == NULL) {
+        free(d);
+        return NULL;
+    }
+    d->srv = srv;
+    uv_mutex_init(&d->lock);
+    uv_async_init(loop, &d->async, on_async);
+    d->async.data = d;
+    divlog_open(d);
+    return d;
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    struct divlog *d = h->data;
+    for (size_t i = 0; i < DIVLOG_RECENT_MAX; i++)
+        json_decref(d->recent[i]);
+    for (size_t b = 0; b < SUMMARY_BUCKETS; b++) {
+        struct path_stat *ps = d->buckets[b];
+        while (ps != NULL) {
+            struct path_stat *next = ps->next;
+            free(ps->route);
+            free(ps->path);
+            free(ps->kind);
+            free(ps);
+            ps = next;
+        }
+    }
+    uv_mutex_destroy(&d->lock);
+    free(d->queue);
+    free(d);
+}
+
+void divlog_free(struct divlog *d)
+{
+    if (d == NULL)
+        return;
+    drain_queue(d);
+    if (d->f != NULL)
+        fclose(d->f);
+    d->f = NULL;
+    uv_close((uv_handle_t *)&d->async, on_async_closed);
+}
+
+void divlog_push(struct divlog *d, json_t *rec)
+{
+    uv_mutex_lock(&d->lock);
+    if (d->qlen == DIVLOG_QUEUE_MAX) {
+        d->dropped++;
+        uv_mutex_unlock(&d->lock);
+        json_decref(rec);
+        return;
+    }
+    d->queue[d->qlen++] = rec;
+    uv_mutex_unlock(&d->lock);
+    uv_async_send(&d->async);
+}
+
+unsigned long long divlog_dropped(const struct divlog *d)
+{
+    uv_mutex_lock((uv_mutex_t *)&d->lock);
+    unsigned long long n = d->dropped;
+    uv_mutex_unlock((uv_mutex_t *)&d->lock);
+    return n;
+}
+
+json_t *divlog_recent(struct divlog *d, const char *route, int limit)
+{
+    drain_queue(d);
+    json_t *out = json_array();
+    for (size_t i = 0; i < d->recent_count && (int)json_array_size(out) < limit; i++) {
+        size_t idx = (d->recent_next + DIVLOG_RECENT_MAX - 1 - i) % DIVLOG_RECENT_MAX;
+        json_t *rec = d->recent[idx];
+        const char *r = json_string_value(json_object_get(rec, "route"));
+        if (route == NULL || (r != NULL && strcmp(r, route) == 0))
+            json_array_append(out, rec);
+    }
+    return json_pack("{s:o}", "divergences", out);
+}
+
+static int by_count(const void *a, const void *b)
+{
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    json_int_t cx = json_integer_value(json_object_get(x, "count")) +
+                    json_integer_value(json_object_get(x, "noise_count"));
+    json_int_t cy = json_integer_value(json_object_get(y, "count")) +
+                    json_integer_value(json_object_get(y, "noise_count"));
+    return cx < cy ? 1 : cx > cy ? -1 : 0;
+}
+
+json_t *divlog_summary(struct divlog *d, const char *route)
+{
+    drain_queue(d);
+    size_t n = 0;
+    json_t **items = calloc(d->n_stats ? d->n_stats : 1, sizeof(json_t *));
+    for (size_t b = 0; b < SUMMARY_BUCKETS && items != NULL; b++) {
+        for (struct path_stat *ps = d->buckets[b]; ps != NULL; ps = ps->next) {
+            if (route != NULL && strcmp(route, ps->route) != 0)
+                continue;
+            struct route_state *rs = state_find(d->srv->state, ps->route);
+            struct route_totals t;
+            unsigned long long comparisons = 0;
+            if (rs != NULL) {
+                state_totals(d->srv->state, rs, &t);
+                comparisons = t.comparisons;
+            }
+            unsigned long long all = ps->count + ps->noise;
+            items[n++] = json_pack("{s:s,s:s,s:s,s:I,s:I,s:f,s:b,s:s}", "route", ps->route, "path",
+                                   ps->path, "kind", ps->kind, "count", (json_int_t)ps->count,
+                                   "noise_count", (json_int_t)ps->noise, "rate",
+                                   comparisons ? (double)all / (double)comparisons : 0.0, "noise",
+                                   ps->noise > ps->count, "example_id", ps->example_id);
+        }
+    }
+    if (n > 1)
+        qsort(items, n, sizeof(json_t *), by_count);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, items[i]);
+    free(items);
+    return json_pack("{s:o}", "paths", arr);
+}

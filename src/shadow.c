@@ -1,0 +1,697 @@
+#include "ficus/shadow.h"
+#include "ficus/common.h"
+#include "ficus/diff.h"
+#include "ficus/divlog.h"
+#include "ficus/log.h"
+#include "ficus/noise.h"
+#include "ficus/server.h"
+#include "ficus/state.h"
+#include "ficus/upstream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* One response as captured for comparison. */
+struct capture {
+    const char *error; /* NULL, or why this side has no response */
+    struct buf head;   /* raw head bytes */
+    struct http_head *parsed;
+    struct buf body; /* decoded body, capped */
+    bool over_cap;
+    bool done;
+    double ms;
+    int64_t bytes;
+};
+
+/* A request ficus sends on its own to compare: the shadow, or legacy again. */
+struct probe {
+    struct comparison *c;
+    int backend;
+    struct upstream_wait wait;
+    struct upconn *up;
+    struct head_scan scan;
+    struct body_framer framer;
+    bool head_done;
+    bool started;
+    bool finished;
+    bool is_shadow; /* counts against shadow.max_inflight */
+    uint64_t t0;
+    struct capture cap;
+};
+
+struct comparison {
+    int refs;
+    struct comparison *prev, *next; /* the worker's list */
+    struct worker *w;
+    struct config *cfg;
+    struct pool_set *ps;
+    const struct route_cfg *rt;
+    struct route_state *rs;
+    bool primary_is_new;
+    bool is_head;
+    char reqid[64];
+    char *method;
+    char *target;
+    char ts[64];
+    uint64_t t0;
+
+    struct buf req_head;
+    struct buf req_body;
+    bool chunked_body; /* the head says chunked */
+    bool req_complete;
+    bool launched;
+
+    struct capture primary;
+    struct probe shadow;
+    struct probe *twin; /* the noise sample's second legacy request */
+    int pending;        /* sides not finished */
+    bool aborted;       /* nothing is compared */
+    bool queued;
+
+    uv_work_t work;
+    /* Results of the work, read back on the loop. */
+    json_t *record;
+    bool skipped;
+    bool divergent;
+    unsigned long long kinds[DIFF_KINDS];
+    unsigned long long n_noise;
+};
+
+static void maybe_compare(struct comparison *c);
+
+/* ---- lifetime ---------------------------------------------------------------------- */
+
+static void capture_dispose(struct capture *cap)
+{
+    buf_dispose(&cap->head);
+    buf_dispose(&cap->body);
+    free(cap->parsed);
+}
+
+static void comparison_free(struct comparison *c)
+{
+    struct worker *w = c->w;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else if (w->comparisons == c)
+        w->comparisons = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    capture_dispose(&c->primary);
+    capture_dispose(&c->shadow.cap);
+    if (c->twin != NULL) {
+        capture_dispose(&c->twin->cap);
+        free(c->twin);
+    }
+    buf_dispose(&c->req_head);
+    buf_dispose(&c->req_body);
+    json_decref(c->record);
+    free(c->method);
+    free(c->target);
+    pool_set_unref(c->ps);
+    config_unref(c->cfg);
+    free(c);
+}
+
+void shadow_release(struct comparison *c)
+{
+    if (c != NULL && --c->refs == 0)
+        comparison_free(c);
+}
+
+bool shadow_method_allowed(const struct route_cfg *rt, struct span method)
+{
+    for (size_t i = 0; i < rt->n_shadow_methods; i++) {
+        if (span_eq(method, rt->shadow_methods[i]))
+            return true;
+    }
+    return false;
+}
+
+static void count_outcome(struct comparison *c, enum shadow_outcome o)
+{
+    counter_add(&c->rs->counters[c->w->id].shadow[o], 1);
+}
+
+/* ---- probes ---------------------------------------------------------------------------- */
+
+static void probe_finish(struct probe *p, const char *error, bool reusable)
+{
+    if (p->finished)
+        return;
+    p->finished = true;
+    struct comparison *c = p->c;
+    upstream_cancel(&p->wait);
+    if (p->up != NULL) {
+        struct upconn *u = p->up;
+        p->up = NULL;
+        upstream_release(u, reusable && error == NULL);
+    }
+    if (error != NULL && p->cap.error == NULL)
+        p->cap.error = error;
+    p->cap.done = true;
+    p->cap.ms = (double)(io_now_us() - p->t0) / 1000.0;
+    if (p->is_shadow)
+        atomic_fetch_sub_explicit(&c->rs->shadow_inflight, 1, memory_order_relaxed);
+    c->pending--;
+    maybe_compare(c);
+    shadow_release(c);
+}
+
+static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t len)
+{
+    (void)rb;
+    struct probe *p = ctx;
+    struct comparison *c = p->c;
+    size_t off = 0;
+    upstream_timeout(p->up, c->rt->shadow_timeout_ms);
+    while (!p->head_done) {
+        size_t before = p->scan.pos;
+        if (buf_append(&p->cap.head, data + off, len - off) != 0) {
+            probe_finish(p, "invalid_response", false);
+            return;
+        }
+        int r =
+            http1_scan_head(&p->scan, p->cap.head.data, p->cap.head.len, c->cfg->max_header_bytes);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            probe_finish(p, "invalid_response", false);
+            return;
+        }
+        off += p->scan.pos - before;
+        p->cap.head.len = p->scan.pos;
+        if (p->cap.parsed == NULL && (p->cap.parsed = malloc(sizeof(struct http_head))) == NULL) {
+            probe_finish(p, "invalid_response", false);
+            return;
+        }
+        if (http1_parse_head(p->cap.parsed, p->cap.head.data, p->cap.head.len, false) != 0) {
+            probe_finish(p, "invalid_response", false);
+            return;
+        }
+        struct http_head *h = p->cap.parsed;
+        if (h->status < 200) {
+            buf_reset(&p->cap.head);
+            memset(&p->scan, 0, sizeof(p->scan));
+            continue;
+        }
+        p->head_done = true;
+        if (!http1_response_has_body(c->is_head, h->status))
+            http1_body_init(&p->framer, BODY_NONE, 0);
+        else if (h->chunked)
+            http1_body_init(&p->framer, BODY_CHUNKED, 0);
+        else if (h->content_length >= 0)
+            http1_body_init(&p->framer, BODY_LENGTH, (uint64_t)h->content_length);
+        else
+            http1_body_init(&p->framer, BODY_EOF, 0);
+        if (p->framer.done) {
+            probe_finish(p, NULL, off == len && h->keep_alive);
+            return;
+        }
+    }
+    while (off < len) {
+        size_t doff, dlen;
+        int64_t n = http1_body_step(&p->framer, data + off, len - off, &doff, &dlen);
+        if (n < 0) {
+            probe_finish(p, "invalid_response", false);
+            return;
+        }
+        if (dlen > 0) {
+            p->cap.bytes += (int64_t)dlen;
+            if (buf_append(&p->cap.body, data + off + doff, dlen) != 0) {
+                p->cap.over_cap = true;
+                probe_finish(p, NULL, false);
+                return;
+            }
+        }
+        off += (size_t)n;
+        if (p->framer.done) {
+            probe_finish(p, NULL, off == len && p->cap.parsed->keep_alive);
+            return;
+        }
+        if (n == 0)
+            break;
+    }
+}
+
+static void probe_on_error(void *ctx, int err)
+{
+    struct probe *p = ctx;
+    if (err == UV_EOF && p->head_done && p->framer.kind == BODY_EOF) {
+        probe_finish(p, NULL, false);
+        return;
+    }
+    probe_finish(p, err == FICUS_ETIMEOUT ? "timeout" : "reset", false);
+}
+
+static const struct upstream_handlers probe_handlers = {
+    .on_read = probe_on_read,
+    .on_error = probe_on_error,
+    .on_drain = NULL,
+};
+
+static void probe_on_ready(void *ctx, struct upconn *u, int status)
+{
+    struct probe *p = ctx;
+    struct comparison *c = p->c;
+    if (status != 0) {
+        probe_finish(p, status == FICUS_ETIMEOUT ? "timeout" : "connect_error", false);
+        return;
+    }
+    p->up = u;
+    upstream_attach(u, &probe_handlers, p);
+    /* The head and the body are copied per probe: a write owns what it sends. */
+    size_t blen = c->req_body.len;
+    char hdr[24] = "";
+    int hl = 0;
+    if (c->chunked_body && blen > 0)
+        hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", blen);
+    const char *tail = c->chunked_body ? (blen > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : "";
+    size_t tl = strlen(tail);
+    size_t total = c->req_head.len + (size_t)hl + blen + tl;
+    char *out = malloc(total);
+    if (out == NULL) {
+        probe_finish(p, "connect_error", false);
+        return;
+    }
+    memcpy(out, c->req_head.data, c->req_head.len);
+    memcpy(out + c->req_head.len, hdr, (size_t)hl);
+    if (blen > 0)
+        memcpy(out + c->req_head.len + hl, c->req_body.data, blen);
+    memcpy(out + c->req_head.len + hl + blen, tail, tl);
+    uv_buf_t b = uv_buf_init(out, (unsigned)total);
+    if (upstream_write(u, &b, 1, NULL, out) != 0) {
+        probe_finish(p, "reset", false);
+        return;
+    }
+    upstream_timeout(u, c->rt->shadow_timeout_ms);
+}
+
+static void probe_start(struct comparison *c, struct probe *p)
+{
+    p->started = true;
+    p->t0 = io_now_us();
+    c->refs++;
+    if (upstream_acquire(c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
+        probe_finish(p, "connect_error", false);
+}
+
+static void launch(struct comparison *c)
+{
+    if (c->launched)
+        return;
+    c->launched = true;
+    c->refs++; /* held across the launches: a probe may finish inside its start */
+    probe_start(c, &c->shadow);
+    if (c->twin != NULL)
+        probe_start(c, c->twin);
+    shadow_release(c);
+}
+
+/* ---- the comparison job ------------------------------------------------------------------- */
+
+static void to_diff_response(const struct capture *cap, struct diff_response *out,
+                             struct diff_header *hdrs)
+{
+    memset(out, 0, sizeof(*out));
+    out->error = cap->error;
+    if (cap->error != NULL || cap->parsed == NULL) {
+        if (out->error == NULL)
+            out->error = "invalid_response";
+        return;
+    }
+    out->status = cap->parsed->status;
+    for (size_t i = 0; i < cap->parsed->n_headers; i++) {
+        hdrs[i].name = cap->parsed->headers[i].name.p;
+        hdrs[i].name_len = cap->parsed->headers[i].name.len;
+        hdrs[i].value = cap->parsed->headers[i].value.p;
+        hdrs[i].value_len = cap->parsed->headers[i].value.len;
+    }
+    out->headers = hdrs;
+    out->n_headers = cap->parsed->n_headers;
+    out->body = cap->body.data ? cap->body.data : "";
+    out->body_len = cap->body.len;
+}
+
+/* A JSON string of at most max bytes of p, with bytes that are not UTF-8 text
+ * replaced so that jansson accepts it. */
+static json_t *text_excerpt(const char *p, size_t n, size_t max)
+{
+    if (n > max)
+        n = max;
+    json_t *j = json_stringn(p ? p : "", n);
+    if (j != NULL)
+        return j;
+    char *copy = malloc(n + 1);
+    if (copy == NULL)
+        return json_string("");
+    for (size_t i = 0; i < n; i++)
+        copy[i] = (p[i] >= 0x20 && p[i] < 0x7f) || p[i] == '\n' || p[i] == '\t' ? p[i] : '?';
+    j = json_stringn(copy, n);
+    free(copy);
+    return j ? j : json_string("");
+}
+
+static json_t *side_json(const struct capture *cap)
+{
+    json_t *j = json_pack("{s:f,s:I}", "ms", cap->ms, "bytes", (json_int_t)cap->bytes);
+    if (cap->error != NULL)
+        json_object_set_new(j, "error", json_string(cap->error));
+    else if (cap->parsed != NULL)
+        json_object_set_new(j, "status", json_integer(cap->parsed->status));
+    return j;
+}
+
+static void on_work(uv_work_t *req)
+{
+    struct comparison *c = req->data;
+    const struct route_cfg *rt = c->rt;
+    const struct capture *legacy = c->primary_is_new ? &c->shadow.cap : &c->primary;
+    const struct capture *newc = c->primary_is_new ? &c->primary : &c->shadow.cap;
+    if (legacy->over_cap || newc->over_cap) {
+        c->skipped = true;
+        return;
+    }
+    struct diff_header *hl = calloc(HTTP_MAX_HEADERS * 3, sizeof(*hl));
+    struct diff_result *res = calloc(2, sizeof(*res));
+    if (hl == NULL || res == NULL) {
+        free(hl);
+        free(res);
+        c->skipped = true;
+        return;
+    }
+    struct diff_response rl, rn, rt2;
+    to_diff_response(legacy, &rl, hl);
+    to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
+    diff_responses(&rt->diff, &rl, &rn, &res[0]);
+
+    struct route_state *rs = c->rs;
+    bool learn = c->twin != NULL && legacy->error == NULL && c->twin->cap.error == NULL &&
+                 !c->twin->cap.over_cap;
+    if (learn) {
+        to_diff_response(&c->twin->cap, &rt2, hl + 2 * HTTP_MAX_HEADERS);
+        diff_responses(&rt->diff, &rl, &rt2, &res[1]);
+    }
+    json_t *diffs = json_array(), *noise = json_array();
+    uv_mutex_lock(&rs->noise_lock);
+    if (rt->noise && rs->noise == NULL)
+        rs->noise = noise_new(rt->noise_threshold);
+    if (learn && rs->noise != NULL)
+        noise_observe(rs->noise, &res[1]);
+    for (size_t i = 0; i < res[0].n; i++) {
+        struct diff_item *it = &res[0].items[i];
+        bool is_noise =
+            rs->noise != NULL &&
+            (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&
+            noise_is_noise(rs->noise, it->path);
+        if (is_noise) {
+            json_array_append_new(noise, json_string(it->path));
+            c->n_noise++;
+            continue;
+        }
+        c->kinds[it->kind]++;
+        json_t *lv = it->legacy, *nv = it->new_;
+        bool redact =
+            it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
+        json_array_append_new(diffs, json_pack("{s:s,s:s,s:O,s:O}", "kind",
+                                               diff_kind_name(it->kind), "path", it->path, "legacy",
+                                               redact ? json_string("[redacted]")
+                                               : lv   ? lv
+                                                      : json_null(),
+                                               "new",
+                                               redact ? json_string("[redacted]")
+                                               : nv   ? nv
+                                                      : json_null()));
+    }
+    uv_mutex_unlock(&rs->noise_lock);
+    c->divergent = json_array_size(diffs) > 0;
+    if (c->divergent || json_array_size(noise) > 0) {
+        json_t *rec =
+            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:b}", "ts", c->ts, "id", c->reqid,
+                      "route", rt->name, "method", c->method, "target", c->target, "primary",
+                      c->primary_is_new ? "new" : "legacy", "legacy", side_json(legacy), "new",
+                      side_json(newc), "diffs", diffs, "noise", noise, "divergent", c->divergent);
+        size_t bb = c->cfg->divlog_body_bytes;
+        json_object_set_new(rec, "bodies",
+                            json_pack("{s:o,s:o}", "legacy",
+                                      text_excerpt(legacy->body.data, legacy->body.len, bb), "new",
+                                      text_excerpt(newc->body.data, newc->body.len, bb)));
+        if (res[0].truncated)
+            json_object_set_new(rec, "truncated", json_true());
+        c->record = rec;
+    } else {
+        json_decref(diffs);
+        json_decref(noise);
+    }
+    diff_result_dispose(&res[0]);
+    diff_result_dispose(&res[1]);
+    free(res);
+    free(hl);
+}
+
+static void on_work_done(uv_work_t *req, int status)
+{
+    struct comparison *c = req->data;
+    struct worker *w = c->w;
+    w->diff_jobs--;
+    struct route_counters *rc = &c->rs->counters[w->id];
+    if (status != 0 || c->skipped) {
+        count_outcome(c, SHADOW_SKIPPED_QUEUE);
+    } else {
+        const char *err = c->shadow.cap.error;
+        count_outcome(c, err == NULL                   ? SHADOW_COMPARED
+                         : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
+                                                       : SHADOW_ERROR);
+        counter_add(&rc->comparisons, 1);
+        for (int k = 0; k < DIFF_KINDS; k++) {
+            if (c->kinds[k])
+                counter_add(&rc->divergences[k], c->kinds[k]);
+        }
+        if (c->divergent)
+            counter_add(&rc->divergent, 1);
+        if (c->n_noise)
+            counter_add(&rc->noise, c->n_noise);
+        if (c->record != NULL && w->srv->divlog != NULL) {
+            divlog_push(w->srv->divlog, c->record);
+            c->record = NULL;
+        }
+    }
+    shadow_release(c);
+}
+
+static void maybe_compare(struct comparison *c)
+{
+    if (c->pending > 0 || c->queued)
+        return;
+    c->queued = true;
+    if (c->aborted)
+        return;
+    if (c->w->diff_jobs >= SHADOW_MAX_JOBS) {
+        count_outcome(c, SHADOW_SKIPPED_QUEUE);
+        return;
+    }
+    c->refs++;
+    c->w->diff_jobs++;
+    c->work.data = c;
+    if (uv_queue_work(&c->w->loop, &c->work, on_work, on_work_done) != 0) {
+        c->w->diff_jobs--;
+        count_outcome(c, SHADOW_SKIPPED_QUEUE);
+        shadow_release(c);
+    }
+}
+
+/* ---- the exchange's side ----------------------------------------------------------------------
+ */
+
+struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct pool_set *ps,
+                                const struct route_cfg *rt, const struct http_head *req,
+                                bool primary_is_new, const char *reqid, struct buf *head,
+                                bool body_known, int64_t content_length)
+{
+    struct route_state *rs = rt->state;
+    struct route_counters *rc = &rs->counters[w->id];
+    if (content_length > (int64_t)rt->shadow_max_body_bytes) {
+        counter_add(&rc->shadow[SHADOW_SKIPPED_BODY], 1);
+        buf_dispose(head);
+        return NULL;
+    }
+    if (w->diff_jobs >= SHADOW_MAX_JOBS) {
+        counter_add(&rc->shadow[SHADOW_SKIPPED_QUEUE], 1);
+        buf_dispose(head);
+        return NULL;
+    }
+    int inflight = atomic_fetch_add_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
+    if (inflight >= rt->shadow_max_inflight) {
+        atomic_fetch_sub_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
+        counter_add(&rc->shadow[SHADOW_SKIPPED_INFLIGHT], 1);
+        buf_dispose(head);
+        return NULL;
+    }
+    struct comparison *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        atomic_fetch_sub_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
+        buf_dispose(head);
+        return NULL;
+    }
+    c->refs = 1;
+    c->w = w;
+    c->cfg = config_ref(cfg);
+    c->ps = ps;
+    pool_set_ref(ps);
+    c->rt = rt;
+    c->rs = rs;
+    c->primary_is_new = primary_is_new;
+    c->is_head = req->is_head;
+    c->t0 = io_now_us();
+    snprintf(c->reqid, sizeof(c->reqid), "%s", reqid);
+    c->method = strndup(req->method.p, req->method.len);
+    c->target = strndup(req->target.p, req->target.len > 4096 ? 4096 : req->target.len);
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    snprintf(c->ts, sizeof(c->ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
+    c->req_head = *head;
+    buf_init(head, 0);
+    c->chunked_body = content_length == -1;
+    buf_init(&c->req_body, rt->shadow_max_body_bytes);
+    buf_init(&c->primary.body, SHADOW_CAPTURE_MAX);
+    buf_init(&c->shadow.cap.body, SHADOW_CAPTURE_MAX);
+    c->shadow.c = c;
+    c->shadow.is_shadow = true;
+    c->shadow.backend = primary_is_new ? rt->legacy : rt->new_;
+    c->pending = 2;
+    /* The noise sample: safe requests only, since legacy sees them twice. */
+    bool safe = span_eq(req->method, "GET") || span_eq(req->method, "HEAD") ||
+                span_eq(req->method, "OPTIONS");
+    if (rt->noise && safe && (double)(worker_random(w) % 10000) < rt->noise_percent * 100.0) {
+        c->twin = calloc(1, sizeof(*c->twin));
+        if (c->twin != NULL) {
+            c->twin->c = c;
+            c->twin->backend = rt->legacy;
+            buf_init(&c->twin->cap.body, SHADOW_CAPTURE_MAX);
+            c->pending++;
+        }
+    }
+    if (c->method == NULL || c->target == NULL) {
+        c->aborted = true;
+    }
+    c->next = w->comparisons;
+    if (w->comparisons != NULL)
+        w->comparisons->prev = c;
+    w->comparisons = c;
+    if (body_known) {
+        c->req_complete = true;
+        launch(c);
+    }
+    return c;
+}
+
+void shadow_request_body(struct comparison *c, const char *p, size_t n)
+{
+    if (c == NULL || c->aborted || c->launched)
+        return;
+    if (buf_append(&c->req_body, p, n) != 0) {
+        /* Too large to send again: the shadow is skipped, never queued. */
+        count_outcome(c, SHADOW_SKIPPED_BODY);
+        c->aborted = true;
+        atomic_fetch_sub_explicit(&c->rs->shadow_inflight, 1, memory_order_relaxed);
+        c->shadow.finished = true;
+        c->pending = 0;
+        c->queued = true;
+    }
+}
+
+void shadow_request_done(struct comparison *c)
+{
+    if (c == NULL || c->aborted || c->launched)
+        return;
+    c->req_complete = true;
+    launch(c);
+}
+
+void shadow_primary_head(struct comparison *c, const char *head, size_t len)
+{
+    if (c == NULL || c->primary.parsed != NULL)
+        return;
+    if (buf_append(&c->primary.head, head, len) != 0)
+        return;
+    c->primary.parsed = malloc(sizeof(struct http_head));
+    if (c->primary.parsed != NULL && http1_parse_head(c->primary.parsed, c->primary.head.data,
+                                                      c->primary.head.len, false) != 0) {
+        free(c->primary.parsed);
+        c->primary.parsed = NULL;
+    }
+}
+
+void shadow_primary_body(struct comparison *c, const char *p, size_t n)
+{
+    if (c == NULL || c->primary.over_cap)
+        return;
+    if (buf_append(&c->primary.body, p, n) != 0)
+        c->primary.over_cap = true;
+}
+
+static void primary_end(struct comparison *c)
+{
+    if (c->primary.done)
+        return;
+    c->primary.done = true;
+    c->primary.ms = (double)(io_now_us() - c->t0) / 1000.0;
+    c->pending--;
+    maybe_compare(c);
+}
+
+void shadow_primary_done(struct comparison *c, int64_t bytes)
+{
+    if (c == NULL)
+        return;
+    c->primary.bytes = bytes;
+    primary_end(c);
+}
+
+void shadow_primary_failed(struct comparison *c, const char *error)
+{
+    if (c == NULL || c->primary.done)
+        return;
+    if (error == NULL) {
+        c->aborted = true;
+    } else {
+        c->primary.error = error;
+    }
+    if (!c->launched && !c->aborted) {
+        /* The request body never completed: there is nothing to send. */
+        c->aborted = true;
+    }
+    if (!c->launched) {
+        if (!c->shadow.finished) {
+            c->shadow.finished = true;
+            atomic_fetch_sub_explicit(&c->rs->shadow_inflight, 1, memory_order_relaxed);
+            c->pending--;
+        }
+        if (c->twin != NULL && !c->twin->finished) {
+            c->twin->finished = true;
+            c->pending--;
+        }
+    }
+    primary_end(c);
+}
+
+void shadow_abort_all(struct worker *w)
+{
+    struct comparison *c = w->comparisons;
+    while (c != NULL) {
+        struct comparison *next = c->next;
+        c->refs++;
+        c->aborted = true;
+        if (c->shadow.started)
+            probe_finish(&c->shadow, "reset", false);
+        if (c->twin != NULL && c->twin->started)
+            probe_finish(c->twin, "reset", false);
+        shadow_release(c);
+        c = next;
+    }
+}
