@@ -2,6 +2,7 @@
 #include "ficus/config.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
+#include "ficus/state.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +29,19 @@ static int cmd_check(const char *path)
         config_errors_dispose(&errs);
         return 1;
     }
+    char *overrides = NULL;
+    if (cfg->state_file != NULL && state_describe(cfg->state_file, &errs, &overrides) != 0) {
+        for (size_t i = 0; i < errs.n; i++)
+            printf("%s\n", errs.lines[i]);
+        config_errors_dispose(&errs);
+        config_unref(cfg);
+        return 1;
+    }
     config_errors_dispose(&errs);
     printf("ok\n");
+    if (overrides != NULL)
+        fputs(overrides, stdout);
+    free(overrides);
     config_unref(cfg);
     return 0;
 }
