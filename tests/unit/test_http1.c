@@ -1,0 +1,346 @@
+/* Unit tests for the pure HTTP/1.1 module: the raw head scanner, head
+ * parsing and framing checks, the chunked decoder and the header rules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ficus/common.h"
+#include "ficus/http1.h"
+
+static int scan_all(const char *s, size_t max, size_t *head_len)
+{
+    struct head_scan sc = {0};
+    int r = http1_scan_head(&sc, s, strlen(s), max);
+    *head_len = sc.pos;
+    return r;
+}
+
+/* The scanner gives the same answer however the bytes are split. */
+static int scan_bytewise(const char *s, size_t max)
+{
+    struct head_scan sc = {0};
+    size_t n = strlen(s);
+    for (size_t i = 1; i <= n; i++) {
+        int r = http1_scan_head(&sc, s, i, max);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
+static void test_scan_valid(void **state)
+{
+    (void)state;
+    const char *req = "GET /x HTTP/1.1\r\nHost: a\r\nX-A: b c\t\r\n\r\nBODY";
+    size_t len;
+    assert_int_equal(scan_all(req, 65536, &len), 1);
+    assert_int_equal(len, strlen(req) - 4);
+    assert_int_equal(scan_bytewise("GET / HTTP/1.1\r\nHost: a\r\n\r\n", 65536), 1);
+    assert_int_equal(scan_bytewise("GET / HTTP/1.1\r\nHost: a\r\n", 65536), 0);
+    /* obs-text in a value is allowed */
+    assert_int_equal(scan_all("GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n", 4096, &len),
+                     1);
+}
+
+static void test_scan_rejects(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "GET / HTTP/1.1\nHost: a\n\n",                     /* bare LF */
+        "GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",         /* bare CR in a value */
+        "GET / HTTP/1.1\r\nHost: a\r\n\rX\r\n\r\n",        /* \r\n\rX end of head */
+        "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", /* obs-fold */
+        "GET / HTTP/1.1\r\nHost : a\r\n\r\n",              /* space before colon */
+        "GET / HTTP/1.1\r\n Host: a\r\n\r\n",              /* leading space */
+        "GET / HTTP/1.1\r\nX(A): a\r\n\r\n",               /* non-token name */
+        "GET / HTTP/1.1\r\n: a\r\n\r\n",                   /* empty name */
+        "GET / HTTP/1.1\r\nX: \x0b\r\n\r\n",               /* vertical tab */
+        "GET / HTTP/1.1\r\nX: \x7f\r\n\r\n",               /* DEL */
+        "GET /\t HTTP/1.1\r\nHost: a\r\n\r\n",             /* tab in the request line */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        assert_int_equal(scan_bytewise(bad[i], 65536), FICUS_EBADREQ);
+    }
+    /* NUL cannot go through strlen: scan it explicitly. */
+    const char nul[] = "GET / HTTP/1.1\r\nX: a\0b\r\n\r\n";
+    struct head_scan sc = {0};
+    assert_int_equal(http1_scan_head(&sc, nul, sizeof(nul) - 1, 4096), FICUS_EBADREQ);
+}
+
+static void test_scan_limit(void **state)
+{
+    (void)state;
+    char big[300];
+    memset(big, 'a', sizeof(big));
+    memcpy(big, "GET / HTTP/1.1\r\nX: ", 19);
+    big[sizeof(big) - 1] = '\0';
+    size_t len;
+    assert_int_equal(scan_all(big, 100, &len), FICUS_EHEADTOOBIG);
+    assert_int_equal(scan_all(big, 1000, &len), 0);
+}
+
+static int parse_req(struct http_head *h, const char *s)
+{
+    size_t len;
+    if (scan_all(s, 65536, &len) != 1)
+        return -1;
+    return http1_parse_head(h, s, len, true);
+}
+
+static void test_parse_request(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    assert_int_equal(parse_req(h, "POST /a/b?x=1&y=2 HTTP/1.1\r\nHost: Shop.Example:80\r\n"
+                                  "Content-Length: 12\r\nExpect: 100-continue\r\n\r\n"),
+                     0);
+    assert_true(span_eq(h->method, "POST"));
+    assert_true(span_eq(h->target, "/a/b?x=1&y=2"));
+    assert_true(span_eq(h->path, "/a/b"));
+    assert_true(span_eq(h->query, "x=1&y=2"));
+    assert_true(span_eq(h->host, "Shop.Example:80"));
+    assert_int_equal(h->content_length, 12);
+    assert_false(h->chunked);
+    assert_true(h->keep_alive);
+    assert_true(h->expect_continue);
+    assert_int_equal(h->version_minor, 1);
+    assert_non_null(http1_find(h, "content-LENGTH"));
+    assert_null(http1_find(h, "cookie"));
+
+    /* The same struct reused: no field of the previous head survives. */
+    assert_int_equal(parse_req(h, "HEAD / HTTP/1.0\r\n\r\n"), 0);
+    assert_true(h->is_head);
+    assert_false(h->expect_continue);
+    assert_false(h->keep_alive);
+    assert_int_equal(h->content_length, -1);
+    assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), 0);
+    assert_true(h->keep_alive);
+    assert_int_equal(parse_req(h, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 0);
+    assert_false(h->keep_alive);
+    assert_int_equal(parse_req(h, "GET http://a.example/p?q HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+                     0);
+    assert_true(span_eq(h->path, "/p"));
+    assert_true(span_eq(h->query, "q"));
+    free(h);
+}
+
+static void test_parse_request_framing_errors(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 5\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: cow\r\n\r\n",
+        "POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        "GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n",
+        "GET / HTTX/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        "GET nopath HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        if (parse_req(h, bad[i]) == 0)
+            fail_msg("accepted: %s", bad[i]);
+    }
+    free(h);
+}
+
+static void test_parse_response(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    const char *r = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n";
+    assert_int_equal(http1_parse_head(h, r, strlen(r), false), 0);
+    assert_int_equal(h->status, 404);
+    assert_true(span_eq(h->reason, "Not Found"));
+    assert_true(h->chunked);
+    const char *amb = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_int_equal(http1_parse_head(h, amb, strlen(amb), false), FICUS_EBADRESP);
+    assert_true(http1_response_has_body(false, 200));
+    assert_false(http1_response_has_body(true, 200));
+    assert_false(http1_response_has_body(false, 204));
+    assert_false(http1_response_has_body(false, 304));
+    assert_false(http1_response_has_body(false, 101));
+    free(h);
+}
+
+/* Decodes a whole chunked body fed in pieces of step bytes. Returns the body
+ * length, or -1 for a framing error. */
+static long decode_chunked(const char *in, size_t len, size_t step, char *out, size_t *rest)
+{
+    struct chunked c = {0};
+    size_t off = 0, olen = 0;
+    bool done = false;
+    while (off < len && !done) {
+        size_t n = len - off < step ? len - off : step;
+        size_t used = 0;
+        while (used < n && !done) {
+            size_t doff, dlen;
+            int64_t r = http1_chunked_step(&c, in + off + used, n - used, &doff, &dlen, &done);
+            if (r < 0)
+                return -1;
+            memcpy(out + olen, in + off + used + doff, dlen);
+            olen += dlen;
+            used += (size_t)r;
+            if (r == 0)
+                break;
+        }
+        off += used;
+    }
+    *rest = len - off;
+    return done ? (long)olen : -2;
+}
+
+static void test_chunked(void **state)
+{
+    (void)state;
+    const char *body = "3\r\nabc\r\n5;ext=1;q=\"x\"\r\nhello\r\n0\r\nTrailer: t\r\n\r\nNEXT";
+    char out[64];
+    size_t rest;
+    for (size_t step = 1; step <= strlen(body); step++) {
+        assert_int_equal(decode_chunked(body, strlen(body), step, out, &rest), 8);
+        assert_memory_equal(out, "abchello", 8);
+        assert_int_equal(rest, 4); /* the next message is left alone */
+    }
+    static const char *const bad[] = {
+        "zz\r\nabc\r\n0\r\n\r\n",
+        "FFFFFFFFFFFFFFFFF1\r\nabc\r\n0\r\n\r\n",
+        "3 \r\nabc\r\n0\r\n\r\n",
+        "3\r\nabcX0\r\n\r\n",
+        "3\nabc\n0\n\n",
+        "-3\r\nabc\r\n0\r\n\r\n",
+        "\r\n",
+        "0\r\n\rX",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        if (decode_chunked(bad[i], strlen(bad[i]), 1, out, &rest) != -1)
+            fail_msg("accepted chunked body %zu", i);
+    }
+}
+
+static void test_body_length(void **state)
+{
+    (void)state;
+    struct body_framer f;
+    http1_body_init(&f, BODY_LENGTH, 5);
+    size_t off, len;
+    assert_int_equal(http1_body_step(&f, "abc", 3, &off, &len), 3);
+    assert_int_equal(len, 3);
+    assert_false(f.done);
+    assert_int_equal(http1_body_step(&f, "deNEXT", 6, &off, &len), 2);
+    assert_true(f.done);
+    http1_body_init(&f, BODY_LENGTH, 0);
+    assert_true(f.done);
+    http1_body_init(&f, BODY_NONE, 0);
+    assert_true(f.done);
+}
+
+static void test_request_head_rules(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    assert_int_equal(parse_req(h, "GET /p HTTP/1.1\r\nHost: shop\r\n"
+                                  "Connection: keep-alive, X-Forwarded-For, X-Secret\r\n"
+                                  "X-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\n"
+                                  "Proxy-Connection: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                                  "X-Ficus-Backend: new\r\nX-Ficus-Shadow: 1\r\nVia: 1.0 edge\r\n"
+                                  "X-Request-Id: abc\r\nAccept: */*\r\n\r\n"),
+                     0);
+    struct forward_info fi = {
+        .client_ip = SPAN_LIT("127.0.0.9"),
+        .request_id = SPAN_LIT("rid-1"),
+        .drop = SPAN_LIT("x-ficus-backend"),
+        .content_length = -2,
+    };
+    struct buf out;
+    buf_init(&out, 0);
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    const char *s = out.data;
+    assert_non_null(strstr(s, "GET /p HTTP/1.1\r\n"));
+    assert_non_null(strstr(s, "Host: shop\r\n"));
+    assert_non_null(strstr(s, "Accept: */*\r\n"));
+    /* Connection cannot strip ficus's own forwarding headers. */
+    assert_non_null(strstr(s, "x-forwarded-for: 127.0.0.9\r\n"));
+    assert_non_null(strstr(s, "x-forwarded-proto: http\r\n"));
+    assert_non_null(strstr(s, "x-forwarded-host: shop\r\n"));
+    assert_non_null(strstr(s, "via: 1.0 edge, 1.1 ficus\r\n"));
+    assert_non_null(strstr(s, "x-request-id: rid-1\r\n"));
+    static const char *const gone[] = {
+        "Connection:",      "X-Secret",         "Keep-Alive",     "TE:",      "Upgrade",
+        "Proxy-Connection", "X-Ficus-Backend",  "X-Ficus-Shadow", "10.0.0.1", "abc",
+        "content-length",   "transfer-encoding"};
+    for (size_t i = 0; i < ARRAY_SIZE(gone); i++) {
+        if (strstr(s, gone[i]) != NULL)
+            fail_msg("forwarded %s in:\n%s", gone[i], s);
+    }
+    /* A shadow with a chunked body. */
+    buf_reset(&out);
+    fi.shadow = true;
+    fi.content_length = -1;
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    assert_non_null(strstr(out.data, "transfer-encoding: chunked\r\n"));
+    assert_non_null(strstr(out.data, "x-ficus-shadow: 1\r\n"));
+    buf_dispose(&out);
+    free(h);
+}
+
+static void test_response_head_rules(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nConnection: X-Drop\r\nX-Drop: 1\r\n"
+                    "Transfer-Encoding: chunked\r\nKeep-Alive: 3\r\n\r\n";
+    assert_int_equal(http1_parse_head(h, r, strlen(r), false), 0);
+    struct buf out;
+    buf_init(&out, 0);
+    assert_int_equal(http1_write_response_head(&out, h, 42, false), 0);
+    assert_non_null(strstr(out.data, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(out.data, "content-length: 42\r\n"));
+    assert_non_null(strstr(out.data, "connection: close\r\n"));
+    assert_null(strstr(out.data, "X-Drop"));
+    assert_null(strstr(out.data, "Transfer-Encoding"));
+    assert_null(strstr(out.data, "Keep-Alive"));
+    buf_reset(&out);
+    assert_int_equal(http1_write_error(&out, 404, "no route", true), 0);
+    assert_non_null(strstr(out.data, "HTTP/1.1 404 Not Found\r\n"));
+    assert_non_null(strstr(out.data, "\r\n\r\n{\"error\":\"no route\"}\n"));
+    assert_null(strstr(out.data, "connection: close"));
+    buf_dispose(&out);
+    free(h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scan_valid),
+        cmocka_unit_test(test_scan_rejects),
+        cmocka_unit_test(test_scan_limit),
+        cmocka_unit_test(test_parse_request),
+        cmocka_unit_test(test_parse_request_framing_errors),
+        cmocka_unit_test(test_parse_response),
+        cmocka_unit_test(test_chunked),
+        cmocka_unit_test(test_body_length),
+        cmocka_unit_test(test_request_head_rules),
+        cmocka_unit_test(test_response_head_rules),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
