@@ -223,6 +223,15 @@ json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
     json_object_set_new(j, "new_percent", json_real(atomic_load(&rs->new_percent)));
     json_object_set_new(j, "config_new_percent", json_real(rt->new_percent));
     json_object_set_new(j, "overridden", json_boolean(rs->overridden));
+    json_object_set_new(j, "override_header",
+                        rt->override_header ? json_string(rt->override_header) : json_null());
+    json_object_set_new(j, "guard",
+                        rt->guard
+                            ? json_pack("{s:f,s:f,s:i,s:i}", "max_divergence_rate",
+                                        rt->guard_max_divergence_rate, "max_error_rate",
+                                        rt->guard_max_error_rate, "min_comparisons",
+                                        rt->guard_min_comparisons, "window_ms", rt->guard_window_ms)
+                            : json_null());
     if (rt->shadow) {
         json_object_set_new(
             j, "shadow",
@@ -291,9 +300,15 @@ static void get_routes(struct admin *a, struct reply *r)
     json_t *routes = json_array();
     for (size_t i = 0; i < a->srv->cfg->n_routes; i++)
         json_array_append_new(routes, admin_route_json(a->srv, &a->srv->cfg->routes[i]));
-    reply_json(
-        r, 200,
-        json_pack("{s:o,s:b}", "routes", routes, "persisted", state_persisted(a->srv->state)));
+    const struct config *cfg = a->srv->cfg;
+    json_t *listen = json_array();
+    for (size_t i = 0; i < cfg->n_listens; i++)
+        json_array_append_new(listen, json_pack("{s:s,s:b}", "address", cfg->listens[i].addr.text,
+                                                "tls", cfg->listens[i].tls));
+    reply_json(r, 200,
+               json_pack("{s:o,s:b,s:o,s:o}", "routes", routes, "persisted",
+                         state_persisted(a->srv->state), "listen", listen, "redact_headers",
+                         strings_json(cfg->redact_headers, cfg->n_redact_headers)));
 }
 
 static void patch_route(struct admin *a, const struct route_cfg *rt, const char *body, size_t len,
