@@ -166,7 +166,8 @@ static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t l
     struct probe *p = ctx;
     struct comparison *c = p->c;
     size_t off = 0;
-    upstream_timeout(p->up, c->rt->shadow_timeout_ms);
+    /* shadow.timeout_ms bounds the whole exchange: a trickling backend is not
+     * given more time for every byte it sends. */
     while (!p->head_done) {
         size_t before = p->scan.pos;
         if (buf_append(&p->cap.head, data + off, len - off) != 0) {
@@ -412,18 +413,18 @@ static void on_work(uv_work_t *req)
             continue;
         }
         c->kinds[it->kind]++;
-        json_t *lv = it->legacy, *nv = it->new_;
         bool redact =
             it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
-        json_array_append_new(diffs, json_pack("{s:s,s:s,s:O,s:O}", "kind",
-                                               diff_kind_name(it->kind), "path", it->path, "legacy",
-                                               redact ? json_string("[redacted]")
-                                               : lv   ? lv
-                                                      : json_null(),
-                                               "new",
-                                               redact ? json_string("[redacted]")
-                                               : nv   ? nv
-                                                      : json_null()));
+        /* Each value gets a reference of its own for the record ("o" takes it over). */
+        json_t *lv = redact       ? json_string("[redacted]")
+                     : it->legacy ? json_incref(it->legacy)
+                                  : json_null();
+        json_t *nv = redact     ? json_string("[redacted]")
+                     : it->new_ ? json_incref(it->new_)
+                                : json_null();
+        json_array_append_new(diffs,
+                              json_pack("{s:s,s:s,s:o,s:o}", "kind", diff_kind_name(it->kind),
+                                        "path", it->path, "legacy", lv, "new", nv));
     }
     uv_mutex_unlock(&rs->noise_lock);
     c->divergent = json_array_size(diffs) > 0;
