@@ -32,16 +32,22 @@ static void take_sample(struct route_state *rs, void *arg)
         if (r == NULL)
             return;
         rs->samples = r;
+        /* Counters start at zero with the entry: that zero is the first sample, so
+         * that what happened before the first tick is inside the window too. */
+        r->next = 1;
+        r->count = 1;
     }
     struct route_totals t;
     state_totals(srv->state, rs, &t);
     struct sample *s = &r->s[r->next];
     s->comparisons = t.comparisons;
     s->divergent = t.divergent;
-    s->new_requests = 0;
+    /* A fallback is a failed request to new that legacy then answered (and is
+     * counted under legacy): new's error rate must still see it. */
+    s->new_requests = t.fallbacks;
     for (int k = 0; k < CODE_N; k++)
         s->new_requests += t.requests[1][k];
-    s->new_errors = t.requests[1][CODE_5XX] + t.requests[1][CODE_ERROR];
+    s->new_errors = t.requests[1][CODE_5XX] + t.requests[1][CODE_ERROR] + t.fallbacks;
     r->next = (r->next + 1) % METRICS_WINDOW_SAMPLES;
     if (r->count < METRICS_WINDOW_SAMPLES)
         r->count++;
