@@ -194,9 +194,30 @@ static int conn_write_buf(struct conn *c, struct buf *b)
     return conn_write(c, &ub, 1, NULL, owned);
 }
 
+/* The access log line of a head refused before it became an exchange (bad
+ * bytes, too large, too slow): every answer ficus gives is logged. */
+static void access_log_reject(struct conn *c, int status)
+{
+    if (c->w->srv->access_fd < 0)
+        return;
+    char line[256];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line),
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=- target=\"-\" "
+                     "route=- backend=- status=%d bytes=0 ms=0.000 id=-\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, c->ip, status);
+    if (n > 0)
+        worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
 /* Answers with a small JSON error outside any exchange and closes. */
 static void conn_reject(struct conn *c, int status, const char *msg)
 {
+    access_log_reject(c, status);
     struct buf b;
     buf_init(&b, 0);
     if (http1_write_error(&b, status, msg, false) == 0)

@@ -600,7 +600,9 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
     struct span xff = {NULL, 0}, via = {NULL, 0};
     for (size_t i = 0; i < req->n_headers && rc == 0; i++) {
         const struct http_header *hd = &req->headers[i];
-        if (is_hop_by_hop(hd->name) || in_listed(&listed, hd->name))
+        /* Host is end-to-end: "Connection: host" must not strip it. */
+        if (is_hop_by_hop(hd->name) ||
+            (in_listed(&listed, hd->name) && !span_ieq(hd->name, "host")))
             continue;
         if (span_ieq(hd->name, "x-forwarded-for")) {
             xff = hd->value; /* the last one wins; a proxy chain sends one */

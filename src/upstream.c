@@ -4,8 +4,10 @@
 #include "ficus/log.h"
 #include "ficus/server.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* How long a pooled connection may sit idle before ficus closes it. */
 #define UPSTREAM_IDLE_MS 30000
@@ -20,7 +22,8 @@ struct pool {
     const struct backend_cfg *be;
     struct upconn *idle; /* most recently used first */
     int n_idle;
-    int n_active; /* connecting or lent */
+    struct upconn *connecting; /* connects in progress, so a leaving waiter can be forgotten */
+    int n_active;              /* connecting or lent */
     int max;
     struct upstream_wait *wait_head, *wait_tail;
 };
@@ -44,6 +47,7 @@ struct upconn {
     void *ctx;
     struct upstream_wait *owner; /* who gets the connection once connected */
     struct upconn *next_idle;
+    struct upconn *next_connecting;
     int open_handles;
     bool reused;
     bool reading;
@@ -130,6 +134,18 @@ static void unlink_idle(struct upconn *u)
     }
 }
 
+static void unlink_connecting(struct upconn *u)
+{
+    struct pool *p = u->pool;
+    for (struct upconn **pp = &p->connecting; *pp != NULL; pp = &(*pp)->next_connecting) {
+        if (*pp == u) {
+            *pp = u->next_connecting;
+            u->next_connecting = NULL;
+            return;
+        }
+    }
+}
+
 static void on_up_handle_closed(uv_handle_t *handle)
 {
     struct upconn *u = handle->data;
@@ -141,21 +157,57 @@ static void on_up_handle_closed(uv_handle_t *handle)
     pool_set_maybe_free(ps);
 }
 
-static void up_close(struct upconn *u)
+/* Closes u without offering its slot to waiters (see up_close). */
+static void up_shut(struct upconn *u)
 {
-    if (u->state == UP_CLOSING)
-        return;
     struct pool *p = u->pool;
     if (u->state == UP_IDLE)
         unlink_idle(u);
     else
         p->n_active--;
+    if (u->state == UP_CONNECTING)
+        unlink_connecting(u);
     u->state = UP_CLOSING;
     u->h = NULL;
     uv_close((uv_handle_t *)&u->tcp, on_up_handle_closed);
     uv_close((uv_handle_t *)&u->timer, on_up_handle_closed);
+}
+
+static void up_close(struct upconn *u)
+{
+    if (u->state == UP_CLOSING)
+        return;
+    up_shut(u);
     /* A slot opened: someone waiting may connect now. */
-    pool_dispatch(p);
+    pool_dispatch(u->pool);
+}
+
+/* Has the backend closed, reset or spoken on this idle connection? Its FIN can
+ * sit unread in the socket while the loop has not yet run the read callback
+ * that would retire it, and a request written then is lost. */
+static bool idle_unusable(struct upconn *u)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&u->tcp, &fd) != 0)
+        return true;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Takes the most recently used idle connection that is still usable, closing
+ * dead ones on the way. Returns NULL when none is left. */
+static struct upconn *take_idle(struct pool *p)
+{
+    while (p->idle != NULL) {
+        struct upconn *u = p->idle;
+        if (!idle_unusable(u)) {
+            unlink_idle(u);
+            return u;
+        }
+        up_shut(u); /* unlinks itself; an idle one frees no active slot */
+    }
+    return NULL;
 }
 
 static void up_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
@@ -216,6 +268,8 @@ static void up_on_timer(uv_timer_t *t)
 
 static void give(struct upconn *u, struct upstream_wait *w)
 {
+    if (u->state == UP_CONNECTING)
+        unlink_connecting(u);
     u->state = UP_ACTIVE;
     u->h = NULL;
     uv_timer_stop(&u->timer);
@@ -267,6 +321,8 @@ static int up_connect(struct pool *p, struct upstream_wait *w)
     u->open_handles = 2;
     p->n_active++;
     p->ps->live_conns++;
+    u->next_connecting = p->connecting;
+    p->connecting = u;
     rc =
         uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&p->be->resolved, up_on_connect);
     if (rc != 0) {
@@ -283,16 +339,15 @@ static void pool_dispatch(struct pool *p)
 {
     while (p->wait_head != NULL) {
         struct upstream_wait *w = p->wait_head;
-        if (p->idle == NULL && p->n_active >= p->max)
+        struct upconn *u = take_idle(p);
+        if (u == NULL && p->n_active >= p->max)
             return;
         p->wait_head = w->next;
         if (p->wait_head == NULL)
             p->wait_tail = NULL;
         w->queued = false;
         w->next = NULL;
-        if (p->idle != NULL) {
-            struct upconn *u = p->idle;
-            unlink_idle(u);
+        if (u != NULL) {
             p->n_active++;
             give(u, w);
         } else {
@@ -311,9 +366,8 @@ int upstream_acquire(struct pool_set *ps, int backend, struct upstream_wait *wai
     wait->cb = cb;
     wait->ctx = ctx;
     wait->next = NULL;
-    if (p->idle != NULL) {
-        struct upconn *u = p->idle;
-        unlink_idle(u);
+    struct upconn *u = take_idle(p);
+    if (u != NULL) {
         p->n_active++;
         wait->queued = false;
         give(u, wait);
@@ -334,8 +388,17 @@ int upstream_acquire(struct pool_set *ps, int backend, struct upstream_wait *wai
 
 void upstream_cancel(struct upstream_wait *wait)
 {
-    if (!wait->queued)
+    if (!wait->queued) {
+        /* A connect may still be under way for it: its result must not reach
+         * a waiter that is gone. */
+        if (wait->pool != NULL) {
+            for (struct upconn *u = wait->pool->connecting; u != NULL; u = u->next_connecting) {
+                if (u->owner == wait)
+                    u->owner = NULL;
+            }
+        }
         return;
+    }
     struct pool *p = wait->pool;
     struct upstream_wait *prev = NULL;
     for (struct upstream_wait *w = p->wait_head; w != NULL; prev = w, w = w->next) {
