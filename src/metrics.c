@@ -347,12 +347,18 @@ void metrics_render(struct server *srv, struct buf *out)
 
 /* ---- readiness probes ----------------------------------------------------------------------- */
 
-#define PROBE_MAX 64
+#define PROBE_MAX        64
+#define PROBE_TIMEOUT_MS 1000
 
+/* One TCP connect to a backend; closed by its own deadline or at stop. */
 struct probe {
     uv_tcp_t tcp;
     uv_connect_t req;
+    uv_timer_t timer;
+    struct probe *next;
     int slot;
+    int open_handles;
+    bool done;
 };
 
 static struct {
@@ -362,16 +368,27 @@ static struct {
 } probe_state[PROBE_MAX];
 static uv_timer_t probe_timer;
 static bool probe_running;
+static struct probe *probes; /* in flight */
 
 static void on_probe_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct probe *p = h->data;
+    if (--p->open_handles == 0)
+        free(p);
 }
 
-static void on_probe_connect(uv_connect_t *req, int status)
+static void probe_end(struct probe *p, int status)
 {
-    struct probe *p = req->data;
-    if (p->slot >= 0) {
+    if (p->done)
+        return;
+    p->done = true;
+    for (struct probe **pp = &probes; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    if (p->slot >= 0 && status != UV_ECANCELED) {
         bool up = status == 0;
         if (probe_state[p->slot].probed && probe_state[p->slot].up != up)
             log_info("metrics", "backend %s is %s", probe_state[p->slot].name,
@@ -380,6 +397,17 @@ static void on_probe_connect(uv_connect_t *req, int status)
         probe_state[p->slot].probed = true;
     }
     uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
+    uv_close((uv_handle_t *)&p->timer, on_probe_closed);
+}
+
+static void on_probe_connect(uv_connect_t *req, int status)
+{
+    probe_end(req->data, status);
+}
+
+static void on_probe_deadline(uv_timer_t *t)
+{
+    probe_end(t->data, UV_ETIMEDOUT); /* a backend that never completes the handshake */
 }
 
 static void on_probe_timer(uv_timer_t *t)
@@ -396,14 +424,17 @@ static void on_probe_timer(uv_timer_t *t)
             return;
         p->slot = (int)i;
         uv_tcp_init(t->loop, &p->tcp);
-        p->tcp.data = p;
-        p->req.data = p;
+        uv_timer_init(t->loop, &p->timer);
+        p->tcp.data = p->timer.data = p->req.data = p;
+        p->open_handles = 2;
+        p->next = probes;
+        probes = p;
         if (uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&cfg->backends[i].resolved,
                            on_probe_connect) != 0) {
-            probe_state[i].up = false;
-            probe_state[i].probed = true;
-            uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
+            probe_end(p, UV_ECONNREFUSED);
+            continue;
         }
+        uv_timer_start(&p->timer, on_probe_deadline, PROBE_TIMEOUT_MS, 0);
     }
 }
 
@@ -421,6 +452,8 @@ void metrics_probe_stop(struct server *srv)
     if (probe_running)
         uv_close((uv_handle_t *)&probe_timer, NULL);
     probe_running = false;
+    while (probes != NULL)
+        probe_end(probes, UV_ECANCELED);
 }
 
 json_t *metrics_readiness(struct server *srv)
