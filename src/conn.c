@@ -41,6 +41,7 @@ struct conn {
     bool reading;
     bool close_after_flush;
     bool counted_idle;
+    bool peer_eof; /* the client half-closed after a complete request */
     int writes_pending;
     uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
     struct head_scan scan;
@@ -71,6 +72,7 @@ struct exchange {
     struct upstream_wait wait;
     bool fell_back;         /* new failed and legacy took over */
     struct comparison *cmp; /* the parallel run fed by this exchange, or NULL */
+    struct buf out_head;    /* the response head, sent with the first body bytes */
     const char *up_error;   /* how the primary failed, for the comparison */
     struct upconn *up;
     bool up_ready; /* connected and the head written */
@@ -354,6 +356,14 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
     struct rbuf *rb = ub->base ? rbuf_of(ub->base) : NULL;
     if (nread < 0) {
         rbuf_unref(&c->w->rbufs, rb);
+        if (nread == UV_EOF && c->x != NULL && c->x->req_done) {
+            /* A half-close after a whole request still wants its response. */
+            c->peer_eof = true;
+            c->x->keep_alive = false;
+            uv_read_stop(s);
+            c->reading = false;
+            return;
+        }
         if (c->x != NULL && !c->x->req_done)
             log_debug("conn", "client gone mid-request client=%s", c->ip);
         conn_close(c);
@@ -384,11 +394,14 @@ static void conn_update_reading(struct conn *c)
         return;
     struct exchange *x = c->x;
     bool want;
-    if (x == NULL)
+    if (c->peer_eof)
+        want = false;
+    else if (x == NULL)
         want = !c->close_after_flush && c->in.len < c->w->cfg->max_header_bytes;
+    else if (x->req_done)
+        want = c->in.len == 0; /* a pipelined request waits in c->in; no epoll churn */
     else
-        want = !x->req_done && x->up_ready && c->in.len == 0 &&
-               upstream_queued(x->up) < WRITE_HIGH_WATER;
+        want = x->up_ready && c->in.len == 0 && upstream_queued(x->up) < WRITE_HIGH_WATER;
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
             c->reading = true;
@@ -404,6 +417,7 @@ static void conn_update_reading(struct conn *c)
 
 static void exchange_free(struct exchange *x)
 {
+    buf_dispose(&x->out_head);
     shadow_primary_failed(x->cmp, NULL); /* no-op once the primary is done */
     shadow_release(x->cmp);
     buf_dispose(&x->rhead);
@@ -489,6 +503,11 @@ static void exchange_fail(struct exchange *x, int status, const char *msg)
 {
     struct conn *c = x->c;
     exchange_release_upstream(x, false);
+    if (x->resp_started && x->out_head.len > 0) {
+        /* The head is still ours: nothing reached the client, so it gets a clean error. */
+        buf_reset(&x->out_head);
+        x->resp_started = false;
+    }
     if (x->resp_started) {
         /* Part of a response went out: the client must see it cut short. */
         conn_close(c);
@@ -617,31 +636,48 @@ static void send_body_down(struct exchange *x, struct rbuf *rb, const char *p, s
     struct conn *c = x->c;
     x->resp_bytes += (int64_t)n;
     shadow_primary_body(x->cmp, p, n);
-    if (x->chunked_down) {
-        char *hdr = malloc(24);
-        if (hdr == NULL) {
-            conn_close(c);
-            return;
-        }
-        int hl = snprintf(hdr, 24, "%zx\r\n", n);
-        uv_buf_t bufs[3] = {uv_buf_init(hdr, (unsigned)hl), uv_buf_init((char *)p, (unsigned)n),
-                            uv_buf_init("\r\n", 2)};
-        conn_write(c, bufs, 3, rb, hdr);
-    } else {
-        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-        conn_write(c, &b, 1, rb, NULL);
+    /* The pending head (if any) and the chunk header travel in one owned
+     * block, so that head and body leave in one write. */
+    struct buf *pre = &x->out_head;
+    if (x->chunked_down && buf_printf(pre, "%zx\r\n", n) != 0) {
+        conn_close(c);
+        return;
     }
+    uv_buf_t bufs[3];
+    unsigned nb = 0;
+    char *owned = NULL;
+    if (pre->len > 0) {
+        bufs[nb++] = uv_buf_init(pre->data, (unsigned)pre->len);
+        owned = pre->data;
+        buf_init(pre, 0);
+    }
+    bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    if (x->chunked_down)
+        bufs[nb++] = uv_buf_init("\r\n", 2);
+    conn_write(c, bufs, nb, rb, owned);
     if (c->state == CONN_OPEN && x->up != NULL &&
         uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= WRITE_HIGH_WATER)
         upstream_pause(x->up, true); /* resumes in on_conn_written */
 }
 
+/* Sends a head still waiting for body bytes. */
+static void flush_head(struct exchange *x)
+{
+    if (x->out_head.len > 0)
+        conn_write_buf(x->c, &x->out_head);
+}
+
 static void response_done(struct exchange *x)
 {
     if (x->chunked_down) {
-        uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
-        conn_write(x->c, &last, 1, NULL, NULL);
+        if (x->out_head.len > 0) {
+            buf_puts(&x->out_head, "0\r\n\r\n");
+        } else {
+            uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
+            conn_write(x->c, &last, 1, NULL, NULL);
+        }
     }
+    flush_head(x);
     x->resp_done = true;
     shadow_primary_done(x->cmp, x->resp_bytes);
     if (x->up != NULL)
@@ -685,22 +721,30 @@ static int response_head(struct exchange *x)
         out_len = -3;
     }
     x->chunked_down = out_len == -1;
-    struct buf b;
-    buf_init(&b, 0);
-    int rc = http1_write_response_head(&b, r, out_len == -3 ? -2 : out_len,
+    /* Written with the first body bytes (send_body_down) or by flush_head. */
+    int rc = http1_write_response_head(&x->out_head, r, out_len == -3 ? -2 : out_len,
                                        x->keep_alive && !x->w->draining);
-    if (rc == 0)
-        rc = conn_write_buf(x->c, &b);
-    buf_dispose(&b);
     if (x->w->draining)
         x->keep_alive = false;
     x->resp_started = true;
     return rc;
 }
 
+static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
+
 static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
 {
     struct exchange *x = ctx;
+    struct conn *c = x->c;
+    uint32_t gen = c->gen;
+    up_on_read_body(x, rb, p, len);
+    /* A head whose body has not started yet goes out on its own. */
+    if (live(c, gen))
+        flush_head(c->x);
+}
+
+static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
+{
     struct conn *c = x->c;
     uint32_t gen = c->gen;
     upstream_timeout(x->up, x->cfg->upstream_ms);
@@ -795,8 +839,12 @@ static bool try_fallback(struct exchange *x, unsigned why)
              : why == FALLBACK_TIMEOUT ? "timeout"
                                        : "connect_error",
              x->reqid);
-    if (rt->state != NULL)
-        counter_add(&rt->state->counters[x->w->id].fallbacks, 1);
+    if (rt->state != NULL) {
+        /* new's failed attempt counts as new's, then legacy answers. */
+        struct route_counters *rc = &rt->state->counters[x->w->id];
+        counter_add(&rc->fallbacks, 1);
+        state_count_request(rc, 1, why == FALLBACK_5XX ? x->resp.status : 0, io_now_us() - x->t0);
+    }
     exchange_release_upstream(x, false);
     /* Legacy now answers: a comparison with legacy as the shadow means nothing. */
     shadow_primary_failed(x->cmp, NULL);
@@ -924,8 +972,11 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
         uv_buf_t cont = uv_buf_init("HTTP/1.1 100 Continue\r\n\r\n", 25);
         conn_write(c, &cont, 1, NULL, NULL);
     }
-    if (x->req_done)
+    if (x->req_done) {
+        /* The shadow leaves after the primary, never ahead of it. */
+        shadow_request_done(x->cmp);
         return;
+    }
     conn_resume_input(c);
 }
 
@@ -1060,7 +1111,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
         buf_init(&shead, 0);
         if (http1_write_request_head(&shead, &x->req, &fi) == 0)
             x->cmp = shadow_begin(w, x->cfg, x->pools, x->rt, &x->req, d.primary == SPLIT_NEW,
-                                  x->reqid, &shead, x->req_done, fi.content_length);
+                                  x->reqid, &shead, false, fi.content_length);
         buf_dispose(&shead);
     } else if (x->rt->shadow && x->rt->state != NULL &&
                !shadow_method_allowed(x->rt, x->req.method)) {

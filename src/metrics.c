@@ -42,12 +42,12 @@ static void take_sample(struct route_state *rs, void *arg)
     struct sample *s = &r->s[r->next];
     s->comparisons = t.comparisons;
     s->divergent = t.divergent;
-    /* A fallback is a failed request to new that legacy then answered (and is
-     * counted under legacy): new's error rate must still see it. */
-    s->new_requests = t.fallbacks;
+    /* A fallback counts new's failed attempt under new (conn.c), so new's
+     * error rate sees it. */
+    s->new_requests = 0;
     for (int k = 0; k < CODE_N; k++)
         s->new_requests += t.requests[1][k];
-    s->new_errors = t.requests[1][CODE_5XX] + t.requests[1][CODE_ERROR] + t.fallbacks;
+    s->new_errors = t.requests[1][CODE_5XX] + t.requests[1][CODE_ERROR];
     r->next = (r->next + 1) % METRICS_WINDOW_SAMPLES;
     if (r->count < METRICS_WINDOW_SAMPLES)
         r->count++;
