@@ -41,7 +41,8 @@ struct conn {
     bool reading;
     bool close_after_flush;
     bool counted_idle;
-    bool peer_eof; /* the client half-closed after a complete request */
+    bool peer_eof;     /* the client half-closed after a complete request */
+    bool write_failed; /* a write failed at once; the close waits for the next loop turn */
     int writes_pending;
     uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
     struct head_scan scan;
@@ -170,6 +171,8 @@ static void on_conn_written(void *ctx, int status)
 }
 
 /* Writes to the client; see io_write for rb and owned. */
+static void on_conn_timer(uv_timer_t *t);
+
 static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
                       void *owned)
 {
@@ -177,9 +180,19 @@ static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
         free(owned);
         return UV_ECANCELED;
     }
+    if (c->write_failed) {
+        free(owned);
+        return UV_EPIPE;
+    }
     int rc = io_write(&c->w->rbufs, (uv_stream_t *)&c->tcp, bufs, n, rb, owned, on_conn_written, c);
+    if (rc == IO_WRITTEN)
+        return 0;
     if (rc != 0) {
-        conn_close(c);
+        /* Closing here would free the exchange under its caller: the timer
+         * closes the connection on the next loop turn instead. */
+        c->write_failed = true;
+        c->close_after_flush = true;
+        uv_timer_start(&c->timer, on_conn_timer, 0, 0);
         return rc;
     }
     c->writes_pending++;
@@ -236,6 +249,10 @@ static void on_conn_timer(uv_timer_t *t)
     struct conn *c = t->data;
     if (c->state == CONN_CLOSING)
         return;
+    if (c->write_failed) {
+        conn_close(c);
+        return;
+    }
     if (c->x != NULL) {
         /* A client that stops sending its request body. */
         exchange_fail(c->x, 408, "request timeout");
@@ -250,6 +267,8 @@ static void on_conn_timer(uv_timer_t *t)
 /* Arms the timer that fits what the connection waits for. */
 static void conn_arm_timer(struct conn *c)
 {
+    if (c->write_failed)
+        return; /* the close is already scheduled */
     const struct config *cfg = c->w->cfg;
     if (c->x != NULL) {
         if (!c->x->req_done && c->x->up_ready)
@@ -982,6 +1001,9 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
 
 static void exchange_connect(struct exchange *x)
 {
+    /* A request that would be retried on a fresh connection anyway needs no
+     * check that a pooled one is still alive. */
+    x->wait.check_idle = !(is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE);
     int rc = upstream_acquire(x->pools, x->backend, &x->wait, on_upstream_ready, x);
     if (rc != 0)
         exchange_fail(x, 502, "upstream unreachable");

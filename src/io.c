@@ -72,31 +72,58 @@ struct io_wreq {
 
 static void on_io_written(uv_write_t *req, int status)
 {
-    struct io_wreq *w = (struct io_wreq *)req;
-    rbuf_unref(w->pool, w->rb);
-    free(w->owned);
-    if (w->cb != NULL)
-        w->cb(w->ctx, status);
-    free(w);
+    struct io_wreq *q = (struct io_wreq *)req;
+    rbuf_unref(q->pool, q->rb);
+    free(q->owned);
+    if (q->cb != NULL)
+        q->cb(q->ctx, status);
+    free(q);
 }
 
 int io_write(struct rbuf_pool *pool, uv_stream_t *stream, const uv_buf_t *bufs, unsigned n,
              struct rbuf *rb, void *owned, io_write_cb cb, void *ctx)
 {
-    struct io_wreq *w = malloc(sizeof(*w));
-    if (w == NULL) {
+    /* Try the write at once: libuv 1.44 re-arms the poller after every queued
+     * write that completes, which costs an epoll_ctl per response. Only what
+     * the socket does not take is queued (uv_try_write refuses while earlier
+     * writes are queued, so order is kept). */
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    int w = uv_try_write(stream, bufs, n);
+    if (w >= 0 && (size_t)w == total) {
+        free(owned);
+        return IO_WRITTEN;
+    }
+    if (w < 0 && w != UV_EAGAIN) {
+        free(owned);
+        return w;
+    }
+    size_t skip = w > 0 ? (size_t)w : 0;
+    uv_buf_t rest[4];
+    unsigned m = 0;
+    for (unsigned i = 0; i < n && m < 4; i++) {
+        if (skip >= bufs[i].len) {
+            skip -= bufs[i].len;
+            continue;
+        }
+        rest[m++] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
+        skip = 0;
+    }
+    struct io_wreq *q = malloc(sizeof(*q));
+    if (q == NULL) {
         free(owned);
         return UV_ENOMEM;
     }
-    w->pool = pool;
-    w->rb = rb;
-    w->owned = owned;
-    w->cb = cb;
-    w->ctx = ctx;
-    int rc = uv_write(&w->req, stream, bufs, n, on_io_written);
+    q->pool = pool;
+    q->rb = rb;
+    q->owned = owned;
+    q->cb = cb;
+    q->ctx = ctx;
+    int rc = uv_write(&q->req, stream, rest, m, on_io_written);
     if (rc != 0) {
         free(owned);
-        free(w);
+        free(q);
         return rc;
     }
     if (rb != NULL)

@@ -294,6 +294,7 @@ static void probe_start(struct comparison *c, struct probe *p)
 {
     p->started = true;
     p->t0 = io_now_us();
+    p->wait.check_idle = true; /* a probe is never retried */
     c->refs++;
     if (upstream_acquire(c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
         probe_finish(p, "connect_error", false);

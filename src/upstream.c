@@ -197,11 +197,11 @@ static bool idle_unusable(struct upconn *u)
 
 /* Takes the most recently used idle connection that is still usable, closing
  * dead ones on the way. Returns NULL when none is left. */
-static struct upconn *take_idle(struct pool *p)
+static struct upconn *take_idle(struct pool *p, bool check)
 {
     while (p->idle != NULL) {
         struct upconn *u = p->idle;
-        if (!idle_unusable(u)) {
+        if (!check || !idle_unusable(u)) {
             unlink_idle(u);
             return u;
         }
@@ -339,7 +339,7 @@ static void pool_dispatch(struct pool *p)
 {
     while (p->wait_head != NULL) {
         struct upstream_wait *w = p->wait_head;
-        struct upconn *u = take_idle(p);
+        struct upconn *u = take_idle(p, w->check_idle);
         if (u == NULL && p->n_active >= p->max)
             return;
         p->wait_head = w->next;
@@ -366,7 +366,7 @@ int upstream_acquire(struct pool_set *ps, int backend, struct upstream_wait *wai
     wait->cb = cb;
     wait->ctx = ctx;
     wait->next = NULL;
-    struct upconn *u = take_idle(p);
+    struct upconn *u = take_idle(p, wait->check_idle);
     if (u != NULL) {
         p->n_active++;
         wait->queued = false;
@@ -446,8 +446,9 @@ static void up_on_written(void *ctx, int status)
 
 int upstream_write(struct upconn *u, const uv_buf_t *bufs, unsigned n, struct rbuf *rb, void *owned)
 {
-    return io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned,
-                    up_on_written, u);
+    int rc = io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned,
+                      up_on_written, u);
+    return rc == IO_WRITTEN ? 0 : rc;
 }
 
 size_t upstream_queued(const struct upconn *u)

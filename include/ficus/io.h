@@ -35,11 +35,15 @@ struct rbuf *rbuf_of(const char *base);
 
 typedef void (*io_write_cb)(void *ctx, int status);
 
+#define IO_WRITTEN 1
+
 /* Writes up to 4 buffers to stream. The write holds a reference on rb (may be
  * NULL) and takes ownership of owned (malloc'd, may be NULL; freed after the
- * write), so the caller may release both at once. cb (may be NULL) runs when
- * the write finishes, with ctx. Returns 0 or a libuv error; on error nothing
- * is queued, rb keeps the caller's reference and owned is freed. */
+ * write), so the caller may release both at once. Returns IO_WRITTEN when the
+ * socket took every byte at once (cb is then not called and nothing is
+ * queued), 0 when the rest is queued (cb, which may be NULL, runs with ctx
+ * when the write finishes), or a libuv error (nothing queued, rb keeps the
+ * caller's reference, owned is freed). */
 int io_write(struct rbuf_pool *pool, uv_stream_t *stream, const uv_buf_t *bufs, unsigned n,
              struct rbuf *rb, void *owned, io_write_cb cb, void *ctx);
 

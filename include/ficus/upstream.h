@@ -32,6 +32,8 @@ struct upstream_wait {
     upstream_ready_cb cb;
     void *ctx;
     bool queued;
+    bool check_idle; /* set by the caller: peek that a pooled connection is
+                        alive (for requests that cannot be retried) */
 };
 
 /* Creates the pools for cfg's backends (cfg must be resolved). Returns NULL
