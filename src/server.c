@@ -56,7 +56,25 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
     if (cfg == NULL)
         return NULL;
     int bad = 0;
-    for (size_t i = 0; i < cfg->n_backends; i++)
+    /* Until the TLS transport lands, a TLS listener or an https backend is
+     * refused rather than served in plain text. */
+    for (size_t i = 0; i < cfg->n_listens; i++) {
+        if (cfg->listens[i].tls) {
+            config_errors_add(errs, "%s: listen[%zu].tls: TLS is not supported by this build yet",
+                              cfg->path, i);
+            bad = FICUS_ECONFIG;
+        }
+    }
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        if (cfg->backends[i].tls) {
+            config_errors_add(errs,
+                              "%s: backends.%s.url: https backends are not supported by this "
+                              "build yet",
+                              cfg->path, cfg->backends[i].name);
+            bad = FICUS_ECONFIG;
+        }
+    }
+    for (size_t i = 0; i < cfg->n_backends && !bad; i++)
         bad |= resolve_backend(&cfg->backends[i], cfg->path, errs);
     if (bad) {
         config_unref(cfg);

@@ -1,0 +1,219 @@
+"""Metrics and the read side of the admin API: exact counters after a known
+workload, a parser check of the Prometheus text exposition format (and
+promtool's, when installed), /readyz with a backend down, and the route JSON."""
+
+import json
+import re
+import shutil
+import subprocess
+import unittest
+
+from harness import FicusTestCase, sanitized, wait_until
+from harness_admin import AdminFicus, metric, refused_url
+
+REQUESTS = 70
+DIVERGENT = 10  # ids below this differ on new
+
+SAMPLE_RE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)'                       # name
+    r'(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})?'  # labels
+    r' (-?(?:[0-9.]+(?:e[+-]?[0-9]+)?|\+Inf|-Inf|NaN))$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def json_backend(side):
+    """GET /item/N: {"id": N, "v": 1}, and on new "v": 2 for N < DIVERGENT."""
+    def handler(req, out):
+        last = req.target.rsplit("/", 1)[-1]
+        n = int(last) if last.isdigit() else -1
+        v = 2 if side == "new" and 0 <= n < DIVERGENT else 1
+        body = json.dumps({"id": n, "v": v}).encode()
+        out.respond(200, [("Content-Type", "application/json")], body)
+    return handler
+
+
+def parse_exposition(text):
+    """Returns {family: {"type": t, "help": h, "samples": [(name, labels, value)]}} and
+    raises AssertionError on any line that breaks the 0.0.4 text format."""
+    families, current = {}, None
+    seen = set()
+    for n, line in enumerate(text.split("\n"), 1):
+        if line == "":
+            continue
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            parts = line.split(" ", 3)
+            if len(parts) < 4:
+                raise AssertionError("line %d: malformed comment: %r" % (n, line))
+            fam = families.setdefault(parts[2], {"type": None, "help": None, "samples": []})
+            fam["help" if parts[1] == "HELP" else "type"] = parts[3]
+            current = parts[2]
+            continue
+        if line.startswith("#"):
+            continue
+        m = SAMPLE_RE.match(line)
+        if m is None:
+            raise AssertionError("line %d: not a sample: %r" % (n, line))
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        fam_name = name if name in families else base
+        if fam_name != current:
+            raise AssertionError("line %d: sample %s outside its family block" % (n, name))
+        fam = families[fam_name]
+        if fam["type"] is None or fam["help"] is None:
+            raise AssertionError("family %s lacks TYPE or HELP" % fam_name)
+        key = (name, labels)
+        if key in seen:
+            raise AssertionError("line %d: duplicate series %s%s" % (n, name, labels))
+        seen.add(key)
+        fam["samples"].append((name, dict(LABEL_RE.findall(labels)), value))
+    return families
+
+
+class Metrics(FicusTestCase):
+    WATCHDOG_SECONDS = 180 if sanitized() else 90
+
+    def start(self, legacy, new_url=None, config=None):
+        f = AdminFicus(legacy, None, config=config)
+        if new_url is not None:
+            f.config["backends"]["new"]["url"] = new_url
+        self._ficuses.append(f)
+        return f.start()
+
+    def workload(self):
+        legacy = self.backend(json_backend("legacy"), name="legacy")
+        new = self.backend(json_backend("new"), name="new")
+        f = AdminFicus(legacy, new, config={
+            "routes": [{"name": "items", "match": {"path_prefix": "/item"}, "shadow": {}}]})
+        self._ficuses.append(f)
+        f.start()
+        for i in range(REQUESTS):
+            self.assertEqual(f.request(b"GET /item/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i).status, 200)
+
+        def compared():
+            with f.admin() as a:
+                return metric(a.metrics(), "ficus_comparisons_total", route="items") == REQUESTS
+        wait_until(compared, 30, what="%d comparisons" % REQUESTS)
+        return f
+
+    def test_counters_after_known_workload(self):
+        f = self.workload()
+        with f.admin() as a:
+            text = a.metrics()
+        fams = parse_exposition(text)
+
+        def value(name, **labels):
+            return metric(text, name, **labels)
+
+        self.assertEqual(value("ficus_requests_total", route="items", backend="legacy", code="2xx"),
+                         REQUESTS)
+        self.assertEqual(value("ficus_requests_total", route="items", backend="new", code="2xx"), 0)
+        self.assertEqual(value("ficus_comparisons_total", route="items"), REQUESTS)
+        self.assertEqual(value("ficus_divergences_total", route="items", kind="json"), DIVERGENT)
+        for kind in ("status", "header", "added", "removed", "body", "error"):
+            self.assertEqual(value("ficus_divergences_total", route="items", kind=kind), 0, kind)
+        self.assertEqual(value("ficus_shadow_total", route="items", outcome="compared"), REQUESTS)
+        self.assertEqual(value("ficus_route_new_percent", route="items"), 0)
+        self.assertEqual(value("ficus_fallbacks_total", route="items"), 0)
+        self.assertEqual(value("ficus_rollbacks_total", route="items", reason="manual"), 0)
+
+        # Every family of the contract is there with its type.
+        want = {"ficus_requests_total": "counter", "ficus_request_duration_seconds": "histogram",
+                "ficus_shadow_total": "counter", "ficus_comparisons_total": "counter",
+                "ficus_divergences_total": "counter", "ficus_noise_total": "counter",
+                "ficus_fallbacks_total": "counter", "ficus_route_new_percent": "gauge",
+                "ficus_rollbacks_total": "counter", "ficus_upstream_connections": "gauge",
+                "ficus_connections": "gauge", "process_resident_memory_bytes": "gauge",
+                "process_open_fds": "gauge", "process_start_time_seconds": "gauge"}
+        for name, typ in want.items():
+            self.assertIn(name, fams, name)
+            self.assertEqual(fams[name]["type"], typ, name)
+
+        # The histogram is cumulative and ends in +Inf == _count == requests.
+        buckets = [(s[1]["le"], s[2]) for s in fams["ficus_request_duration_seconds"]["samples"]
+                   if s[0].endswith("_bucket") and s[1]["route"] == "items"
+                   and s[1]["backend"] == "legacy"]
+        self.assertEqual(buckets[-1][0], "+Inf")
+        counts = [c for _, c in buckets]
+        self.assertEqual(counts, sorted(counts), "buckets must be cumulative")
+        self.assertEqual(counts[-1], REQUESTS)
+        self.assertEqual(value("ficus_request_duration_seconds_count", route="items",
+                               backend="legacy"), REQUESTS)
+        self.assertGreater(value("process_resident_memory_bytes"), 0)
+        self.assertGreater(value("ficus_upstream_connections", backend="legacy", state="idle")
+                           + value("ficus_upstream_connections", backend="legacy",
+                                   state="active"), 0)
+
+        promtool = shutil.which("promtool")
+        if promtool:
+            p = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
+
+    def test_parser_refuses_broken_exposition(self):
+        # The checker above must be able to fail.
+        for bad in ('# HELP a x\n# TYPE a counter\na{l="x} 1\n',
+                    'b 1\n',
+                    '# HELP a x\n# TYPE a counter\na 1\na 2\n',
+                    '# HELP a x\n# TYPE a counter\na{l="x"} one\n'):
+            with self.assertRaises(AssertionError, msg=bad):
+                parse_exposition(bad)
+
+    def test_route_json_fields(self):
+        f = self.workload()
+        with f.admin() as a:
+            (s1, routes), (s2, summary), (s3, recent) = (
+                a.get_json("/api/v1/routes"),
+                a.get_json("/api/v1/divergences/summary?route=items"),
+                a.get_json("/api/v1/divergences?route=items&limit=3"))
+        self.assertEqual((s1, s2, s3), (200, 200, 200))
+        rt = [r for r in routes["routes"] if r["name"] == "items"][0]
+        for key in ("match", "legacy", "new", "new_percent", "shadow", "ramp", "backends",
+                    "comparisons", "divergences", "divergence_rate", "window", "history",
+                    "fallbacks", "override_header", "guard"):
+            self.assertIn(key, rt)
+        self.assertEqual(rt["match"], {"path_prefix": "/item"})
+        self.assertEqual(rt["backends"]["legacy"]["requests"], REQUESTS)
+        self.assertEqual(rt["comparisons"], REQUESTS)
+        self.assertEqual(rt["divergences"], DIVERGENT)
+        self.assertAlmostEqual(rt["divergence_rate"], DIVERGENT / REQUESTS, places=6)
+        self.assertGreater(rt["backends"]["legacy"]["p99_ms"], 0)
+        self.assertGreaterEqual(rt["backends"]["legacy"]["p99_ms"],
+                                rt["backends"]["legacy"]["p50_ms"])
+        self.assertIn("listen", routes)
+        paths = {(p["path"], p["kind"]): p for p in summary["paths"]}
+        self.assertEqual(paths[("/v", "json")]["count"], DIVERGENT)
+        self.assertEqual(len(recent["divergences"]), 3)
+
+    def test_readyz_with_a_backend_down(self):
+        legacy = self.backend(json_backend("legacy"), name="legacy")
+        f = self.start(legacy, new_url=refused_url())
+
+        def status():
+            with f.admin() as a:
+                code, _, body = a.get("/readyz")
+                return code, json.loads(body)
+        wait_until(lambda: status()[1]["backends"].get("legacy") is True, 15,
+                   what="legacy probed")
+        code, body = status()
+        self.assertEqual(code, 503)
+        self.assertFalse(body["ready"])
+        self.assertFalse(body["backends"]["new"])
+        self.assertTrue(body["listeners"])
+        with f.admin() as a:
+            self.assertEqual(a.get("/healthz")[0], 200)
+
+    def test_readyz_when_all_backends_answer(self):
+        legacy = self.backend(json_backend("legacy"), name="legacy")
+        new = self.backend(json_backend("new"), name="new")
+        f = AdminFicus(legacy, new)
+        self._ficuses.append(f)
+        f.start()
+
+        def ready():
+            with f.admin() as a:
+                return a.get("/readyz")[0] == 200
+        wait_until(ready, 15, what="/readyz 200")
+
+
+if __name__ == "__main__":
+    unittest.main()
