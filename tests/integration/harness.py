@@ -585,7 +585,10 @@ class Backend:
         self.handler = handler
 
     def _accept_loop(self):
-        self.lsock.settimeout(0.1)
+        try:
+            self.lsock.settimeout(0.1)
+        except OSError:  # stopped before this thread ran
+            return
         while not self.stopping.is_set():
             try:
                 s, _ = self.lsock.accept()
