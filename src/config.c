@@ -1364,6 +1364,8 @@ static void parse_root(struct parser *p, json_t *root)
 
 static void config_free(struct config *cfg)
 {
+    if (cfg->dispose_tls != NULL)
+        cfg->dispose_tls(cfg);
     json_decref(cfg->root);
     arena_dispose(&cfg->arena);
     free(cfg->path);

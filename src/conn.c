@@ -14,6 +14,7 @@
 #include "ficus/server.h"
 #include "ficus/shadow.h"
 #include "ficus/state.h"
+#include "ficus/tls.h"
 #include "ficus/upstream.h"
 
 #include <arpa/inet.h>
@@ -37,7 +38,8 @@ struct conn {
     struct conn *prev, *next;
     enum conn_state state;
     int open_handles;
-    bool tls;
+    bool tls;      /* accepted on a TLS listener */
+    struct tls *t; /* its TLS state; NULL on plain connections */
     bool reading;
     bool close_after_flush;
     bool counted_idle;
@@ -102,6 +104,7 @@ static void exchange_fail(struct exchange *x, int status, const char *msg);
 static void exchange_maybe_finish(struct exchange *x);
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
 static bool try_fallback(struct exchange *x, unsigned why);
+static void sni_text(const struct conn *c, char *out, size_t len);
 
 /* ---- connection bookkeeping ---------------------------------------------------- */
 
@@ -127,6 +130,7 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next != NULL)
         c->next->prev = c->prev;
     buf_dispose(&c->in);
+    tls_free(c->t);
     atomic_fetch_sub_explicit(&w->counters.conns_active, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&w->srv->conns_total, 1, memory_order_relaxed);
     free(c);
@@ -146,6 +150,8 @@ static void conn_close(struct conn *c)
     conn_set_idle(c, false);
     if (c->x != NULL)
         exchange_abort(c->x);
+    if (c->t != NULL && !c->write_failed && c->writes_pending == 0)
+        tls_goodbye(c->t, (uv_stream_t *)&c->tcp); /* after the last record, never amid one */
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
@@ -173,8 +179,18 @@ static void on_conn_written(void *ctx, int status)
 /* Writes to the client; see io_write for rb and owned. */
 static void on_conn_timer(uv_timer_t *t);
 
-static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
-                      void *owned)
+/* A write that cannot happen: closing here would free the exchange under its
+ * caller, so the timer closes the connection on the next loop turn instead. */
+static int conn_write_failed(struct conn *c, int rc)
+{
+    c->write_failed = true;
+    c->close_after_flush = true;
+    uv_timer_start(&c->timer, on_conn_timer, 0, 0);
+    return rc;
+}
+
+/* Sends bytes already in their wire form (ciphertext on a TLS connection). */
+static int conn_send(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb, void *owned)
 {
     if (c->state == CONN_CLOSING) {
         free(owned);
@@ -187,16 +203,37 @@ static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct r
     int rc = io_write(&c->w->rbufs, (uv_stream_t *)&c->tcp, bufs, n, rb, owned, on_conn_written, c);
     if (rc == IO_WRITTEN)
         return 0;
-    if (rc != 0) {
-        /* Closing here would free the exchange under its caller: the timer
-         * closes the connection on the next loop turn instead. */
-        c->write_failed = true;
-        c->close_after_flush = true;
-        uv_timer_start(&c->timer, on_conn_timer, 0, 0);
-        return rc;
-    }
+    if (rc != 0)
+        return conn_write_failed(c, rc);
     c->writes_pending++;
     return 0;
+}
+
+/* Sends what TLS has waiting: handshake messages, alerts, records. */
+static int conn_flush_tls(struct conn *c)
+{
+    size_t len;
+    char *ct = tls_take_output(c->t, &len);
+    if (ct == NULL)
+        return 0;
+    uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
+    return conn_send(c, &ub, 1, NULL, ct);
+}
+
+static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
+                      void *owned)
+{
+    if (c->t == NULL)
+        return conn_send(c, bufs, n, rb, owned);
+    if (c->state == CONN_CLOSING || c->write_failed) {
+        free(owned);
+        return UV_ECANCELED;
+    }
+    int rc = tls_encrypt(c->t, bufs, n);
+    free(owned); /* the plaintext is copied into records */
+    if (rc != 0)
+        return conn_write_failed(c, rc);
+    return conn_flush_tls(c);
 }
 
 /* Writes the bytes of b (taking them over) to the client. */
@@ -258,6 +295,11 @@ static void on_conn_timer(uv_timer_t *t)
         exchange_fail(c->x, 408, "request timeout");
         return;
     }
+    if (c->t != NULL && !tls_established(c->t)) {
+        log_debug("conn", "TLS handshake timeout client=%s", c->ip);
+        conn_close(c); /* no HTTP answer before the handshake */
+        return;
+    }
     if (c->scan.pos > 0 || c->in.len > 0)
         conn_reject(c, 408, "request header timeout");
     else
@@ -278,8 +320,9 @@ static void conn_arm_timer(struct conn *c)
         c->head_timer = false;
         return;
     }
-    if (c->scan.pos > 0 || c->in.len > 0) {
-        /* Slow clients get one deadline for the whole head, not per byte. */
+    if (c->scan.pos > 0 || c->in.len > 0 || (c->t != NULL && !tls_established(c->t))) {
+        /* Slow clients get one deadline for the handshake and the whole
+         * head, not one per byte. */
         if (!c->head_timer) {
             uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->header_ms, 0);
             c->head_timer = true;
@@ -369,41 +412,107 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
     *out = rb ? uv_buf_init(rb->data, RBUF_SIZE) : uv_buf_init(NULL, 0);
 }
 
+/* The client finished sending (EOF or close_notify). */
+static void conn_on_eof(struct conn *c)
+{
+    if (c->x != NULL && c->x->req_done) {
+        /* A half-close after a whole request still wants its response. */
+        c->peer_eof = true;
+        c->x->keep_alive = false;
+        if (c->reading)
+            uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+        return;
+    }
+    if (c->x != NULL && !c->x->req_done)
+        log_debug("conn", "client gone mid-request client=%s", c->ip);
+    conn_close(c);
+}
+
+/* Plaintext from the client: rb holds p[0, len) (see conn_process). */
+static void conn_input(struct conn *c, struct rbuf *rb, const char *p, size_t len)
+{
+    conn_set_idle(c, false);
+    if (c->in.len > 0) {
+        conn_keep(c, p, len);
+        conn_resume_input(c);
+        return;
+    }
+    size_t used = conn_process(c, rb, p, len);
+    if (c->state == CONN_OPEN)
+        conn_keep(c, p + used, len - used);
+    conn_update_reading(c);
+}
+
+/* Ciphertext from the client: the handshake advances and every whole record
+ * is decrypted into read buffers of its own, then used as a plain read would
+ * be. What cannot be used yet waits in c->in as it does on plain connections,
+ * so a read never leaves plaintext behind in OpenSSL. */
+static void conn_tls_input(struct conn *c, const char *p, size_t len)
+{
+    bool was_established = tls_established(c->t);
+    if (tls_feed(c->t, p, len) != 0) {
+        conn_close(c);
+        return;
+    }
+    while (c->state == CONN_OPEN) {
+        struct rbuf *prb = rbuf_get(&c->w->rbufs);
+        if (prb == NULL) {
+            conn_close(c);
+            return;
+        }
+        int n = tls_read(c->t, prb->data, RBUF_SIZE);
+        if (!was_established && tls_established(c->t)) {
+            was_established = true;
+            char sni[100];
+            sni_text(c, sni, sizeof(sni));
+            log_debug("conn", "TLS established client=%s sni=%s version=%s resumed=%s", c->ip, sni,
+                      tls_version(c->t), tls_resumed(c->t) ? "yes" : "no");
+            c->head_timer = false; /* the head gets a deadline of its own */
+            conn_arm_timer(c);
+        }
+        if (n > 0) {
+            conn_input(c, prb, prb->data, (size_t)n);
+            rbuf_unref(&c->w->rbufs, prb);
+            continue;
+        }
+        rbuf_unref(&c->w->rbufs, prb);
+        if (n == 0)
+            break;
+        conn_flush_tls(c); /* the alert that says why, if any */
+        if (n == FICUS_ECLOSED) {
+            conn_on_eof(c);
+        } else {
+            log_debug("conn", "TLS failed client=%s reason=\"%s\"", c->ip, tls_reason(c->t));
+            conn_close(c);
+        }
+        return;
+    }
+    if (c->state == CONN_OPEN)
+        conn_flush_tls(c);
+}
+
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 {
     struct conn *c = s->data;
     struct rbuf *rb = ub->base ? rbuf_of(ub->base) : NULL;
     if (nread < 0) {
         rbuf_unref(&c->w->rbufs, rb);
-        if (nread == UV_EOF && c->x != NULL && c->x->req_done) {
-            /* A half-close after a whole request still wants its response. */
-            c->peer_eof = true;
-            c->x->keep_alive = false;
-            uv_read_stop(s);
-            c->reading = false;
-            return;
-        }
-        if (c->x != NULL && !c->x->req_done)
-            log_debug("conn", "client gone mid-request client=%s", c->ip);
-        conn_close(c);
+        if (nread == UV_EOF)
+            conn_on_eof(c);
+        else
+            conn_close(c);
         return;
     }
     if (nread == 0 || c->state != CONN_OPEN) {
         rbuf_unref(&c->w->rbufs, rb);
         return;
     }
-    conn_set_idle(c, false);
-    if (c->in.len > 0) {
-        conn_keep(c, ub->base, (size_t)nread);
-        rbuf_unref(&c->w->rbufs, rb);
-        conn_resume_input(c);
-        return;
-    }
-    size_t used = conn_process(c, rb, ub->base, (size_t)nread);
-    if (c->state == CONN_OPEN)
-        conn_keep(c, ub->base + used, (size_t)nread - used);
+    if (c->t != NULL)
+        conn_tls_input(c, ub->base, (size_t)nread);
+    else
+        conn_input(c, rb, ub->base, (size_t)nread);
     rbuf_unref(&c->w->rbufs, rb);
-    conn_update_reading(c);
 }
 
 /* Reads while there is somewhere for the bytes to go. */
@@ -464,6 +573,23 @@ static void exchange_abort(struct exchange *x)
     exchange_free(x);
 }
 
+/* The client's SNI made safe for a log line (it is the client's bytes). */
+static void sni_text(const struct conn *c, char *out, size_t len)
+{
+    const char *sni = tls_sni(c->t);
+    if (sni == NULL || *sni == '\0')
+        sni = "-";
+    size_t i = 0;
+    for (; sni[i] != '\0' && i + 1 < len; i++) {
+        unsigned char ch = (unsigned char)sni[i];
+        out[i] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                         ch == '.' || ch == '-' || ch == '_'
+                     ? (char)ch
+                     : '?';
+    }
+    out[i] = '\0';
+}
+
 static void access_log(struct exchange *x)
 {
     if (x->w->srv->access_fd < 0)
@@ -474,14 +600,21 @@ static void access_log(struct exchange *x)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     double ms = (double)(io_now_us() - x->t0) / 1000.0;
+    /* TLS connections also say which version and which name (SNI) they asked for. */
+    char tls[160] = "";
+    if (x->c->t != NULL) {
+        char sni[100];
+        sni_text(x->c, sni, sizeof(sni));
+        snprintf(tls, sizeof(tls), " tls=%s sni=%s", tls_version(x->c->t), sni);
+    }
     int n = snprintf(line, sizeof(line),
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
-                     "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s\n",
+                     "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      ts.tv_nsec / 1000000, x->c->ip, (int)x->req.method.len, x->req.method.p,
                      (int)(x->req.target.len > 512 ? 512 : x->req.target.len), x->req.target.p,
                      x->rt ? x->rt->name : "-", x->backend_role, x->status,
-                     (long long)x->resp_bytes, ms, x->reqid);
+                     (long long)x->resp_bytes, ms, x->reqid, tls);
     if (n > 0)
         worker_access_log(x->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
@@ -961,6 +1094,8 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
         x->up_error = status == FICUS_ETIMEOUT ? "timeout" : "connect_error";
         if (status == FICUS_ETIMEOUT)
             exchange_fail(x, 504, "upstream connect timeout");
+        else if (status == FICUS_ETLS)
+            exchange_fail(x, 502, "upstream TLS handshake failed");
         else
             exchange_fail(x, 502, "upstream unreachable");
         return;
@@ -1144,7 +1279,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
 
 /* ---- accept and drain ------------------------------------------------------------------- */
 
-void conn_accept(struct worker *w, uv_stream_t *listener, bool tls)
+void conn_accept(struct worker *w, uv_stream_t *listener, struct tls_ctx *tls)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -1155,8 +1290,10 @@ void conn_accept(struct worker *w, uv_stream_t *listener, bool tls)
     c->timer.data = c;
     c->open_handles = 2;
     c->w = w;
-    c->tls = tls;
-    buf_init(&c->in, w->cfg->max_header_bytes + RBUF_SIZE);
+    c->tls = tls != NULL;
+    /* Room for one read past a head; on TLS a read can also finish a record
+     * begun in the read before it. */
+    buf_init(&c->in, w->cfg->max_header_bytes + (tls != NULL ? 2 * RBUF_SIZE : RBUF_SIZE));
     c->next = w->conns;
     if (w->conns != NULL)
         w->conns->prev = c;
@@ -1169,6 +1306,10 @@ void conn_accept(struct worker *w, uv_stream_t *listener, bool tls)
     }
     if (total > w->cfg->max_connections || w->draining) {
         conn_close(c); /* over the limit: refused early, never queued */
+        return;
+    }
+    if (tls != NULL && (c->t = tls_server_new(tls)) == NULL) {
+        conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);

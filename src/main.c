@@ -3,6 +3,7 @@
 #include "ficus/log.h"
 #include "ficus/server.h"
 #include "ficus/state.h"
+#include "ficus/tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,10 @@ static int cmd_check(const char *path)
 {
     struct config_errors errs = {0};
     struct config *cfg = config_load(path, &errs);
+    if (cfg != NULL && tls_config_load(cfg, &errs) != 0) {
+        config_unref(cfg);
+        cfg = NULL;
+    }
     if (cfg == NULL) {
         for (size_t i = 0; i < errs.n; i++)
             printf("%s\n", errs.lines[i]);

@@ -11,6 +11,7 @@
 #include "ficus/shadow.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
+#include "ficus/tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,30 +56,19 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
     struct config *cfg = config_load(path, errs);
     if (cfg == NULL)
         return NULL;
-    int bad = 0;
-    /* Until the TLS transport lands, a TLS listener or an https backend is
-     * refused rather than served in plain text. */
-    for (size_t i = 0; i < cfg->n_listens; i++) {
-        if (cfg->listens[i].tls) {
-            config_errors_add(errs, "%s: listen[%zu].tls: TLS is not supported by this build yet",
-                              cfg->path, i);
-            bad = FICUS_ECONFIG;
-        }
-    }
-    for (size_t i = 0; i < cfg->n_backends; i++) {
-        if (cfg->backends[i].tls) {
-            config_errors_add(errs,
-                              "%s: backends.%s.url: https backends are not supported by this "
-                              "build yet",
-                              cfg->path, cfg->backends[i].name);
-            bad = FICUS_ECONFIG;
-        }
-    }
+    int bad = tls_config_load(cfg, errs);
     for (size_t i = 0; i < cfg->n_backends && !bad; i++)
         bad |= resolve_backend(&cfg->backends[i], cfg->path, errs);
     if (bad) {
         config_unref(cfg);
         return NULL;
+    }
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        if (cfg->backends[i].tls && !cfg->backends[i].verify)
+            log_warn("server",
+                     "backend %s: TLS certificate verification is off (tls.verify false): the "
+                     "connection is encrypted but the server is not authenticated",
+                     cfg->backends[i].name);
     }
     return cfg;
 }
@@ -135,9 +125,11 @@ static void on_connection(uv_stream_t *listener, int status)
         log_warn("server", "accept failed worker=%d err=%s", w->id, uv_strerror(status));
         return;
     }
-    /* The listener's flags field is not ours; tls listeners are marked by index. */
+    /* The listener's flags field is not ours; tls listeners are told by index.
+     * The context is the current snapshot's: a reload brings new certificates
+     * to new connections while open ones keep theirs. */
     size_t idx = (size_t)((uv_tcp_t *)listener - w->listeners);
-    conn_accept(w, listener, w->cfg->listens[idx].tls);
+    conn_accept(w, listener, w->cfg->listens[idx].tls_ctx);
 }
 
 static void worker_close_listeners(struct worker *w)

@@ -3,6 +3,7 @@
 #include "ficus/config.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
+#include "ficus/tls.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ struct upconn {
     struct upstream_wait *owner; /* who gets the connection once connected */
     struct upconn *next_idle;
     struct upconn *next_connecting;
+    struct tls *t; /* https backends: from the TCP connect on */
     int open_handles;
     bool reused;
     bool reading;
@@ -152,6 +154,7 @@ static void on_up_handle_closed(uv_handle_t *handle)
     if (--u->open_handles > 0)
         return;
     struct pool_set *ps = u->pool->ps;
+    tls_free(u->t);
     free(u);
     ps->live_conns--;
     pool_set_maybe_free(ps);
@@ -167,6 +170,9 @@ static void up_shut(struct upconn *u)
         p->n_active--;
     if (u->state == UP_CONNECTING)
         unlink_connecting(u);
+    if (u->t != NULL && tls_established(u->t) && u->state != UP_CONNECTING &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&u->tcp) == 0)
+        tls_goodbye(u->t, (uv_stream_t *)&u->tcp); /* after the last record, never amid one */
     u->state = UP_CLOSING;
     u->h = NULL;
     uv_close((uv_handle_t *)&u->tcp, on_up_handle_closed);
@@ -218,12 +224,106 @@ static void up_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
     *out = rb ? uv_buf_init(rb->data, RBUF_SIZE) : uv_buf_init(NULL, 0);
 }
 
+static void up_on_written(void *ctx, int status);
+static void up_established(struct upconn *u);
+static void up_connect_failed(struct upconn *u, int status);
+
+/* Sends what TLS has waiting (handshake messages, alerts, records). A write
+ * that fails shows up as a read error. */
+static int up_flush_tls(struct upconn *u)
+{
+    size_t len;
+    char *ct = tls_take_output(u->t, &len);
+    if (ct == NULL)
+        return 0;
+    uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
+    int rc = io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, &ub, 1, NULL, ct,
+                      up_on_written, u);
+    return rc == IO_WRITTEN ? 0 : rc;
+}
+
+/* Ciphertext from an https backend: first the handshake, then records
+ * decrypted into read buffers of their own and handed on as a plain read
+ * would be (the borrower takes everything it is given). */
+static void up_tls_input(struct upconn *u, const char *p, size_t len)
+{
+    struct rbuf_pool *pool = &u->pool->ps->w->rbufs;
+    if (tls_feed(u->t, p, len) != 0) {
+        if (u->state == UP_CONNECTING)
+            up_connect_failed(u, FICUS_ENOMEM);
+        else if (u->state == UP_ACTIVE && u->h != NULL)
+            u->h->on_error(u->ctx, FICUS_ENOMEM);
+        else
+            up_close(u);
+        return;
+    }
+    if (u->state == UP_CONNECTING) {
+        int r = tls_handshake(u->t);
+        up_flush_tls(u);
+        if (r < 0) {
+            log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
+                     tls_reason(u->t));
+            up_connect_failed(u, FICUS_ETLS);
+            return;
+        }
+        if (r == 0)
+            return;
+        log_debug("upstream", "TLS established backend=%s version=%s resumed=%s", u->pool->be->name,
+                  tls_version(u->t), tls_resumed(u->t) ? "yes" : "no");
+        up_established(u);
+    }
+    while (u->state != UP_CLOSING) {
+        struct rbuf *prb = rbuf_get(pool);
+        if (prb == NULL) {
+            up_close(u);
+            return;
+        }
+        int n = tls_read(u->t, prb->data, RBUF_SIZE);
+        if (n > 0) {
+            if (u->state != UP_ACTIVE || u->h == NULL) {
+                rbuf_unref(pool, prb); /* an idle connection that speaks is of no more use */
+                up_close(u);
+                return;
+            }
+            u->h->on_read(u->ctx, prb, prb->data, (size_t)n);
+            rbuf_unref(pool, prb);
+            continue;
+        }
+        rbuf_unref(pool, prb);
+        if (n == 0)
+            break;
+        up_flush_tls(u);
+        if (n != FICUS_ECLOSED)
+            log_warn("upstream", "TLS failed backend=%s reason=\"%s\"", u->pool->be->name,
+                     tls_reason(u->t));
+        if (u->state == UP_ACTIVE && u->h != NULL)
+            u->h->on_error(u->ctx, n == FICUS_ECLOSED ? UV_EOF : FICUS_ETLS);
+        else
+            up_close(u);
+        return;
+    }
+    if (u->state != UP_CLOSING)
+        up_flush_tls(u); /* e.g. a key update's answer */
+}
+
 static void up_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct upconn *u = stream->data;
     struct rbuf_pool *pool = &u->pool->ps->w->rbufs;
     struct rbuf *rb = buf->base ? rbuf_of(buf->base) : NULL;
     if (nread == 0 || u->state == UP_CLOSING) {
+        rbuf_unref(pool, rb);
+        return;
+    }
+    if (u->state == UP_CONNECTING && nread < 0) {
+        rbuf_unref(pool, rb); /* the backend hung up during the TLS handshake */
+        log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
+                 nread == UV_EOF ? "connection closed by the backend" : uv_strerror((int)nread));
+        up_connect_failed(u, FICUS_ETLS);
+        return;
+    }
+    if (u->t != NULL && nread > 0) {
+        up_tls_input(u, buf->base, (size_t)nread);
         rbuf_unref(pool, rb);
         return;
     }
@@ -277,27 +377,63 @@ static void give(struct upconn *u, struct upstream_wait *w)
     w->cb(w->ctx, u, 0);
 }
 
+/* The connection never became usable: its waiter hears why. */
+static void up_connect_failed(struct upconn *u, int status)
+{
+    struct upstream_wait *w = u->owner;
+    u->owner = NULL;
+    up_close(u);
+    if (w != NULL)
+        w->cb(w->ctx, NULL, status);
+}
+
+/* Connected (and, for https, the handshake done). */
+static void up_established(struct upconn *u)
+{
+    struct upstream_wait *w = u->owner;
+    u->owner = NULL;
+    if (w != NULL) {
+        give(u, w);
+        return;
+    }
+    unlink_connecting(u);
+    u->state = UP_ACTIVE;
+    upstream_release(u, true); /* its exchange left; the pool keeps it */
+}
+
 static void up_on_connect(uv_connect_t *req, int status)
 {
     struct upconn *u = req->data;
     if (u->state == UP_CLOSING)
         return; /* timed out already */
-    struct upstream_wait *w = u->owner;
-    u->owner = NULL;
     if (status != 0) {
         log_warn("upstream", "connect failed backend=%s err=%s", u->pool->be->name,
                  uv_strerror(status));
-        up_close(u);
-        if (w != NULL)
-            w->cb(w->ctx, NULL, status);
+        up_connect_failed(u, status);
         return;
     }
     uv_tcp_nodelay(&u->tcp, 1);
-    if (w != NULL) {
-        give(u, w);
-    } else {
-        upstream_release(u, true); /* its exchange left; the pool keeps it */
+    if (u->pool->be->tls_ctx == NULL) {
+        up_established(u);
+        return;
     }
+    /* https: the connect deadline also covers the handshake. */
+    u->t = tls_client_new(u->pool->be->tls_ctx, u->pool->be);
+    if (u->t == NULL) {
+        up_connect_failed(u, FICUS_ENOMEM);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&u->tcp, up_alloc, up_on_read) != 0) {
+        up_connect_failed(u, FICUS_ETLS);
+        return;
+    }
+    u->reading = true;
+    int r = tls_handshake(u->t); /* the ClientHello */
+    if (r >= 0 && up_flush_tls(u) == 0)
+        return;
+    log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
+             r < 0 ? tls_reason(u->t) : "cannot send the ClientHello");
+    up_connect_failed(u, FICUS_ETLS);
 }
 
 static int up_connect(struct pool *p, struct upstream_wait *w)
@@ -446,6 +582,11 @@ static void up_on_written(void *ctx, int status)
 
 int upstream_write(struct upconn *u, const uv_buf_t *bufs, unsigned n, struct rbuf *rb, void *owned)
 {
+    if (u->t != NULL) {
+        int rc = tls_encrypt(u->t, bufs, n);
+        free(owned); /* the plaintext is copied into records */
+        return rc != 0 ? rc : up_flush_tls(u);
+    }
     int rc = io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned,
                       up_on_written, u);
     return rc == IO_WRITTEN ? 0 : rc;

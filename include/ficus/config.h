@@ -35,11 +35,15 @@ struct config_addr {
     socklen_t len;
 };
 
+struct tls_ctx;
+
 struct listen_cfg {
     struct config_addr addr;
     bool tls;
     const char *cert_file; /* NULL unless tls */
     const char *key_file;
+    /* Filled by tls_config_load, not by config_parse: the loaded certificate. */
+    struct tls_ctx *tls_ctx;
 };
 
 struct backend_cfg {
@@ -58,6 +62,9 @@ struct backend_cfg {
      * the address the host resolved to. */
     struct sockaddr_storage resolved;
     socklen_t resolved_len;
+    /* Filled by tls_config_load for https backends: verification settings,
+     * CA store and the session kept for resumption. */
+    struct tls_ctx *tls_ctx;
 };
 
 enum sticky_kind { STICKY_IP, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY };
@@ -166,6 +173,9 @@ struct config {
     /* Owns every array above and the strings that are not in root: lower-cased
      * header names and backend hosts. Freed with the snapshot. */
     struct arena arena;
+    /* Set by tls_config_load: releases the TLS contexts when the snapshot is
+     * freed (config itself does not link OpenSSL's types into its API). */
+    void (*dispose_tls)(struct config *cfg);
 };
 
 /* Parses and validates text as a configuration named fname (used in error

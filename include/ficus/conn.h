@@ -7,10 +7,11 @@
 #include <uv.h>
 
 struct worker;
+struct tls_ctx;
 
-/* Accepts one pending connection on listener (a worker's). tls tells whether
- * the listener terminates TLS. */
-void conn_accept(struct worker *w, uv_stream_t *listener, bool tls);
+/* Accepts one pending connection on listener (a worker's). tls is the
+ * listener's TLS context, NULL for plain TCP. */
+void conn_accept(struct worker *w, uv_stream_t *listener, struct tls_ctx *tls);
 
 /* Closes idle client connections and makes busy ones close after their
  * current response (graceful drain). */

@@ -547,8 +547,17 @@ class Backend:
     never finished). .bytes_received counts every byte read from any connection."""
 
     def __init__(self, handler=None, name="backend", keep_body=16 << 20, backlog=128,
-                 accept=True):
+                 accept=True, ssl_context=None):
         self.handler = handler or echo
+        # ssl_context (server side): every connection is TLS. .tls_handshakes records
+        # (session_reused, sni) per finished handshake, .tls_failures each failure.
+        self.ssl_context = ssl_context
+        self.tls_handshakes = []
+        self.tls_failures = []
+        if ssl_context is not None:
+            def record_sni(sock, name, ctx):
+                sock.ficus_sni = name
+            ssl_context.sni_callback = record_sni
         self.name = name
         self.keep_body = keep_body
         self.lock = threading.Lock()
@@ -579,7 +588,25 @@ class Backend:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.ssl_context else "http", self.port)
+
+    def _tls_wrap(self, s):
+        """Server-side handshake; returns the TLS socket or None when it failed."""
+        import ssl
+        try:
+            s.settimeout(10)
+            t = self.ssl_context.wrap_socket(s, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            with self.lock:
+                self.tls_failures.append(repr(e))
+                self.sockets.discard(s)
+            s.close()
+            return None
+        with self.lock:
+            self.tls_handshakes.append((t.session_reused, getattr(t, "ficus_sni", None)))
+            self.sockets.discard(s)
+            self.sockets.add(t)
+        return t
 
     def set_handler(self, handler):
         self.handler = handler
@@ -611,6 +638,10 @@ class Backend:
             self.bytes_received += piece_len
 
     def _serve(self, s, conn_id):
+        if self.ssl_context is not None:
+            s = self._tls_wrap(s)
+            if s is None:
+                return
         reader = SockReader(s)
         orig_fill = reader._fill
 
@@ -991,9 +1022,12 @@ def request_bytes(method="GET", target="/", headers=None, body=None, host="x", v
 class Client:
     """A raw-socket HTTP/1.1 client connection."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5):
+    def __init__(self, port, host="127.0.0.1", timeout=5, ssl_context=None,
+                 server_hostname=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:  # TLS: the handshake happens here
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=server_hostname)
         self.reader = SockReader(self.sock)
 
     def __enter__(self):

@@ -1,0 +1,474 @@
+/* TLS through memory BIOs: the socket stays libuv's, OpenSSL only ever reads
+ * from and writes to memory, so a handshake never blocks a worker and TLS and
+ * plain connections share every line of the HTTP code. */
+#include "ficus/tls.h"
+#include "ficus/common.h"
+#include "ficus/config.h"
+#include "ficus/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+/* TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's
+ * own (all of them modern). */
+#define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+static const unsigned char alpn_http11[] = "\x08http/1.1";
+
+struct tls_ctx {
+    SSL_CTX *ssl;
+    bool verify;
+    /* Client side: the newest session a backend gave, offered by the next
+     * connection to it (shared by the workers, hence the lock). */
+    pthread_mutex_t lock;
+    SSL_SESSION *session;
+};
+
+struct tls {
+    SSL *ssl;
+    BIO *rbio;   /* ciphertext in (owned by ssl) */
+    BIO *wbio;   /* ciphertext out (owned by ssl) */
+    bool verify; /* client side: the peer's certificate is checked */
+    bool established;
+    bool failed;
+    char reason[192];
+};
+
+/* ---- contexts ----------------------------------------------------------------- */
+
+static void ctx_free(struct tls_ctx *c)
+{
+    if (c == NULL)
+        return;
+    if (c->session != NULL)
+        SSL_SESSION_free(c->session);
+    pthread_mutex_destroy(&c->lock);
+    SSL_CTX_free(c->ssl);
+    free(c);
+}
+
+/* The last OpenSSL error as text ("no reason given" when the queue is empty). */
+static void last_error(char *out, size_t len)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+    snprintf(out, len, "%s", r != NULL ? r : "no reason given");
+    ERR_clear_error();
+}
+
+/* Can path be opened for reading? Fills why when not. */
+static bool readable(const char *path, char *why, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(why, len, "%s", strerror(errno));
+        return false;
+    }
+    fclose(f);
+    return true;
+}
+
+static struct tls_ctx *ctx_new(const SSL_METHOD *method)
+{
+    struct tls_ctx *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->ssl = SSL_CTX_new(method);
+    if (c->ssl == NULL) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    SSL_CTX_set_app_data(c->ssl, c);
+    SSL_CTX_set_min_proto_version(c->ssl, TLS1_2_VERSION);
+    SSL_CTX_set_options(c->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* Idle connections give their record buffers back. */
+    SSL_CTX_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_cipher_list(c->ssl, TLS12_CIPHERS);
+    return c;
+}
+
+static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                          const unsigned char *in, unsigned inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    unsigned char *sel = NULL;
+    if (SSL_select_next_proto(&sel, outlen, alpn_http11, sizeof(alpn_http11) - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL; /* RFC 7301: no_application_protocol */
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static struct tls_ctx *server_ctx(const char *file, size_t i, const struct listen_cfg *ls,
+                                  struct config_errors *errs)
+{
+    char why[256];
+    if (!readable(ls->cert_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: listen[%zu].tls.cert_file: cannot read \"%s\": %s", file, i,
+                          ls->cert_file, why);
+        return NULL;
+    }
+    if (!readable(ls->key_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: listen[%zu].tls.key_file: cannot read \"%s\": %s", file, i,
+                          ls->key_file, why);
+        return NULL;
+    }
+    struct tls_ctx *c = ctx_new(TLS_server_method());
+    if (c == NULL) {
+        config_errors_add(errs, "%s: listen[%zu].tls: out of memory", file, i);
+        return NULL;
+    }
+    SSL_CTX_set_options(c->ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_alpn_select_cb(c->ssl, on_alpn_select, NULL);
+    if (SSL_CTX_use_certificate_chain_file(c->ssl, ls->cert_file) != 1) {
+        last_error(why, sizeof(why));
+        config_errors_add(
+            errs, "%s: listen[%zu].tls.cert_file: \"%s\" is not a PEM certificate chain: %s", file,
+            i, ls->cert_file, why);
+        ctx_free(c);
+        return NULL;
+    }
+    bool loaded = SSL_CTX_use_PrivateKey_file(c->ssl, ls->key_file, SSL_FILETYPE_PEM) == 1;
+    unsigned long e = loaded ? 0 : ERR_peek_last_error();
+    bool mismatch =
+        ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+    if (!loaded && !mismatch) {
+        last_error(why, sizeof(why));
+        config_errors_add(errs, "%s: listen[%zu].tls.key_file: \"%s\" is not a PEM private key: %s",
+                          file, i, ls->key_file, why);
+        ctx_free(c);
+        return NULL;
+    }
+    if (mismatch || SSL_CTX_check_private_key(c->ssl) != 1) {
+        ERR_clear_error();
+        config_errors_add(errs,
+                          "%s: listen[%zu].tls.key_file: the key \"%s\" does not match the "
+                          "certificate \"%s\"",
+                          file, i, ls->key_file, ls->cert_file);
+        ctx_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tls_ctx *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    pthread_mutex_lock(&c->lock);
+    SSL_SESSION *old = c->session;
+    c->session = sess;
+    pthread_mutex_unlock(&c->lock);
+    if (old != NULL)
+        SSL_SESSION_free(old);
+    return 1; /* the reference is ours now */
+}
+
+static struct tls_ctx *client_ctx(const char *file, const struct backend_cfg *be,
+                                  struct config_errors *errs)
+{
+    char why[256];
+    if (be->verify && be->ca_file != NULL && !readable(be->ca_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: backends.%s.tls.ca_file: cannot read \"%s\": %s", file,
+                          be->name, be->ca_file, why);
+        return NULL;
+    }
+    struct tls_ctx *c = ctx_new(TLS_client_method());
+    if (c == NULL) {
+        config_errors_add(errs, "%s: backends.%s.tls: out of memory", file, be->name);
+        return NULL;
+    }
+    c->verify = be->verify;
+    if (be->verify) {
+        SSL_CTX_set_verify(c->ssl, SSL_VERIFY_PEER, NULL);
+        int ok = be->ca_file != NULL ? SSL_CTX_load_verify_locations(c->ssl, be->ca_file, NULL)
+                                     : SSL_CTX_set_default_verify_paths(c->ssl);
+        if (ok != 1) {
+            last_error(why, sizeof(why));
+            if (be->ca_file != NULL)
+                config_errors_add(errs,
+                                  "%s: backends.%s.tls.ca_file: \"%s\" holds no PEM certificate: "
+                                  "%s",
+                                  file, be->name, be->ca_file, why);
+            else
+                config_errors_add(errs, "%s: backends.%s.tls: cannot load the system CA store: %s",
+                                  file, be->name, why);
+            ctx_free(c);
+            return NULL;
+        }
+    } else {
+        SSL_CTX_set_verify(c->ssl, SSL_VERIFY_NONE, NULL);
+    }
+    SSL_CTX_set_alpn_protos(c->ssl, alpn_http11, sizeof(alpn_http11) - 1);
+    SSL_CTX_set_session_cache_mode(c->ssl,
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(c->ssl, on_new_session);
+    return c;
+}
+
+static void dispose_tls(struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_listens; i++) {
+        ctx_free(cfg->listens[i].tls_ctx);
+        cfg->listens[i].tls_ctx = NULL;
+    }
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        ctx_free(cfg->backends[i].tls_ctx);
+        cfg->backends[i].tls_ctx = NULL;
+    }
+}
+
+int tls_config_load(struct config *cfg, struct config_errors *errs)
+{
+    int rc = 0;
+    cfg->dispose_tls = dispose_tls;
+    for (size_t i = 0; i < cfg->n_listens; i++) {
+        struct listen_cfg *ls = &cfg->listens[i];
+        if (!ls->tls)
+            continue;
+        ls->tls_ctx = server_ctx(cfg->path, i, ls, errs);
+        if (ls->tls_ctx == NULL)
+            rc = FICUS_ECONFIG;
+    }
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        struct backend_cfg *be = &cfg->backends[i];
+        if (!be->tls)
+            continue;
+        be->tls_ctx = client_ctx(cfg->path, be, errs);
+        if (be->tls_ctx == NULL)
+            rc = FICUS_ECONFIG;
+    }
+    return rc;
+}
+
+/* ---- connections --------------------------------------------------------------- */
+
+static struct tls *tls_new(struct tls_ctx *ctx)
+{
+    struct tls *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->ssl = SSL_new(ctx->ssl); /* holds the SSL_CTX: a reload may drop ctx first */
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* An empty input BIO means "wait for more", never end of file. */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    return t;
+}
+
+struct tls *tls_server_new(struct tls_ctx *ctx)
+{
+    struct tls *t = tls_new(ctx);
+    if (t != NULL)
+        SSL_set_accept_state(t->ssl);
+    return t;
+}
+
+static bool is_ip_literal(const char *s)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
+}
+
+struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be)
+{
+    struct tls *t = tls_new(ctx);
+    if (t == NULL)
+        return NULL;
+    SSL_set_connect_state(t->ssl);
+    t->verify = ctx->verify;
+    const char *name = be->server_name != NULL ? be->server_name : be->host;
+    bool ip = is_ip_literal(name);
+    if (!ip)
+        SSL_set_tlsext_host_name(t->ssl, name); /* RFC 6066: no SNI for an address */
+    if (ctx->verify) {
+        if (ip) {
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), name);
+        } else {
+            SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            SSL_set1_host(t->ssl, name);
+        }
+    }
+    pthread_mutex_lock(&ctx->lock);
+    if (ctx->session != NULL && SSL_SESSION_is_resumable(ctx->session))
+        SSL_set_session(t->ssl, ctx->session);
+    pthread_mutex_unlock(&ctx->lock);
+    ERR_clear_error();
+    return t;
+}
+
+void tls_free(struct tls *t)
+{
+    if (t == NULL)
+        return;
+    SSL_free(t->ssl); /* frees both BIOs */
+    free(t);
+}
+
+int tls_feed(struct tls *t, const char *p, size_t len)
+{
+    while (len > 0) {
+        int chunk = len > INT_MAX ? INT_MAX : (int)len;
+        int n = BIO_write(t->rbio, p, chunk);
+        if (n <= 0)
+            return FICUS_ENOMEM;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Records why the connection failed, once. */
+static void fail(struct tls *t, int ssl_err)
+{
+    t->failed = true;
+    long vr = SSL_get_verify_result(t->ssl);
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+    if (vr != X509_V_OK && t->verify)
+        snprintf(t->reason, sizeof(t->reason), "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (r != NULL)
+        snprintf(t->reason, sizeof(t->reason), "%s", r);
+    else if (ssl_err == SSL_ERROR_SYSCALL)
+        snprintf(t->reason, sizeof(t->reason), "unexpected end of stream");
+    else
+        snprintf(t->reason, sizeof(t->reason), "TLS error %d", ssl_err);
+    ERR_clear_error();
+}
+
+int tls_handshake(struct tls *t)
+{
+    if (t->failed)
+        return FICUS_ETLS;
+    if (t->established)
+        return 1;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        t->established = true;
+        return 1;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    fail(t, e);
+    return FICUS_ETLS;
+}
+
+bool tls_established(const struct tls *t)
+{
+    return t->established;
+}
+
+int tls_read(struct tls *t, char *buf, size_t len)
+{
+    if (t->failed)
+        return FICUS_ETLS;
+    ERR_clear_error();
+    size_t n = 0;
+    int r = SSL_read_ex(t->ssl, buf, len > INT_MAX ? INT_MAX : len, &n);
+    if (SSL_is_init_finished(t->ssl))
+        t->established = true;
+    if (r == 1)
+        return (int)n;
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return FICUS_ECLOSED;
+    fail(t, e);
+    return FICUS_ETLS;
+}
+
+int tls_encrypt(struct tls *t, const uv_buf_t *bufs, unsigned n)
+{
+    if (t->failed || !t->established)
+        return FICUS_ETLS;
+    ERR_clear_error();
+    for (unsigned i = 0; i < n; i++) {
+        size_t off = 0;
+        while (off < bufs[i].len) {
+            size_t w = 0;
+            if (SSL_write_ex(t->ssl, bufs[i].base + off, bufs[i].len - off, &w) != 1) {
+                fail(t, SSL_get_error(t->ssl, 0));
+                return FICUS_ETLS;
+            }
+            off += w;
+        }
+    }
+    return 0;
+}
+
+void tls_goodbye(struct tls *t, uv_stream_t *stream)
+{
+    if (t->failed || !t->established)
+        return;
+    ERR_clear_error();
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+    size_t len;
+    char *ct = tls_take_output(t, &len);
+    if (ct != NULL) {
+        uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
+        uv_try_write(stream, &ub, 1); /* best effort: the close does not wait */
+        free(ct);
+    }
+}
+
+char *tls_take_output(struct tls *t, size_t *len)
+{
+    *len = 0;
+    size_t n = BIO_ctrl_pending(t->wbio);
+    if (n == 0 || n > INT_MAX)
+        return NULL;
+    char *p = malloc(n);
+    if (p == NULL)
+        return NULL;
+    int got = BIO_read(t->wbio, p, (int)n);
+    if (got <= 0) {
+        free(p);
+        return NULL;
+    }
+    *len = (size_t)got;
+    return p;
+}
+
+const char *tls_reason(const struct tls *t)
+{
+    return t->reason;
+}
+
+const char *tls_sni(const struct tls *t)
+{
+    return SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+}
+
+const char *tls_version(const struct tls *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+bool tls_resumed(const struct tls *t)
+{
+    return SSL_session_reused(t->ssl) == 1;
+}
