@@ -1155,13 +1155,10 @@ class Bench:
         return str(cert), str(key), str(pem)
 
     def ficus_tls_probe(self, tls):
-        """None when ficus serves TLS, else the reason it does not.
-
-        TODO(TLS issue): this is the hook. Once ficus terminates TLS on a listener,
-        this probe passes and scenario 6 measures HTTPS for all three proxies with no
-        further change. It checks both that `ficus check` accepts a tls listener and that
-        the running listener completes a TLS handshake (today `check` accepts the key but
-        the listener speaks plain HTTP)."""
+        """None when ficus serves TLS, else the reason it does not: `ficus check`
+        must accept a tls listener and the running listener must complete a TLS
+        handshake (a build without TLS, or a broken one, gives an n/a row with the
+        reason rather than a misleading measurement)."""
         port = self.h.port()
         cfg = self.ficus_config(port, 9, 9, tls=tls[:2], admin_port=self.h.port())
         d = self.h.dir("ficus-tls-probe")
