@@ -400,11 +400,28 @@ int tls_read(struct tls *t, char *buf, size_t len)
     return FICUS_ETLS;
 }
 
+/* Pieces that fit one record together go out as one (a response head and a
+ * small body): one record costs one AEAD pass and 22 bytes of overhead. */
+#define TLS_COALESCE 16384
+
 int tls_encrypt(struct tls *t, const uv_buf_t *bufs, unsigned n)
 {
     if (t->failed || !t->established)
         return FICUS_ETLS;
     ERR_clear_error();
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (n > 1 && total <= TLS_COALESCE) {
+        char one[TLS_COALESCE];
+        size_t off = 0;
+        for (unsigned i = 0; i < n; i++) {
+            memcpy(one + off, bufs[i].base, bufs[i].len);
+            off += bufs[i].len;
+        }
+        uv_buf_t ub = uv_buf_init(one, (unsigned)off);
+        return tls_encrypt(t, &ub, 1);
+    }
     for (unsigned i = 0; i < n; i++) {
         size_t off = 0;
         while (off < bufs[i].len) {
