@@ -263,16 +263,21 @@ void divlog_free(struct divlog *d)
 
 void divlog_push(struct divlog *d, json_t *rec)
 {
+    divlog_push_many(d, &rec, 1);
+}
+
+void divlog_push_many(struct divlog *d, json_t **recs, size_t n)
+{
+    size_t taken = 0;
     uv_mutex_lock(&d->lock);
-    if (d->qlen == DIVLOG_QUEUE_MAX) {
-        d->dropped++;
-        uv_mutex_unlock(&d->lock);
-        json_decref(rec);
-        return;
-    }
-    d->queue[d->qlen++] = rec;
+    while (taken < n && d->qlen < DIVLOG_QUEUE_MAX)
+        d->queue[d->qlen++] = recs[taken++];
+    d->dropped += n - taken;
     uv_mutex_unlock(&d->lock);
-    uv_async_send(&d->async);
+    for (size_t i = taken; i < n; i++)
+        json_decref(recs[i]);
+    if (taken > 0)
+        uv_async_send(&d->async);
 }
 
 unsigned long long divlog_dropped(const struct divlog *d)

@@ -70,13 +70,34 @@ struct comparison {
     bool aborted;       /* nothing is compared */
     bool queued;
 
-    uv_work_t work;
+    struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
     json_t *record;
     bool skipped;
     bool divergent;
     unsigned long long kinds[DIFF_KINDS];
     unsigned long long n_noise;
+};
+
+/* A worker's diff batches. Comparisons that become ready during a loop turn
+ * wait in a queue; at most one batch per worker is on the threadpool, and it
+ * takes the whole queue: one threadpool hand-off (a mutex, a condition
+ * signal, a thread wake-up and an eventfd write back) serves every comparison
+ * of the batch instead of each one. Under load the batches grow by themselves
+ * while the previous one runs. */
+struct shadow_worker {
+    struct worker *w;
+    uv_idle_t idle; /* submits the queue at the end of a loop turn when no batch runs */
+    bool idle_active;
+    bool closing; /* shadow_abort_all ran: no more loop turns to wait for */
+    bool handle_closed;
+    bool running; /* a batch is on the threadpool */
+    uv_work_t work;
+    struct comparison *queue, **queue_tail; /* ready, not yet in a batch */
+    struct comparison *batch;               /* the batch on the threadpool */
+    /* Scratch for the batch, used by one threadpool thread at a time. */
+    struct diff_header hdrs[HTTP_MAX_HEADERS * 3];
+    struct diff_result res[2];
 };
 
 static void maybe_compare(struct comparison *c);
@@ -366,9 +387,8 @@ static json_t *side_json(const struct capture *cap)
     return j;
 }
 
-static void on_work(uv_work_t *req)
+static void compare_one(struct comparison *c, struct diff_header *hl, struct diff_result *res)
 {
-    struct comparison *c = req->data;
     const struct route_cfg *rt = c->rt;
     const struct capture *legacy = c->primary_is_new ? &c->shadow.cap : &c->primary;
     const struct capture *newc = c->primary_is_new ? &c->primary : &c->shadow.cap;
@@ -376,14 +396,7 @@ static void on_work(uv_work_t *req)
         c->skipped = true;
         return;
     }
-    struct diff_header *hl = calloc(HTTP_MAX_HEADERS * 3, sizeof(*hl));
-    struct diff_result *res = calloc(2, sizeof(*res));
-    if (hl == NULL || res == NULL) {
-        free(hl);
-        free(res);
-        c->skipped = true;
-        return;
-    }
+    memset(res, 0, 2 * sizeof(*res));
     struct diff_response rl, rn, rt2;
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
@@ -449,38 +462,138 @@ static void on_work(uv_work_t *req)
     }
     diff_result_dispose(&res[0]);
     diff_result_dispose(&res[1]);
-    free(res);
-    free(hl);
 }
 
-static void on_work_done(uv_work_t *req, int status)
+static void on_batch_work(uv_work_t *req)
 {
-    struct comparison *c = req->data;
+    struct shadow_worker *sw = req->data;
+    for (struct comparison *c = sw->batch; c != NULL; c = c->next_job)
+        compare_one(c, sw->hdrs, sw->res);
+}
+
+/* Reads one comparison's results back on the loop; a record goes to recs. */
+static void finish_one(struct comparison *c, int status, json_t **recs, size_t *n_recs)
+{
     struct worker *w = c->w;
     w->diff_jobs--;
     struct route_counters *rc = &c->rs->counters[w->id];
     if (status != 0 || c->skipped) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
-    } else {
-        const char *err = c->shadow.cap.error;
-        count_outcome(c, err == NULL                   ? SHADOW_COMPARED
-                         : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
-                                                       : SHADOW_ERROR);
-        counter_add(&rc->comparisons, 1);
-        for (int k = 0; k < DIFF_KINDS; k++) {
-            if (c->kinds[k])
-                counter_add(&rc->divergences[k], c->kinds[k]);
+        return;
+    }
+    const char *err = c->shadow.cap.error;
+    count_outcome(c, err == NULL                   ? SHADOW_COMPARED
+                     : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
+                                                   : SHADOW_ERROR);
+    counter_add(&rc->comparisons, 1);
+    for (int k = 0; k < DIFF_KINDS; k++) {
+        if (c->kinds[k])
+            counter_add(&rc->divergences[k], c->kinds[k]);
+    }
+    if (c->divergent)
+        counter_add(&rc->divergent, 1);
+    if (c->n_noise)
+        counter_add(&rc->noise, c->n_noise);
+    if (c->record != NULL && w->srv->divlog != NULL) {
+        recs[(*n_recs)++] = c->record;
+        c->record = NULL;
+    }
+}
+
+static void submit_batch(struct shadow_worker *sw);
+
+static void shadow_worker_maybe_free(struct shadow_worker *sw)
+{
+    if (sw->closing && sw->handle_closed && !sw->running && sw->queue == NULL) {
+        sw->w->shadow = NULL;
+        free(sw);
+    }
+}
+
+static void on_batch_done(uv_work_t *req, int status)
+{
+    struct shadow_worker *sw = req->data;
+    struct worker *w = sw->w;
+    struct comparison *c = sw->batch;
+    sw->batch = NULL;
+    sw->running = false;
+    json_t *recs[64];
+    size_t n_recs = 0;
+    while (c != NULL) {
+        struct comparison *next = c->next_job;
+        c->next_job = NULL;
+        finish_one(c, status, recs, &n_recs);
+        if (n_recs == sizeof(recs) / sizeof(recs[0])) {
+            divlog_push_many(w->srv->divlog, recs, n_recs);
+            n_recs = 0;
         }
-        if (c->divergent)
-            counter_add(&rc->divergent, 1);
-        if (c->n_noise)
-            counter_add(&rc->noise, c->n_noise);
-        if (c->record != NULL && w->srv->divlog != NULL) {
-            divlog_push(w->srv->divlog, c->record);
-            c->record = NULL;
+        shadow_release(c);
+        c = next;
+    }
+    if (n_recs > 0)
+        divlog_push_many(w->srv->divlog, recs, n_recs);
+    /* What became ready while this batch ran goes now: this callback runs late
+     * in the loop turn already. */
+    if (sw->queue != NULL)
+        submit_batch(sw);
+    shadow_worker_maybe_free(sw);
+}
+
+static void submit_batch(struct shadow_worker *sw)
+{
+    if (sw->running || sw->queue == NULL)
+        return;
+    sw->batch = sw->queue;
+    sw->queue = NULL;
+    sw->queue_tail = &sw->queue;
+    sw->running = true;
+    sw->work.data = sw;
+    if (uv_queue_work(&sw->w->loop, &sw->work, on_batch_work, on_batch_done) != 0) {
+        /* Only an invalid argument fails here; count the batch as skipped. */
+        sw->running = false;
+        struct comparison *c = sw->batch;
+        sw->batch = NULL;
+        while (c != NULL) {
+            struct comparison *next = c->next_job;
+            c->next_job = NULL;
+            sw->w->diff_jobs--;
+            count_outcome(c, SHADOW_SKIPPED_QUEUE);
+            shadow_release(c);
+            c = next;
         }
     }
-    shadow_release(c);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    struct shadow_worker *sw = h->data;
+    uv_idle_stop(h);
+    sw->idle_active = false;
+    submit_batch(sw);
+}
+
+static void on_idle_closed(uv_handle_t *h)
+{
+    struct shadow_worker *sw = h->data;
+    sw->handle_closed = true;
+    shadow_worker_maybe_free(sw);
+}
+
+static struct shadow_worker *shadow_worker_get(struct worker *w)
+{
+    if (w->shadow != NULL)
+        return w->shadow;
+    if (w->stopped)
+        return NULL; /* its loop is closing handles: no new one */
+    struct shadow_worker *sw = calloc(1, sizeof(*sw));
+    if (sw == NULL)
+        return NULL;
+    sw->w = w;
+    sw->queue_tail = &sw->queue;
+    uv_idle_init(&w->loop, &sw->idle);
+    sw->idle.data = sw;
+    w->shadow = sw;
+    return sw;
 }
 
 static void maybe_compare(struct comparison *c)
@@ -490,17 +603,24 @@ static void maybe_compare(struct comparison *c)
     c->queued = true;
     if (c->aborted)
         return;
-    if (c->w->diff_jobs >= SHADOW_MAX_JOBS) {
+    struct worker *w = c->w;
+    struct shadow_worker *sw = shadow_worker_get(w);
+    if (w->diff_jobs >= SHADOW_MAX_JOBS || sw == NULL) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
         return;
     }
     c->refs++;
-    c->w->diff_jobs++;
-    c->work.data = c;
-    if (uv_queue_work(&c->w->loop, &c->work, on_work, on_work_done) != 0) {
-        c->w->diff_jobs--;
-        count_outcome(c, SHADOW_SKIPPED_QUEUE);
-        shadow_release(c);
+    w->diff_jobs++;
+    c->next_job = NULL;
+    *sw->queue_tail = c;
+    sw->queue_tail = &c->next_job;
+    if (sw->running)
+        return; /* the running batch's completion submits the queue */
+    if (sw->closing) {
+        submit_batch(sw);
+    } else if (!sw->idle_active) {
+        sw->idle_active = true;
+        uv_idle_start(&sw->idle, on_idle);
     }
 }
 
@@ -695,5 +815,15 @@ void shadow_abort_all(struct worker *w)
             probe_finish(c->twin, "reset", false);
         shadow_release(c);
         c = next;
+    }
+    struct shadow_worker *sw = w->shadow;
+    if (sw != NULL && !sw->closing) {
+        /* The loop ends once every handle is closed: what is queued goes now,
+         * and the batch machinery frees itself when its last batch is back. */
+        sw->closing = true;
+        uv_idle_stop(&sw->idle);
+        sw->idle_active = false;
+        submit_batch(sw);
+        uv_close((uv_handle_t *)&sw->idle, on_idle_closed);
     }
 }

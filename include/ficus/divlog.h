@@ -26,6 +26,10 @@ void divlog_free(struct divlog *d);
  * rec, a record as SPEC shows it plus "divergent": bool (written to the file
  * and the ring only when true; always counted in the path statistics). */
 void divlog_push(struct divlog *d, json_t *rec);
+/* Hands n records over at once (one lock, one wake-up of the control thread);
+ * takes ownership of every recs[i], not of the array. Those that do not fit in
+ * the queue are dropped and counted. */
+void divlog_push_many(struct divlog *d, json_t **recs, size_t n);
 
 /* Reopens the file (SIGUSR1, logrotate). */
 void divlog_reopen(struct divlog *d);
