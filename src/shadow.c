@@ -8,6 +8,7 @@
 #include "ficus/state.h"
 #include "ficus/upstream.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,7 +73,7 @@ struct comparison {
 
     struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
-    json_t *record;
+    struct divrec *record; /* NULL, or the record for the control thread */
     bool skipped;
     bool divergent;
     unsigned long long kinds[DIFF_KINDS];
@@ -98,6 +99,7 @@ struct shadow_worker {
     /* Scratch for the batch, used by one threadpool thread at a time. */
     struct diff_header hdrs[HTTP_MAX_HEADERS * 3];
     struct diff_result res[2];
+    struct buf line, diffs, noise, stats; /* record text, kept between batches */
 };
 
 static void maybe_compare(struct comparison *c);
@@ -128,7 +130,7 @@ static void comparison_free(struct comparison *c)
     }
     buf_dispose(&c->req_head);
     buf_dispose(&c->req_body);
-    json_decref(c->record);
+    free(c->record);
     free(c->method);
     free(c->target);
     pool_set_unref(c->ps);
@@ -358,37 +360,128 @@ static void to_diff_response(const struct capture *cap, struct diff_response *ou
     out->body_len = cap->body.len;
 }
 
-/* A JSON string of at most max bytes of p, with bytes that are not UTF-8 text
- * replaced so that jansson accepts it. */
-static json_t *text_excerpt(const char *p, size_t n, size_t max)
+/* Appends a JSON string of at most max bytes of p; when those bytes are not
+ * UTF-8 text, every byte that is not printable ASCII, newline or tab is
+ * written as '?' (what jansson accepts). */
+static int text_excerpt(struct buf *out, const char *p, size_t n, size_t max)
 {
     if (n > max)
         n = max;
-    json_t *j = json_stringn(p ? p : "", n);
-    if (j != NULL)
-        return j;
+    int rc = buf_json_string(out, p, n);
+    if (rc != -EINVAL)
+        return rc;
     char *copy = malloc(n + 1);
     if (copy == NULL)
-        return json_string("");
+        return buf_json_string(out, "", 0);
     for (size_t i = 0; i < n; i++)
         copy[i] = (p[i] >= 0x20 && p[i] < 0x7f) || p[i] == '\n' || p[i] == '\t' ? p[i] : '?';
-    j = json_stringn(copy, n);
+    rc = buf_json_string(out, copy, n);
     free(copy);
-    return j ? j : json_string("");
+    return rc;
 }
 
-static json_t *side_json(const struct capture *cap)
+/* {"ms":..,"bytes":..,"status":..} or with "error" instead of "status". */
+static int side_json(struct buf *out, const struct capture *cap)
 {
-    json_t *j = json_pack("{s:f,s:I}", "ms", cap->ms, "bytes", (json_int_t)cap->bytes);
-    if (cap->error != NULL)
-        json_object_set_new(j, "error", json_string(cap->error));
-    else if (cap->parsed != NULL)
-        json_object_set_new(j, "status", json_integer(cap->parsed->status));
-    return j;
+    int rc = buf_puts(out, "{\"ms\":");
+    if (rc == 0)
+        rc = buf_json_real(out, cap->ms, DIVLOG_REAL_PRECISION);
+    if (rc == 0)
+        rc = buf_printf(out, ",\"bytes\":%lld", (long long)cap->bytes);
+    if (rc == 0 && cap->error != NULL) {
+        rc = buf_puts(out, ",\"error\":");
+        if (rc == 0)
+            rc = buf_json_string(out, cap->error, strlen(cap->error));
+    } else if (rc == 0 && cap->parsed != NULL) {
+        rc = buf_printf(out, ",\"status\":%d", cap->parsed->status);
+    }
+    return rc != 0 ? rc : buf_puts(out, "}");
 }
 
-static void compare_one(struct comparison *c, struct diff_header *hl, struct diff_result *res)
+/* Appends "name":"value" (with a leading comma unless first). */
+static int member_str(struct buf *out, const char *name, const char *value, bool first)
 {
+    int rc = buf_printf(out, "%s\"%s\":", first ? "" : ",", name);
+    return rc != 0 ? rc : buf_json_string(out, value, strlen(value));
+}
+
+/* One diff item, {"kind":..,"path":..,"legacy":..,"new":..}; a redacted header
+ * shows "[redacted]" on both sides, an absent side null. */
+static int diff_item_json(struct buf *out, const struct diff_item *it, bool redact)
+{
+    int rc = buf_puts(out, "{");
+    if (rc == 0)
+        rc = member_str(out, "kind", diff_kind_name(it->kind), true);
+    if (rc == 0)
+        rc = member_str(out, "path", it->path, false);
+    const json_t *sides[2] = {it->legacy, it->new_};
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        rc = buf_puts(out, i == 0 ? ",\"legacy\":" : ",\"new\":");
+        if (rc != 0)
+            break;
+        if (redact)
+            rc = buf_puts(out, "\"[redacted]\"");
+        else if (sides[i] == NULL)
+            rc = buf_puts(out, "null");
+        else
+            rc = buf_json_value(out, sides[i], DIVLOG_REAL_PRECISION);
+    }
+    return rc != 0 ? rc : buf_puts(out, "}");
+}
+
+/* The record line, SPEC's format: the members in this order, "truncated" only
+ * when set. Fails (-EINVAL) when a string is not UTF-8: no record then. */
+static int record_json(struct buf *out, const struct comparison *c, const struct capture *legacy,
+                       const struct capture *newc, const struct buf *diffs, const struct buf *noise,
+                       bool truncated)
+{
+    size_t bb = c->cfg->divlog_body_bytes;
+    int rc = buf_puts(out, "{");
+    if (rc == 0)
+        rc = member_str(out, "ts", c->ts, true);
+    if (rc == 0)
+        rc = member_str(out, "id", c->reqid, false);
+    if (rc == 0)
+        rc = member_str(out, "route", c->rt->name, false);
+    if (rc == 0)
+        rc = member_str(out, "method", c->method, false);
+    if (rc == 0)
+        rc = member_str(out, "target", c->target, false);
+    if (rc == 0)
+        rc = member_str(out, "primary", c->primary_is_new ? "new" : "legacy", false);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"legacy\":");
+    if (rc == 0)
+        rc = side_json(out, legacy);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"new\":");
+    if (rc == 0)
+        rc = side_json(out, newc);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"diffs\":[");
+    if (rc == 0 && diffs->len)
+        rc = buf_append(out, diffs->data, diffs->len);
+    if (rc == 0)
+        rc = buf_puts(out, "],\"noise\":[");
+    if (rc == 0 && noise->len)
+        rc = buf_append(out, noise->data, noise->len);
+    if (rc == 0)
+        rc = buf_puts(out, "],\"bodies\":{\"legacy\":");
+    if (rc == 0)
+        rc = text_excerpt(out, legacy->body.data, legacy->body.len, bb);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"new\":");
+    if (rc == 0)
+        rc = text_excerpt(out, newc->body.data, newc->body.len, bb);
+    if (rc == 0)
+        rc = buf_puts(out, truncated ? "},\"truncated\":true}" : "}}");
+    return rc;
+}
+
+static void compare_one(struct comparison *c, struct shadow_worker *sw)
+{
+    struct diff_header *hl = sw->hdrs;
+    struct diff_result *res = sw->res;
     const struct route_cfg *rt = c->rt;
     const struct capture *legacy = c->primary_is_new ? &c->shadow.cap : &c->primary;
     const struct capture *newc = c->primary_is_new ? &c->primary : &c->shadow.cap;
@@ -409,7 +502,14 @@ static void compare_one(struct comparison *c, struct diff_header *hl, struct dif
         to_diff_response(&c->twin->cap, &rt2, hl + 2 * HTTP_MAX_HEADERS);
         diff_responses(&rt->diff, &rl, &rt2, &res[1]);
     }
-    json_t *diffs = json_array(), *noise = json_array();
+    /* The record is written as text here, off the control thread, without a
+     * jansson tree: building one, dumping it and freeing it on another thread
+     * cost more than the diff itself. */
+    struct buf *diffs = &sw->diffs, *noise = &sw->noise, *stats = &sw->stats;
+    buf_reset(diffs);
+    buf_reset(noise);
+    buf_reset(stats);
+    size_t n_diffs = 0, n_noise_items = 0, n_stats = 0;
     uv_mutex_lock(&rs->noise_lock);
     if (rt->noise && rs->noise == NULL)
         rs->noise = noise_new(rt->noise_threshold);
@@ -421,44 +521,41 @@ static void compare_one(struct comparison *c, struct diff_header *hl, struct dif
             rs->noise != NULL &&
             (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&
             noise_is_noise(rs->noise, it->path);
+        struct buf *to = is_noise ? noise : diffs;
+        size_t mark = to->len;
+        bool first = is_noise ? n_noise_items == 0 : n_diffs == 0;
+        int rc = first ? 0 : buf_puts(to, ",");
         if (is_noise) {
-            json_array_append_new(noise, json_string(it->path));
             c->n_noise++;
+            if (rc == 0)
+                rc = buf_json_string(to, it->path, strlen(it->path));
+        } else {
+            c->kinds[it->kind]++;
+            bool redact =
+                it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
+            if (rc == 0)
+                rc = diff_item_json(to, it, redact);
+        }
+        /* An item that cannot be written (a path that is not UTF-8) is left
+         * out of the record and of the path statistics, as before. */
+        if (rc == 0)
+            rc = divrec_add_stat(stats, is_noise ? DIVREC_NOISE : (int)it->kind, it->path);
+        if (rc != 0) {
+            to->len = mark;
             continue;
         }
-        c->kinds[it->kind]++;
-        bool redact =
-            it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
-        /* Each value gets a reference of its own for the record ("o" takes it over). */
-        json_t *lv = redact       ? json_string("[redacted]")
-                     : it->legacy ? json_incref(it->legacy)
-                                  : json_null();
-        json_t *nv = redact     ? json_string("[redacted]")
-                     : it->new_ ? json_incref(it->new_)
-                                : json_null();
-        json_array_append_new(diffs,
-                              json_pack("{s:s,s:s,s:o,s:o}", "kind", diff_kind_name(it->kind),
-                                        "path", it->path, "legacy", lv, "new", nv));
+        n_stats++;
+        if (is_noise)
+            n_noise_items++;
+        else
+            n_diffs++;
     }
     uv_mutex_unlock(&rs->noise_lock);
-    c->divergent = json_array_size(diffs) > 0;
-    if (c->divergent || json_array_size(noise) > 0) {
-        json_t *rec =
-            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:b}", "ts", c->ts, "id", c->reqid,
-                      "route", rt->name, "method", c->method, "target", c->target, "primary",
-                      c->primary_is_new ? "new" : "legacy", "legacy", side_json(legacy), "new",
-                      side_json(newc), "diffs", diffs, "noise", noise, "divergent", c->divergent);
-        size_t bb = c->cfg->divlog_body_bytes;
-        json_object_set_new(rec, "bodies",
-                            json_pack("{s:o,s:o}", "legacy",
-                                      text_excerpt(legacy->body.data, legacy->body.len, bb), "new",
-                                      text_excerpt(newc->body.data, newc->body.len, bb)));
-        if (res[0].truncated)
-            json_object_set_new(rec, "truncated", json_true());
-        c->record = rec;
-    } else {
-        json_decref(diffs);
-        json_decref(noise);
+    c->divergent = n_diffs > 0;
+    if (c->divergent || n_noise_items > 0) {
+        buf_reset(&sw->line);
+        if (record_json(&sw->line, c, legacy, newc, diffs, noise, res[0].truncated) == 0)
+            c->record = divrec_new(rt->name, c->reqid, c->divergent, &sw->line, stats, n_stats);
     }
     diff_result_dispose(&res[0]);
     diff_result_dispose(&res[1]);
@@ -468,11 +565,11 @@ static void on_batch_work(uv_work_t *req)
 {
     struct shadow_worker *sw = req->data;
     for (struct comparison *c = sw->batch; c != NULL; c = c->next_job)
-        compare_one(c, sw->hdrs, sw->res);
+        compare_one(c, sw);
 }
 
 /* Reads one comparison's results back on the loop; a record goes to recs. */
-static void finish_one(struct comparison *c, int status, json_t **recs, size_t *n_recs)
+static void finish_one(struct comparison *c, int status, struct divrec **recs, size_t *n_recs)
 {
     struct worker *w = c->w;
     w->diff_jobs--;
@@ -506,6 +603,10 @@ static void shadow_worker_maybe_free(struct shadow_worker *sw)
 {
     if (sw->closing && sw->handle_closed && !sw->running && sw->queue == NULL) {
         sw->w->shadow = NULL;
+        buf_dispose(&sw->line);
+        buf_dispose(&sw->diffs);
+        buf_dispose(&sw->noise);
+        buf_dispose(&sw->stats);
         free(sw);
     }
 }
@@ -517,7 +618,7 @@ static void on_batch_done(uv_work_t *req, int status)
     struct comparison *c = sw->batch;
     sw->batch = NULL;
     sw->running = false;
-    json_t *recs[64];
+    struct divrec *recs[64];
     size_t n_recs = 0;
     while (c != NULL) {
         struct comparison *next = c->next_job;
