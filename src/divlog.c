@@ -15,6 +15,8 @@
  * default 4 KiB makes that one write() per batch rather than one per few
  * records. */
 #define DIVLOG_FILE_BUFFER (64 * 1024)
+/* How long the first record after a drain waits for others to join it. */
+#define DIVLOG_DRAIN_MS 20
 
 struct path_stat {
     struct path_stat *next;
@@ -28,7 +30,9 @@ struct path_stat {
 struct divlog {
     struct server *srv;
     uv_async_t async;
-    uv_mutex_t lock; /* guards the queue only; held for a push or a swap */
+    uv_timer_t timer; /* the deferred drain */
+    int open_handles; /* async and timer until both are closed */
+    uv_mutex_t lock;  /* guards the queue only; held for a push or a swap */
     struct divrec **queue;
     size_t qlen;
     unsigned long long dropped; /* under lock */
@@ -237,9 +241,27 @@ static void drain_queue(struct divlog *d)
         fflush(d->f);
 }
 
+static void on_drain_timer(uv_timer_t *t)
+{
+    drain_queue(t->data);
+}
+
+/* A worker handed over the first records after a drain, or filled half the
+ * queue. The first case waits DIVLOG_DRAIN_MS so that the records of many
+ * batches are written together: waking the control thread for each batch
+ * cost a context switch and several system calls per handful of records. */
 static void on_async(uv_async_t *a)
 {
-    drain_queue(a->data);
+    struct divlog *d = a->data;
+    uv_mutex_lock(&d->lock);
+    size_t n = d->qlen;
+    uv_mutex_unlock(&d->lock);
+    if (n >= DIVLOG_QUEUE_MAX / 2) {
+        uv_timer_stop(&d->timer);
+        drain_queue(d);
+    } else if (!uv_is_active((uv_handle_t *)&d->timer)) {
+        uv_timer_start(&d->timer, on_drain_timer, DIVLOG_DRAIN_MS, 0);
+    }
 }
 
 struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
@@ -256,13 +278,18 @@ struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
     uv_mutex_init(&d->lock);
     uv_async_init(loop, &d->async, on_async);
     d->async.data = d;
+    uv_timer_init(loop, &d->timer);
+    d->timer.data = d;
+    d->open_handles = 2;
     divlog_open(d);
     return d;
 }
 
-static void on_async_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     struct divlog *d = h->data;
+    if (--d->open_handles > 0)
+        return;
     for (size_t i = 0; i < DIVLOG_RECENT_MAX; i++)
         free(d->recent[i]);
     for (size_t b = 0; b < SUMMARY_BUCKETS; b++) {
@@ -289,20 +316,27 @@ void divlog_free(struct divlog *d)
     if (d->f != NULL)
         fclose(d->f);
     d->f = NULL;
-    uv_close((uv_handle_t *)&d->async, on_async_closed);
+    uv_close((uv_handle_t *)&d->async, on_handle_closed);
+    uv_close((uv_handle_t *)&d->timer, on_handle_closed);
 }
 
 void divlog_push_many(struct divlog *d, struct divrec **recs, size_t n)
 {
     size_t taken = 0;
     uv_mutex_lock(&d->lock);
+    size_t before = d->qlen;
     while (taken < n && d->qlen < DIVLOG_QUEUE_MAX)
         d->queue[d->qlen++] = recs[taken++];
     d->dropped += n - taken;
+    size_t after = d->qlen;
     uv_mutex_unlock(&d->lock);
     for (size_t i = taken; i < n; i++)
         free(recs[i]);
-    if (taken > 0)
+    /* Wake the control thread for the first records since a drain (it then
+     * drains after DIVLOG_DRAIN_MS) and when half the queue is used (it drains
+     * at once); in between it is already due to come. */
+    if (taken > 0 &&
+        (before == 0 || (before < DIVLOG_QUEUE_MAX / 2 && after >= DIVLOG_QUEUE_MAX / 2)))
         uv_async_send(&d->async);
 }
 
