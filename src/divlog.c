@@ -11,6 +11,12 @@
 
 #define SUMMARY_BUCKETS 1024
 #define SUMMARY_MAX     10000
+/* Lines are flushed once per drained batch; a larger stdio buffer than the
+ * default 4 KiB makes that one write() per batch rather than one per few
+ * records. */
+#define DIVLOG_FILE_BUFFER (64 * 1024)
+/* How long the first record after a drain waits for others to join it. */
+#define DIVLOG_DRAIN_MS 20
 
 struct path_stat {
     struct path_stat *next;
@@ -24,14 +30,16 @@ struct path_stat {
 struct divlog {
     struct server *srv;
     uv_async_t async;
-    uv_mutex_t lock; /* guards the queue only; held for a push or a swap */
-    json_t **queue;
+    uv_timer_t timer; /* the deferred drain */
+    int open_handles; /* async and timer until both are closed */
+    uv_mutex_t lock;  /* guards the queue only; held for a push or a swap */
+    struct divrec **queue;
     size_t qlen;
     unsigned long long dropped; /* under lock */
 
     FILE *f;
     long long size;
-    json_t *recent[DIVLOG_RECENT_MAX]; /* ring, control thread only */
+    struct divrec *recent[DIVLOG_RECENT_MAX]; /* ring, control thread only */
     size_t recent_next, recent_count;
     struct path_stat *buckets[SUMMARY_BUCKETS];
     size_t n_stats;
@@ -48,6 +56,7 @@ static void divlog_open(struct divlog *d)
                   strerror(errno));
         return;
     }
+    setvbuf(d->f, NULL, _IOFBF, DIVLOG_FILE_BUFFER);
     fseek(d->f, 0, SEEK_END);
     d->size = ftell(d->f);
 }
@@ -79,6 +88,8 @@ static void rotate(struct divlog *d)
     else
         d->f = fopen(cfg->divlog_path, "a");
     d->size = 0;
+    if (d->f != NULL)
+        setvbuf(d->f, NULL, _IOFBF, DIVLOG_FILE_BUFFER);
     if (d->f == NULL)
         log_error("divlog", "cannot reopen divergence log after rotation path=%s err=%s",
                   cfg->divlog_path, strerror(errno));
@@ -135,46 +146,70 @@ static void count_path(struct divlog *d, const char *route, const char *raw_path
     snprintf(ps->example_id, sizeof(ps->example_id), "%s", id);
 }
 
-static void handle(struct divlog *d, json_t *rec)
+int divrec_add_stat(struct buf *stats, int kind, const char *path)
 {
-    const char *route = json_string_value(json_object_get(rec, "route"));
-    const char *id = json_string_value(json_object_get(rec, "id"));
-    bool divergent = json_is_true(json_object_get(rec, "divergent"));
-    json_object_del(rec, "divergent");
-    if (route == NULL || id == NULL) {
-        json_decref(rec);
-        return;
+    unsigned char k = (unsigned char)kind;
+    size_t mark = stats->len;
+    int rc = buf_append(stats, &k, 1);
+    if (rc == 0)
+        rc = buf_append(stats, path, strlen(path) + 1);
+    if (rc != 0)
+        stats->len = mark;
+    return rc;
+}
+
+struct divrec *divrec_new(const char *route, const char *id, bool divergent, const struct buf *line,
+                          const struct buf *stats, size_t n_stats)
+{
+    size_t rlen = strlen(route);
+    size_t slen = n_stats ? stats->len : 0;
+    struct divrec *r = malloc(sizeof(*r) + rlen + 1 + line->len + 1 + slen);
+    if (r == NULL)
+        return NULL;
+    char *p = (char *)(r + 1);
+    r->divergent = divergent;
+    snprintf(r->id, sizeof(r->id), "%s", id);
+    memcpy(p, route, rlen + 1);
+    r->route = p;
+    p += rlen + 1;
+    if (line->len)
+        memcpy(p, line->data, line->len);
+    p[line->len] = '\0';
+    r->line = p;
+    r->line_len = line->len;
+    p += line->len + 1;
+    if (slen)
+        memcpy(p, stats->data, slen);
+    r->stats = p;
+    r->n_stats = n_stats;
+    return r;
+}
+
+static void handle(struct divlog *d, struct divrec *rec)
+{
+    const char *st = rec->stats;
+    for (size_t i = 0; i < rec->n_stats; i++) {
+        unsigned char k = (unsigned char)*st++;
+        const char *path = st;
+        st += strlen(st) + 1;
+        if (k == DIVREC_NOISE)
+            count_path(d, rec->route, path, "json", true, rec->id);
+        else if (k < DIFF_KINDS)
+            count_path(d, rec->route, k == DIFF_BODY ? "" : path, diff_kind_name((enum diff_kind)k),
+                       false, rec->id);
     }
-    size_t i;
-    json_t *v;
-    json_array_foreach(json_object_get(rec, "diffs"), i, v)
-    {
-        const char *p = json_string_value(json_object_get(v, "path"));
-        const char *k = json_string_value(json_object_get(v, "kind"));
-        if (p != NULL && k != NULL)
-            count_path(d, route, strcmp(k, "body") == 0 ? "" : p, k, false, id);
-    }
-    json_array_foreach(json_object_get(rec, "noise"), i, v)
-    {
-        if (json_is_string(v))
-            count_path(d, route, json_string_value(v), "json", true, id);
-    }
-    if (!divergent) {
-        json_decref(rec);
+    if (!rec->divergent) {
+        free(rec);
         return;
     }
     if (d->f != NULL) {
-        char *line = json_dumps(rec, JSON_COMPACT | JSON_REAL_PRECISION(10));
-        if (line != NULL) {
-            size_t len = strlen(line);
-            if (d->size > 0 && d->size + (long long)len + 1 > d->srv->cfg->divlog_max_bytes)
-                rotate(d);
-            if (d->f != NULL && fwrite(line, 1, len, d->f) == len && fputc('\n', d->f) != EOF)
-                d->size += (long long)len + 1;
-            free(line);
-        }
+        size_t len = rec->line_len;
+        if (d->size > 0 && d->size + (long long)len + 1 > d->srv->cfg->divlog_max_bytes)
+            rotate(d);
+        if (d->f != NULL && fwrite(rec->line, 1, len, d->f) == len && fputc('\n', d->f) != EOF)
+            d->size += (long long)len + 1;
     }
-    json_decref(d->recent[d->recent_next]);
+    free(d->recent[d->recent_next]);
     d->recent[d->recent_next] = rec;
     d->recent_next = (d->recent_next + 1) % DIVLOG_RECENT_MAX;
     if (d->recent_count < DIVLOG_RECENT_MAX)
@@ -185,9 +220,9 @@ static void drain_queue(struct divlog *d)
 {
     for (;;) {
         uv_mutex_lock(&d->lock);
-        json_t **batch = d->queue;
+        struct divrec **batch = d->queue;
         size_t n = d->qlen;
-        d->queue = n ? calloc(DIVLOG_QUEUE_MAX, sizeof(json_t *)) : d->queue;
+        d->queue = n ? calloc(DIVLOG_QUEUE_MAX, sizeof(*d->queue)) : d->queue;
         if (n && d->queue == NULL) {
             d->queue = batch; /* keep the old array; try later */
             uv_mutex_unlock(&d->lock);
@@ -206,9 +241,27 @@ static void drain_queue(struct divlog *d)
         fflush(d->f);
 }
 
+static void on_drain_timer(uv_timer_t *t)
+{
+    drain_queue(t->data);
+}
+
+/* A worker handed over the first records after a drain, or filled half the
+ * queue. The first case waits DIVLOG_DRAIN_MS so that the records of many
+ * batches are written together: waking the control thread for each batch
+ * cost a context switch and several system calls per handful of records. */
 static void on_async(uv_async_t *a)
 {
-    drain_queue(a->data);
+    struct divlog *d = a->data;
+    uv_mutex_lock(&d->lock);
+    size_t n = d->qlen;
+    uv_mutex_unlock(&d->lock);
+    if (n >= DIVLOG_QUEUE_MAX / 2) {
+        uv_timer_stop(&d->timer);
+        drain_queue(d);
+    } else if (!uv_is_active((uv_handle_t *)&d->timer)) {
+        uv_timer_start(&d->timer, on_drain_timer, DIVLOG_DRAIN_MS, 0);
+    }
 }
 
 struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
@@ -216,7 +269,7 @@ struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
     struct divlog *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return NULL;
-    d->queue = calloc(DIVLOG_QUEUE_MAX, sizeof(json_t *));
+    d->queue = calloc(DIVLOG_QUEUE_MAX, sizeof(*d->queue));
     if (d->queue == NULL) {
         free(d);
         return NULL;
@@ -225,15 +278,20 @@ struct divlog *divlog_new(struct server *srv, uv_loop_t *loop)
     uv_mutex_init(&d->lock);
     uv_async_init(loop, &d->async, on_async);
     d->async.data = d;
+    uv_timer_init(loop, &d->timer);
+    d->timer.data = d;
+    d->open_handles = 2;
     divlog_open(d);
     return d;
 }
 
-static void on_async_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     struct divlog *d = h->data;
+    if (--d->open_handles > 0)
+        return;
     for (size_t i = 0; i < DIVLOG_RECENT_MAX; i++)
-        json_decref(d->recent[i]);
+        free(d->recent[i]);
     for (size_t b = 0; b < SUMMARY_BUCKETS; b++) {
         struct path_stat *ps = d->buckets[b];
         while (ps != NULL) {
@@ -258,21 +316,28 @@ void divlog_free(struct divlog *d)
     if (d->f != NULL)
         fclose(d->f);
     d->f = NULL;
-    uv_close((uv_handle_t *)&d->async, on_async_closed);
+    uv_close((uv_handle_t *)&d->async, on_handle_closed);
+    uv_close((uv_handle_t *)&d->timer, on_handle_closed);
 }
 
-void divlog_push(struct divlog *d, json_t *rec)
+void divlog_push_many(struct divlog *d, struct divrec **recs, size_t n)
 {
+    size_t taken = 0;
     uv_mutex_lock(&d->lock);
-    if (d->qlen == DIVLOG_QUEUE_MAX) {
-        d->dropped++;
-        uv_mutex_unlock(&d->lock);
-        json_decref(rec);
-        return;
-    }
-    d->queue[d->qlen++] = rec;
+    size_t before = d->qlen;
+    while (taken < n && d->qlen < DIVLOG_QUEUE_MAX)
+        d->queue[d->qlen++] = recs[taken++];
+    d->dropped += n - taken;
+    size_t after = d->qlen;
     uv_mutex_unlock(&d->lock);
-    uv_async_send(&d->async);
+    for (size_t i = taken; i < n; i++)
+        free(recs[i]);
+    /* Wake the control thread for the first records since a drain (it then
+     * drains after DIVLOG_DRAIN_MS) and when half the queue is used (it drains
+     * at once); in between it is already due to come. */
+    if (taken > 0 &&
+        (before == 0 || (before < DIVLOG_QUEUE_MAX / 2 && after >= DIVLOG_QUEUE_MAX / 2)))
+        uv_async_send(&d->async);
 }
 
 unsigned long long divlog_dropped(const struct divlog *d)
@@ -289,10 +354,14 @@ json_t *divlog_recent(struct divlog *d, const char *route, int limit)
     json_t *out = json_array();
     for (size_t i = 0; i < d->recent_count && (int)json_array_size(out) < limit; i++) {
         size_t idx = (d->recent_next + DIVLOG_RECENT_MAX - 1 - i) % DIVLOG_RECENT_MAX;
-        json_t *rec = d->recent[idx];
-        const char *r = json_string_value(json_object_get(rec, "route"));
-        if (route == NULL || (r != NULL && strcmp(r, route) == 0))
-            json_array_append(out, rec);
+        const struct divrec *rec = d->recent[idx];
+        if (route != NULL && strcmp(rec->route, route) != 0)
+            continue;
+        /* The ring keeps the lines as written; the admin API is rare enough
+         * to read them back here rather than keep a tree per record. */
+        json_t *j = json_loadb(rec->line, rec->line_len, JSON_ALLOW_NUL, NULL);
+        if (j != NULL)
+            json_array_append_new(out, j);
     }
     return json_pack("{s:o}", "divergences", out);
 }

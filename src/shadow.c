@@ -8,6 +8,7 @@
 #include "ficus/state.h"
 #include "ficus/upstream.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +16,11 @@
 
 /* One response as captured for comparison. */
 struct capture {
-    const char *error; /* NULL, or why this side has no response */
-    struct buf head;   /* raw head bytes */
-    struct http_head *parsed;
-    struct buf body; /* decoded body, capped */
+    const char *error;          /* NULL, or why this side has no response */
+    struct buf head;            /* raw head bytes */
+    struct http_head *parsed;   /* NULL, or head_mem once the head is parsed */
+    struct http_head *head_mem; /* storage for parsed, kept when recycled */
+    struct buf body;            /* decoded body, capped */
     bool over_cap;
     bool done;
     double ms;
@@ -52,9 +54,10 @@ struct comparison {
     bool primary_is_new;
     bool is_head;
     char reqid[64];
-    char *method;
+    char *method; /* both in text */
     char *target;
-    char ts[64];
+    struct buf text;
+    struct timespec ts; /* wall clock at the start, for the record */
     uint64_t t0;
 
     struct buf req_head;
@@ -70,13 +73,42 @@ struct comparison {
     bool aborted;       /* nothing is compared */
     bool queued;
 
-    uv_work_t work;
+    struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
-    json_t *record;
+    struct divrec *record; /* NULL, or the record for the control thread */
     bool skipped;
     bool divergent;
     unsigned long long kinds[DIFF_KINDS];
     unsigned long long n_noise;
+};
+
+/* A worker's diff batches. Comparisons that become ready during a loop turn
+ * wait in a queue; at most one batch per worker is on the threadpool, and it
+ * takes the whole queue: one threadpool hand-off (a mutex, a condition
+ * signal, a thread wake-up and an eventfd write back) serves every comparison
+ * of the batch instead of each one. Under load the batches grow by themselves
+ * while the previous one runs. */
+struct shadow_worker {
+    struct worker *w;
+    uv_idle_t idle; /* submits the queue at the end of a loop turn when no batch runs */
+    bool idle_active;
+    bool closing; /* shadow_abort_all ran: no more loop turns to wait for */
+    bool handle_closed;
+    bool running; /* a batch is on the threadpool */
+    uv_work_t work;
+    struct comparison *queue, **queue_tail; /* ready, not yet in a batch */
+    struct comparison *batch;               /* the batch on the threadpool */
+    /* Scratch for the batch, used by one threadpool thread at a time. */
+    struct diff_header hdrs[HTTP_MAX_HEADERS * 3];
+    struct diff_result res[2];
+    struct buf line, diffs, noise, stats; /* record text, kept between batches */
+    char ts_prefix[64];                   /* "YYYY-MM-DDTHH:MM:SS" of ts_sec */
+    time_t ts_sec;
+    /* Finished comparisons kept with their buffers and head storage for the
+     * next ones: their allocations (two 4 KiB heads among a dozen) were a
+     * tenth of the worker's time in a 100 % shadow run. */
+    struct comparison *free_list;
+    int n_free;
 };
 
 static void maybe_compare(struct comparison *c);
@@ -87,8 +119,54 @@ static void capture_dispose(struct capture *cap)
 {
     buf_dispose(&cap->head);
     buf_dispose(&cap->body);
-    free(cap->parsed);
+    free(cap->head_mem);
 }
+
+static void comparison_dispose(struct comparison *c)
+{
+    capture_dispose(&c->primary);
+    capture_dispose(&c->shadow.cap);
+    buf_dispose(&c->req_body);
+    buf_dispose(&c->text);
+    free(c);
+}
+
+/* Empties a buffer for reuse with a new cap; a large one is freed instead, so
+ * that a kept comparison holds little memory. */
+static void buf_recycle(struct buf *b, size_t max)
+{
+    if (b->cap > SHADOW_KEEP_BYTES)
+        buf_dispose(b);
+    b->len = 0;
+    b->max = max;
+}
+
+/* A comparison from the worker's free list, or a new one; zeroed but for the
+ * kept storage. */
+static struct comparison *comparison_get(struct worker *w)
+{
+    struct shadow_worker *sw = w->shadow;
+    if (sw == NULL || sw->free_list == NULL)
+        return calloc(1, sizeof(struct comparison));
+    struct comparison *c = sw->free_list;
+    sw->free_list = c->next;
+    sw->n_free--;
+    struct buf ph = c->primary.head, pb = c->primary.body, sh = c->shadow.cap.head,
+               sb = c->shadow.cap.body, rb = c->req_body, tx = c->text;
+    struct http_head *pm = c->primary.head_mem, *sm = c->shadow.cap.head_mem;
+    memset(c, 0, sizeof(*c));
+    c->primary.head = ph;
+    c->primary.body = pb;
+    c->primary.head_mem = pm;
+    c->shadow.cap.head = sh;
+    c->shadow.cap.body = sb;
+    c->shadow.cap.head_mem = sm;
+    c->req_body = rb;
+    c->text = tx;
+    return c;
+}
+
+static struct shadow_worker *shadow_worker_get(struct worker *w);
 
 static void comparison_free(struct comparison *c)
 {
@@ -99,20 +177,28 @@ static void comparison_free(struct comparison *c)
         w->comparisons = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    capture_dispose(&c->primary);
-    capture_dispose(&c->shadow.cap);
     if (c->twin != NULL) {
         capture_dispose(&c->twin->cap);
         free(c->twin);
     }
-    buf_dispose(&c->req_head);
-    buf_dispose(&c->req_body);
-    json_decref(c->record);
-    free(c->method);
-    free(c->target);
+    buf_dispose(&c->req_head); /* the exchange's, handed over */
+    free(c->record);
     pool_set_unref(c->ps);
     config_unref(c->cfg);
-    free(c);
+    struct shadow_worker *sw = w->shadow;
+    if (sw == NULL || sw->closing || sw->n_free >= SHADOW_KEEP_FREE) {
+        comparison_dispose(c);
+        return;
+    }
+    buf_recycle(&c->primary.head, 0);
+    buf_recycle(&c->primary.body, 0);
+    buf_recycle(&c->shadow.cap.head, 0);
+    buf_recycle(&c->shadow.cap.body, 0);
+    buf_recycle(&c->req_body, 0);
+    buf_recycle(&c->text, 0);
+    c->next = sw->free_list;
+    sw->free_list = c;
+    sw->n_free++;
 }
 
 void shadow_release(struct comparison *c)
@@ -184,15 +270,16 @@ static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t l
         }
         off += p->scan.pos - before;
         p->cap.head.len = p->scan.pos;
-        if (p->cap.parsed == NULL && (p->cap.parsed = malloc(sizeof(struct http_head))) == NULL) {
+        if (p->cap.head_mem == NULL &&
+            (p->cap.head_mem = malloc(sizeof(struct http_head))) == NULL) {
             probe_finish(p, "invalid_response", false);
             return;
         }
-        if (http1_parse_head(p->cap.parsed, p->cap.head.data, p->cap.head.len, false) != 0) {
+        if (http1_parse_head(p->cap.head_mem, p->cap.head.data, p->cap.head.len, false) != 0) {
             probe_finish(p, "invalid_response", false);
             return;
         }
-        struct http_head *h = p->cap.parsed;
+        struct http_head *h = p->cap.parsed = p->cap.head_mem;
         if (h->status < 200) {
             buf_reset(&p->cap.head);
             memset(&p->scan, 0, sizeof(p->scan));
@@ -337,38 +424,143 @@ static void to_diff_response(const struct capture *cap, struct diff_response *ou
     out->body_len = cap->body.len;
 }
 
-/* A JSON string of at most max bytes of p, with bytes that are not UTF-8 text
- * replaced so that jansson accepts it. */
-static json_t *text_excerpt(const char *p, size_t n, size_t max)
+/* Appends a JSON string of at most max bytes of p; when those bytes are not
+ * UTF-8 text, every byte that is not printable ASCII, newline or tab is
+ * written as '?' (what jansson accepts). */
+static int text_excerpt(struct buf *out, const char *p, size_t n, size_t max)
 {
     if (n > max)
         n = max;
-    json_t *j = json_stringn(p ? p : "", n);
-    if (j != NULL)
-        return j;
+    int rc = buf_json_string(out, p, n);
+    if (rc != -EINVAL)
+        return rc;
     char *copy = malloc(n + 1);
     if (copy == NULL)
-        return json_string("");
+        return buf_json_string(out, "", 0);
     for (size_t i = 0; i < n; i++)
         copy[i] = (p[i] >= 0x20 && p[i] < 0x7f) || p[i] == '\n' || p[i] == '\t' ? p[i] : '?';
-    j = json_stringn(copy, n);
+    rc = buf_json_string(out, copy, n);
     free(copy);
-    return j ? j : json_string("");
+    return rc;
 }
 
-static json_t *side_json(const struct capture *cap)
+/* {"ms":..,"bytes":..,"status":..} or with "error" instead of "status". */
+static int side_json(struct buf *out, const struct capture *cap)
 {
-    json_t *j = json_pack("{s:f,s:I}", "ms", cap->ms, "bytes", (json_int_t)cap->bytes);
-    if (cap->error != NULL)
-        json_object_set_new(j, "error", json_string(cap->error));
-    else if (cap->parsed != NULL)
-        json_object_set_new(j, "status", json_integer(cap->parsed->status));
-    return j;
+    int rc = buf_puts(out, "{\"ms\":");
+    if (rc == 0)
+        rc = buf_json_real(out, cap->ms, DIVLOG_REAL_PRECISION);
+    if (rc == 0)
+        rc = buf_printf(out, ",\"bytes\":%lld", (long long)cap->bytes);
+    if (rc == 0 && cap->error != NULL) {
+        rc = buf_puts(out, ",\"error\":");
+        if (rc == 0)
+            rc = buf_json_string(out, cap->error, strlen(cap->error));
+    } else if (rc == 0 && cap->parsed != NULL) {
+        rc = buf_printf(out, ",\"status\":%d", cap->parsed->status);
+    }
+    return rc != 0 ? rc : buf_puts(out, "}");
 }
 
-static void on_work(uv_work_t *req)
+/* "2026-11-22T10:00:00.123Z": UTC, milliseconds. The part up to the seconds
+ * is formatted once a second per worker. */
+static void format_ts(struct shadow_worker *sw, const struct timespec *t, char *out, size_t size)
 {
-    struct comparison *c = req->data;
+    if (sw->ts_prefix[0] == '\0' || sw->ts_sec != t->tv_sec) {
+        struct tm tm;
+        gmtime_r(&t->tv_sec, &tm);
+        snprintf(sw->ts_prefix, sizeof(sw->ts_prefix), "%04d-%02d-%02dT%02d:%02d:%02d",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        sw->ts_sec = t->tv_sec;
+    }
+    long ms = t->tv_nsec / 1000000;
+    snprintf(out, size, "%s.%03ldZ", sw->ts_prefix, ms);
+}
+
+/* Appends "name":"value" (with a leading comma unless first). */
+static int member_str(struct buf *out, const char *name, const char *value, bool first)
+{
+    int rc = buf_printf(out, "%s\"%s\":", first ? "" : ",", name);
+    return rc != 0 ? rc : buf_json_string(out, value, strlen(value));
+}
+
+/* One diff item, {"kind":..,"path":..,"legacy":..,"new":..}; a redacted header
+ * shows "[redacted]" on both sides, an absent side null. */
+static int diff_item_json(struct buf *out, const struct diff_item *it, bool redact)
+{
+    int rc = buf_puts(out, "{");
+    if (rc == 0)
+        rc = member_str(out, "kind", diff_kind_name(it->kind), true);
+    if (rc == 0)
+        rc = member_str(out, "path", it->path, false);
+    const json_t *sides[2] = {it->legacy, it->new_};
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        rc = buf_puts(out, i == 0 ? ",\"legacy\":" : ",\"new\":");
+        if (rc != 0)
+            break;
+        if (redact)
+            rc = buf_puts(out, "\"[redacted]\"");
+        else if (sides[i] == NULL)
+            rc = buf_puts(out, "null");
+        else
+            rc = buf_json_value(out, sides[i], DIVLOG_REAL_PRECISION);
+    }
+    return rc != 0 ? rc : buf_puts(out, "}");
+}
+
+/* The record line, SPEC's format: the members in this order, "truncated" only
+ * when set. Fails (-EINVAL) when a string is not UTF-8: no record then. */
+static int record_json(struct buf *out, const struct comparison *c, const char *ts,
+                       const struct capture *legacy, const struct capture *newc,
+                       const struct buf *diffs, const struct buf *noise, bool truncated)
+{
+    size_t bb = c->cfg->divlog_body_bytes;
+    int rc = buf_puts(out, "{");
+    if (rc == 0)
+        rc = member_str(out, "ts", ts, true);
+    if (rc == 0)
+        rc = member_str(out, "id", c->reqid, false);
+    if (rc == 0)
+        rc = member_str(out, "route", c->rt->name, false);
+    if (rc == 0)
+        rc = member_str(out, "method", c->method, false);
+    if (rc == 0)
+        rc = member_str(out, "target", c->target, false);
+    if (rc == 0)
+        rc = member_str(out, "primary", c->primary_is_new ? "new" : "legacy", false);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"legacy\":");
+    if (rc == 0)
+        rc = side_json(out, legacy);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"new\":");
+    if (rc == 0)
+        rc = side_json(out, newc);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"diffs\":[");
+    if (rc == 0 && diffs->len)
+        rc = buf_append(out, diffs->data, diffs->len);
+    if (rc == 0)
+        rc = buf_puts(out, "],\"noise\":[");
+    if (rc == 0 && noise->len)
+        rc = buf_append(out, noise->data, noise->len);
+    if (rc == 0)
+        rc = buf_puts(out, "],\"bodies\":{\"legacy\":");
+    if (rc == 0)
+        rc = text_excerpt(out, legacy->body.data, legacy->body.len, bb);
+    if (rc == 0)
+        rc = buf_puts(out, ",\"new\":");
+    if (rc == 0)
+        rc = text_excerpt(out, newc->body.data, newc->body.len, bb);
+    if (rc == 0)
+        rc = buf_puts(out, truncated ? "},\"truncated\":true}" : "}}");
+    return rc;
+}
+
+static void compare_one(struct comparison *c, struct shadow_worker *sw)
+{
+    struct diff_header *hl = sw->hdrs;
+    struct diff_result *res = sw->res;
     const struct route_cfg *rt = c->rt;
     const struct capture *legacy = c->primary_is_new ? &c->shadow.cap : &c->primary;
     const struct capture *newc = c->primary_is_new ? &c->primary : &c->shadow.cap;
@@ -376,14 +568,7 @@ static void on_work(uv_work_t *req)
         c->skipped = true;
         return;
     }
-    struct diff_header *hl = calloc(HTTP_MAX_HEADERS * 3, sizeof(*hl));
-    struct diff_result *res = calloc(2, sizeof(*res));
-    if (hl == NULL || res == NULL) {
-        free(hl);
-        free(res);
-        c->skipped = true;
-        return;
-    }
+    memset(res, 0, 2 * sizeof(*res));
     struct diff_response rl, rn, rt2;
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
@@ -396,7 +581,14 @@ static void on_work(uv_work_t *req)
         to_diff_response(&c->twin->cap, &rt2, hl + 2 * HTTP_MAX_HEADERS);
         diff_responses(&rt->diff, &rl, &rt2, &res[1]);
     }
-    json_t *diffs = json_array(), *noise = json_array();
+    /* The record is written as text here, off the control thread, without a
+     * jansson tree: building one, dumping it and freeing it on another thread
+     * cost more than the diff itself. */
+    struct buf *diffs = &sw->diffs, *noise = &sw->noise, *stats = &sw->stats;
+    buf_reset(diffs);
+    buf_reset(noise);
+    buf_reset(stats);
+    size_t n_diffs = 0, n_noise_items = 0, n_stats = 0;
     uv_mutex_lock(&rs->noise_lock);
     if (rt->noise && rs->noise == NULL)
         rs->noise = noise_new(rt->noise_threshold);
@@ -408,79 +600,187 @@ static void on_work(uv_work_t *req)
             rs->noise != NULL &&
             (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&
             noise_is_noise(rs->noise, it->path);
+        struct buf *to = is_noise ? noise : diffs;
+        size_t mark = to->len;
+        bool first = is_noise ? n_noise_items == 0 : n_diffs == 0;
+        int rc = first ? 0 : buf_puts(to, ",");
         if (is_noise) {
-            json_array_append_new(noise, json_string(it->path));
             c->n_noise++;
+            if (rc == 0)
+                rc = buf_json_string(to, it->path, strlen(it->path));
+        } else {
+            c->kinds[it->kind]++;
+            bool redact =
+                it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
+            if (rc == 0)
+                rc = diff_item_json(to, it, redact);
+        }
+        /* An item that cannot be written (a path that is not UTF-8) is left
+         * out of the record and of the path statistics, as before. */
+        if (rc == 0)
+            rc = divrec_add_stat(stats, is_noise ? DIVREC_NOISE : (int)it->kind, it->path);
+        if (rc != 0) {
+            to->len = mark;
             continue;
         }
-        c->kinds[it->kind]++;
-        bool redact =
-            it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
-        /* Each value gets a reference of its own for the record ("o" takes it over). */
-        json_t *lv = redact       ? json_string("[redacted]")
-                     : it->legacy ? json_incref(it->legacy)
-                                  : json_null();
-        json_t *nv = redact     ? json_string("[redacted]")
-                     : it->new_ ? json_incref(it->new_)
-                                : json_null();
-        json_array_append_new(diffs,
-                              json_pack("{s:s,s:s,s:o,s:o}", "kind", diff_kind_name(it->kind),
-                                        "path", it->path, "legacy", lv, "new", nv));
+        n_stats++;
+        if (is_noise)
+            n_noise_items++;
+        else
+            n_diffs++;
     }
     uv_mutex_unlock(&rs->noise_lock);
-    c->divergent = json_array_size(diffs) > 0;
-    if (c->divergent || json_array_size(noise) > 0) {
-        json_t *rec =
-            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:b}", "ts", c->ts, "id", c->reqid,
-                      "route", rt->name, "method", c->method, "target", c->target, "primary",
-                      c->primary_is_new ? "new" : "legacy", "legacy", side_json(legacy), "new",
-                      side_json(newc), "diffs", diffs, "noise", noise, "divergent", c->divergent);
-        size_t bb = c->cfg->divlog_body_bytes;
-        json_object_set_new(rec, "bodies",
-                            json_pack("{s:o,s:o}", "legacy",
-                                      text_excerpt(legacy->body.data, legacy->body.len, bb), "new",
-                                      text_excerpt(newc->body.data, newc->body.len, bb)));
-        if (res[0].truncated)
-            json_object_set_new(rec, "truncated", json_true());
-        c->record = rec;
-    } else {
-        json_decref(diffs);
-        json_decref(noise);
+    c->divergent = n_diffs > 0;
+    if (c->divergent || n_noise_items > 0) {
+        buf_reset(&sw->line);
+        char ts[96];
+        format_ts(sw, &c->ts, ts, sizeof(ts));
+        if (record_json(&sw->line, c, ts, legacy, newc, diffs, noise, res[0].truncated) == 0)
+            c->record = divrec_new(rt->name, c->reqid, c->divergent, &sw->line, stats, n_stats);
     }
     diff_result_dispose(&res[0]);
     diff_result_dispose(&res[1]);
-    free(res);
-    free(hl);
 }
 
-static void on_work_done(uv_work_t *req, int status)
+static void on_batch_work(uv_work_t *req)
 {
-    struct comparison *c = req->data;
+    struct shadow_worker *sw = req->data;
+    for (struct comparison *c = sw->batch; c != NULL; c = c->next_job)
+        compare_one(c, sw);
+}
+
+/* Reads one comparison's results back on the loop; a record goes to recs. */
+static void finish_one(struct comparison *c, int status, struct divrec **recs, size_t *n_recs)
+{
     struct worker *w = c->w;
     w->diff_jobs--;
     struct route_counters *rc = &c->rs->counters[w->id];
     if (status != 0 || c->skipped) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
-    } else {
-        const char *err = c->shadow.cap.error;
-        count_outcome(c, err == NULL                   ? SHADOW_COMPARED
-                         : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
-                                                       : SHADOW_ERROR);
-        counter_add(&rc->comparisons, 1);
-        for (int k = 0; k < DIFF_KINDS; k++) {
-            if (c->kinds[k])
-                counter_add(&rc->divergences[k], c->kinds[k]);
+        return;
+    }
+    const char *err = c->shadow.cap.error;
+    count_outcome(c, err == NULL                   ? SHADOW_COMPARED
+                     : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
+                                                   : SHADOW_ERROR);
+    counter_add(&rc->comparisons, 1);
+    for (int k = 0; k < DIFF_KINDS; k++) {
+        if (c->kinds[k])
+            counter_add(&rc->divergences[k], c->kinds[k]);
+    }
+    if (c->divergent)
+        counter_add(&rc->divergent, 1);
+    if (c->n_noise)
+        counter_add(&rc->noise, c->n_noise);
+    if (c->record != NULL && w->srv->divlog != NULL) {
+        recs[(*n_recs)++] = c->record;
+        c->record = NULL;
+    }
+}
+
+static void submit_batch(struct shadow_worker *sw);
+
+static void shadow_worker_maybe_free(struct shadow_worker *sw)
+{
+    if (sw->closing && sw->handle_closed && !sw->running && sw->queue == NULL) {
+        sw->w->shadow = NULL;
+        buf_dispose(&sw->line);
+        buf_dispose(&sw->diffs);
+        buf_dispose(&sw->noise);
+        buf_dispose(&sw->stats);
+        while (sw->free_list != NULL) {
+            struct comparison *c = sw->free_list;
+            sw->free_list = c->next;
+            comparison_dispose(c);
         }
-        if (c->divergent)
-            counter_add(&rc->divergent, 1);
-        if (c->n_noise)
-            counter_add(&rc->noise, c->n_noise);
-        if (c->record != NULL && w->srv->divlog != NULL) {
-            divlog_push(w->srv->divlog, c->record);
-            c->record = NULL;
+        free(sw);
+    }
+}
+
+static void on_batch_done(uv_work_t *req, int status)
+{
+    struct shadow_worker *sw = req->data;
+    struct worker *w = sw->w;
+    struct comparison *c = sw->batch;
+    sw->batch = NULL;
+    sw->running = false;
+    struct divrec *recs[64];
+    size_t n_recs = 0;
+    while (c != NULL) {
+        struct comparison *next = c->next_job;
+        c->next_job = NULL;
+        finish_one(c, status, recs, &n_recs);
+        if (n_recs == sizeof(recs) / sizeof(recs[0])) {
+            divlog_push_many(w->srv->divlog, recs, n_recs);
+            n_recs = 0;
+        }
+        shadow_release(c);
+        c = next;
+    }
+    if (n_recs > 0)
+        divlog_push_many(w->srv->divlog, recs, n_recs);
+    /* What became ready while this batch ran goes now: this callback runs late
+     * in the loop turn already. */
+    if (sw->queue != NULL)
+        submit_batch(sw);
+    shadow_worker_maybe_free(sw);
+}
+
+static void submit_batch(struct shadow_worker *sw)
+{
+    if (sw->running || sw->queue == NULL)
+        return;
+    sw->batch = sw->queue;
+    sw->queue = NULL;
+    sw->queue_tail = &sw->queue;
+    sw->running = true;
+    sw->work.data = sw;
+    if (uv_queue_work(&sw->w->loop, &sw->work, on_batch_work, on_batch_done) != 0) {
+        /* Only an invalid argument fails here; count the batch as skipped. */
+        sw->running = false;
+        struct comparison *c = sw->batch;
+        sw->batch = NULL;
+        while (c != NULL) {
+            struct comparison *next = c->next_job;
+            c->next_job = NULL;
+            sw->w->diff_jobs--;
+            count_outcome(c, SHADOW_SKIPPED_QUEUE);
+            shadow_release(c);
+            c = next;
         }
     }
-    shadow_release(c);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    struct shadow_worker *sw = h->data;
+    uv_idle_stop(h);
+    sw->idle_active = false;
+    submit_batch(sw);
+}
+
+static void on_idle_closed(uv_handle_t *h)
+{
+    struct shadow_worker *sw = h->data;
+    sw->handle_closed = true;
+    shadow_worker_maybe_free(sw);
+}
+
+static struct shadow_worker *shadow_worker_get(struct worker *w)
+{
+    if (w->shadow != NULL)
+        return w->shadow;
+    if (w->stopped)
+        return NULL; /* its loop is closing handles: no new one */
+    struct shadow_worker *sw = calloc(1, sizeof(*sw));
+    if (sw == NULL)
+        return NULL;
+    sw->w = w;
+    sw->queue_tail = &sw->queue;
+    uv_idle_init(&w->loop, &sw->idle);
+    sw->idle.data = sw;
+    w->shadow = sw;
+    return sw;
 }
 
 static void maybe_compare(struct comparison *c)
@@ -490,17 +790,24 @@ static void maybe_compare(struct comparison *c)
     c->queued = true;
     if (c->aborted)
         return;
-    if (c->w->diff_jobs >= SHADOW_MAX_JOBS) {
+    struct worker *w = c->w;
+    struct shadow_worker *sw = shadow_worker_get(w);
+    if (w->diff_jobs >= SHADOW_MAX_JOBS || sw == NULL) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
         return;
     }
     c->refs++;
-    c->w->diff_jobs++;
-    c->work.data = c;
-    if (uv_queue_work(&c->w->loop, &c->work, on_work, on_work_done) != 0) {
-        c->w->diff_jobs--;
-        count_outcome(c, SHADOW_SKIPPED_QUEUE);
-        shadow_release(c);
+    w->diff_jobs++;
+    c->next_job = NULL;
+    *sw->queue_tail = c;
+    sw->queue_tail = &c->next_job;
+    if (sw->running)
+        return; /* the running batch's completion submits the queue */
+    if (sw->closing) {
+        submit_batch(sw);
+    } else if (!sw->idle_active) {
+        sw->idle_active = true;
+        uv_idle_start(&sw->idle, on_idle);
     }
 }
 
@@ -531,7 +838,7 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         buf_dispose(head);
         return NULL;
     }
-    struct comparison *c = calloc(1, sizeof(*c));
+    struct comparison *c = comparison_get(w);
     if (c == NULL) {
         atomic_fetch_sub_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
         buf_dispose(head);
@@ -548,20 +855,20 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
     c->is_head = req->is_head;
     c->t0 = io_now_us();
     snprintf(c->reqid, sizeof(c->reqid), "%s", reqid);
-    c->method = strndup(req->method.p, req->method.len);
-    c->target = strndup(req->target.p, req->target.len > 4096 ? 4096 : req->target.len);
-    struct timespec now;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    snprintf(c->ts, sizeof(c->ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
+    /* "method\0target\0" in one buffer; the pointers are set once it is whole. */
+    size_t tlen = req->target.len > 4096 ? 4096 : req->target.len;
+    if (buf_append(&c->text, req->method.p, req->method.len) == 0 &&
+        buf_append(&c->text, "", 1) == 0 && buf_append(&c->text, req->target.p, tlen) == 0) {
+        c->method = c->text.data;
+        c->target = c->text.data + req->method.len + 1;
+    }
+    clock_gettime(CLOCK_REALTIME, &c->ts); /* formatted off the loop, for a record only */
     c->req_head = *head;
     buf_init(head, 0);
     c->chunked_body = content_length == -1;
-    buf_init(&c->req_body, rt->shadow_max_body_bytes);
-    buf_init(&c->primary.body, SHADOW_CAPTURE_MAX);
-    buf_init(&c->shadow.cap.body, SHADOW_CAPTURE_MAX);
+    c->req_body.max = rt->shadow_max_body_bytes;
+    c->primary.body.max = SHADOW_CAPTURE_MAX;
+    c->shadow.cap.body.max = SHADOW_CAPTURE_MAX;
     c->shadow.c = c;
     c->shadow.is_shadow = true;
     c->shadow.backend = primary_is_new ? rt->legacy : rt->new_;
@@ -621,12 +928,11 @@ void shadow_primary_head(struct comparison *c, const char *head, size_t len)
         return;
     if (buf_append(&c->primary.head, head, len) != 0)
         return;
-    c->primary.parsed = malloc(sizeof(struct http_head));
-    if (c->primary.parsed != NULL && http1_parse_head(c->primary.parsed, c->primary.head.data,
-                                                      c->primary.head.len, false) != 0) {
-        free(c->primary.parsed);
-        c->primary.parsed = NULL;
-    }
+    if (c->primary.head_mem == NULL)
+        c->primary.head_mem = malloc(sizeof(struct http_head));
+    if (c->primary.head_mem != NULL && http1_parse_head(c->primary.head_mem, c->primary.head.data,
+                                                        c->primary.head.len, false) == 0)
+        c->primary.parsed = c->primary.head_mem;
 }
 
 void shadow_primary_body(struct comparison *c, const char *p, size_t n)
@@ -695,5 +1001,15 @@ void shadow_abort_all(struct worker *w)
             probe_finish(c->twin, "reset", false);
         shadow_release(c);
         c = next;
+    }
+    struct shadow_worker *sw = w->shadow;
+    if (sw != NULL && !sw->closing) {
+        /* The loop ends once every handle is closed: what is queued goes now,
+         * and the batch machinery frees itself when its last batch is back. */
+        sw->closing = true;
+        uv_idle_stop(&sw->idle);
+        sw->idle_active = false;
+        submit_batch(sw);
+        uv_close((uv_handle_t *)&sw->idle, on_idle_closed);
     }
 }

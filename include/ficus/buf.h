@@ -2,6 +2,7 @@
 #ifndef FICUS_BUF_H
 #define FICUS_BUF_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 /* A growable buffer that refuses to grow past max (curl's dynbuf). data is
@@ -25,6 +26,20 @@ int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b);
 void buf_dispose(struct buf *b);
+
+/* JSON text written straight into a buffer, byte for byte as jansson's
+ * json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(precision)) writes it (2.14:
+ * "%.*g" reals with ".0" added and exponent zeros and "+" dropped, strings
+ * escaped only for '"', '\\' and control characters, objects in insertion
+ * order), without building a tree first. Each returns 0, -EINVAL when a string
+ * is not UTF-8 (jansson refuses those too), or FICUS_ENOMEM / FICUS_ETOOBIG;
+ * on error nothing is appended. */
+/* A JSON string of the n bytes at s (NUL bytes allowed, written as \u0000). */
+int buf_json_string(struct buf *b, const char *s, size_t n);
+/* A JSON real. */
+int buf_json_real(struct buf *b, double v, int precision);
+/* Any jansson value, containers included. */
+int buf_json_value(struct buf *b, const json_t *v, int precision);
 
 /* A bump allocator: allocations live until arena_dispose frees them all at once
  * (nginx's request pool, h2o's mem pool). The first block is embedded. */

@@ -5,12 +5,15 @@
 #ifndef FICUS_DIVLOG_H
 #define FICUS_DIVLOG_H
 
+#include "ficus/buf.h"
 #include <jansson.h>
 #include <stdbool.h>
 #include <uv.h>
 
 #define DIVLOG_QUEUE_MAX  4096
 #define DIVLOG_RECENT_MAX 1000
+/* Significant digits of reals in records (jansson's JSON_REAL_PRECISION). */
+#define DIVLOG_REAL_PRECISION 10
 
 struct server;
 struct divlog;
@@ -22,10 +25,36 @@ struct divlog *divlog_new(struct server *srv, uv_loop_t *loop);
 /* Writes what is queued, closes the file and frees. Accepts NULL. */
 void divlog_free(struct divlog *d);
 
-/* Hands one comparison to the control thread; any thread. Takes ownership of
- * rec, a record as SPEC shows it plus "divergent": bool (written to the file
- * and the ring only when true; always counted in the path statistics). */
-void divlog_push(struct divlog *d, json_t *rec);
+/* One comparison's outcome for the control thread, in one allocation: the
+ * record's NDJSON line (written and kept when divergent) and the (kind, path)
+ * pairs that the per-path statistics count. Workers build it off the control
+ * thread (divrec_new); whoever holds it last frees it with free(). */
+struct divrec {
+    bool divergent;
+    char id[64];
+    const char *route; /* NUL-terminated, in the same allocation */
+    const char *line;  /* the record, SPEC's format, no newline, NUL-terminated */
+    size_t line_len;
+    const char *stats; /* n_stats entries: one kind byte, the path, a NUL */
+    size_t n_stats;
+};
+
+/* The kind byte of a noise path in divrec.stats; other values are enum diff_kind. */
+#define DIVREC_NOISE 0xff
+
+/* Appends one statistics entry (kind: enum diff_kind or DIVREC_NOISE) to stats,
+ * the buffer later given to divrec_new. Returns 0 or a buf error. */
+int divrec_add_stat(struct buf *stats, int kind, const char *path);
+
+/* Copies route, id, the line and the statistics entries into a new record.
+ * Returns NULL when out of memory. Pure: any thread. */
+struct divrec *divrec_new(const char *route, const char *id, bool divergent, const struct buf *line,
+                          const struct buf *stats, size_t n_stats);
+
+/* Hands n records to the control thread at once (one lock, one wake-up); any
+ * thread. Takes ownership of every recs[i], not of the array. Records that do
+ * not fit in the queue are dropped and counted, never waited for. */
+void divlog_push_many(struct divlog *d, struct divrec **recs, size_t n);
 
 /* Reopens the file (SIGUSR1, logrotate). */
 void divlog_reopen(struct divlog *d);

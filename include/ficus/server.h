@@ -18,6 +18,7 @@ struct state_table;
 struct admin;
 struct divlog;
 struct comparison;
+struct shadow_worker;
 
 /* Per-worker counters: written only by their worker, read by the control
  * thread with relaxed atomic loads (no lock on the request path). */
@@ -54,7 +55,8 @@ struct worker {
 
     struct worker_counters counters;
     struct comparison *comparisons; /* running on this worker, for shutdown */
-    int diff_jobs;                  /* queued on the threadpool */
+    int diff_jobs;                  /* comparisons waiting for or in a diff batch */
+    struct shadow_worker *shadow;   /* the worker's diff batches (shadow.c), lazily made */
 };
 
 struct server {

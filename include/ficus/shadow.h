@@ -20,6 +20,10 @@ struct comparison;
 #define SHADOW_CAPTURE_MAX (8 * 1024 * 1024)
 /* Diff jobs a worker may have queued on the threadpool at once. */
 #define SHADOW_MAX_JOBS 512
+/* Finished comparisons a worker keeps for reuse, and the largest buffer one
+ * keeps (a larger one is freed). */
+#define SHADOW_KEEP_FREE  32
+#define SHADOW_KEEP_BYTES (16 * 1024)
 
 /* Starts a comparison for a request that router_decide chose to shadow, or
  * counts why it cannot (in-flight cap, body too large, diff queue full) and
