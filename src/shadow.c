@@ -39,6 +39,7 @@ struct probe {
     bool started;
     bool finished;
     bool is_shadow; /* counts against shadow.max_inflight */
+    bool retried;   /* sent again after a pooled connection failed at once */
     uint64_t t0;
     struct capture cap;
 };
@@ -324,11 +325,37 @@ static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t l
     }
 }
 
+static void probe_on_ready(void *ctx, struct upconn *u, int status);
+
+/* May the probe's request be sent twice? */
+static bool probe_idempotent(const struct comparison *c)
+{
+    static const char *const methods[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"};
+    for (size_t i = 0; c->method != NULL && i < ARRAY_SIZE(methods); i++) {
+        if (strcmp(c->method, methods[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void probe_on_error(void *ctx, int err)
 {
     struct probe *p = ctx;
     if (err == UV_EOF && p->head_done && p->framer.kind == BODY_EOF) {
         probe_finish(p, NULL, false);
+        return;
+    }
+    if (err != FICUS_ETIMEOUT && !p->retried && p->cap.head.len == 0 && p->up != NULL &&
+        upstream_reused(p->up) && probe_idempotent(p->c)) {
+        /* A pooled connection the backend closed while it sat idle: once more
+         * on another (idempotent requests skip the liveness peek for this). */
+        p->retried = true;
+        struct upconn *u = p->up;
+        p->up = NULL;
+        upstream_release(u, false);
+        p->wait.check_idle = true;
+        if (upstream_acquire(p->c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
+            probe_finish(p, "connect_error", false);
         return;
     }
     probe_finish(p, err == FICUS_ETIMEOUT ? "timeout" : "reset", false);
@@ -381,7 +408,7 @@ static void probe_start(struct comparison *c, struct probe *p)
 {
     p->started = true;
     p->t0 = io_now_us();
-    p->wait.check_idle = true; /* a probe is never retried */
+    p->wait.check_idle = !probe_idempotent(c); /* the others are retried once instead */
     c->refs++;
     if (upstream_acquire(c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
         probe_finish(p, "connect_error", false);

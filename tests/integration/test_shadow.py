@@ -551,6 +551,34 @@ class Isolation(ShadowCase):
         self.assertEqual([(d["kind"], d["path"]) for d in down[0]["diffs"]], [("error", "new")])
 
 
+    def test_pooled_shadow_connection_dropped_is_retried(self):
+        """New drops every connection at its second request without a byte of answer
+        (a keep-alive timeout racing the reuse). Shadows of GET skip the liveness peek
+        and are sent once more on a fresh connection instead: every comparison is
+        made, none is an error, and new saw each dropped attempt."""
+        answer = json_app("L")
+
+        def drop_reused(req, out):
+            if req.index >= 1:
+                out.close()
+                return "close"
+            return answer(req, out)
+        legacy = self.backend(json_app("L"), name="legacy")
+        new = self.backend(drop_reused, name="new")
+        f = self.shadow_ficus(legacy, new, [route(match={"path_prefix": "/item"})])
+        ka = KeepAlive(f.port)
+        try:
+            for n in range(4):
+                self.assertEqual(self.get(f, "/item/%d" % n, rid="rt-%d" % n, ka=ka)[0], 200)
+                f.wait_metric("ficus_shadow_total", n + 1, route="items", outcome="compared")
+        finally:
+            ka.close()
+        self.assertEqual(f.metric("ficus_shadow_total", route="items", outcome="error"), 0)
+        self.assertEqual(f.metric("ficus_divergences_total", route="items", kind="error"), 0)
+        self.assertEqual(len([r for r in new.requests if r.index >= 1]), 3,
+                         "the 2nd-4th shadows were not sent on a pooled connection first")
+
+
 # ---------------------------------------------------------------------------------------
 
 
