@@ -2,6 +2,7 @@
  * from and writes to memory, so a handshake never blocks a worker and TLS and
  * plain connections share every line of the HTTP code. */
 #include "ficus/tls.h"
+#include "ficus/buf.h"
 #include "ficus/common.h"
 #include "ficus/config.h"
 #include "ficus/log.h"
@@ -35,9 +36,10 @@ struct tls_ctx {
 
 struct tls {
     SSL *ssl;
-    BIO *rbio;   /* ciphertext in (owned by ssl) */
-    BIO *wbio;   /* ciphertext out (owned by ssl) */
-    bool verify; /* client side: the peer's certificate is checked */
+    BIO *rbio;      /* ciphertext in: a memory BIO (owned by ssl) */
+    BIO *wbio;      /* ciphertext out: appends to out (owned by ssl) */
+    struct buf out; /* ciphertext not yet taken; handed over whole, no copy */
+    bool verify;    /* client side: the peer's certificate is checked */
     bool established;
     bool failed;
     char reason[192];
@@ -251,6 +253,53 @@ int tls_config_load(struct config *cfg, struct config_errors *errs)
     return rc;
 }
 
+/* ---- the output BIO ------------------------------------------------------------ */
+
+/* Records go straight into the connection's own buffer, which tls_take_output
+ * hands to the write as it is: no copy out of a memory BIO, and nothing kept
+ * allocated between writes (an idle connection holds no output memory). */
+static BIO_METHOD *out_method;
+static pthread_once_t out_once = PTHREAD_ONCE_INIT;
+
+static int out_write(BIO *b, const char *data, int len)
+{
+    struct tls *t = BIO_get_data(b);
+    if (len <= 0)
+        return 0;
+    return buf_append(&t->out, data, (size_t)len) == 0 ? len : -1;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    struct tls *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_WPENDING:
+        return (long)t->out.len;
+    default:
+        return 0;
+    }
+}
+
+static int out_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void out_method_init(void)
+{
+    out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ficus output");
+    if (out_method != NULL) {
+        BIO_meth_set_write(out_method, out_write);
+        BIO_meth_set_ctrl(out_method, out_ctrl);
+        BIO_meth_set_create(out_method, out_create);
+    }
+}
+
 /* ---- connections --------------------------------------------------------------- */
 
 static struct tls *tls_new(struct tls_ctx *ctx)
@@ -258,9 +307,10 @@ static struct tls *tls_new(struct tls_ctx *ctx)
     struct tls *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
+    pthread_once(&out_once, out_method_init);
     t->ssl = SSL_new(ctx->ssl); /* holds the SSL_CTX: a reload may drop ctx first */
     t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
+    t->wbio = out_method != NULL ? BIO_new(out_method) : NULL;
     if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
         BIO_free(t->rbio);
         BIO_free(t->wbio);
@@ -271,6 +321,7 @@ static struct tls *tls_new(struct tls_ctx *ctx)
     }
     /* An empty input BIO means "wait for more", never end of file. */
     BIO_set_mem_eof_return(t->rbio, -1);
+    BIO_set_data(t->wbio, t);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     return t;
 }
@@ -321,6 +372,7 @@ void tls_free(struct tls *t)
     if (t == NULL)
         return;
     SSL_free(t->ssl); /* frees both BIOs */
+    buf_dispose(&t->out);
     free(t);
 }
 
@@ -454,19 +506,11 @@ void tls_goodbye(struct tls *t, uv_stream_t *stream)
 
 char *tls_take_output(struct tls *t, size_t *len)
 {
-    *len = 0;
-    size_t n = BIO_ctrl_pending(t->wbio);
-    if (n == 0 || n > INT_MAX)
+    *len = t->out.len;
+    if (t->out.len == 0)
         return NULL;
-    char *p = malloc(n);
-    if (p == NULL)
-        return NULL;
-    int got = BIO_read(t->wbio, p, (int)n);
-    if (got <= 0) {
-        free(p);
-        return NULL;
-    }
-    *len = (size_t)got;
+    char *p = t->out.data;
+    buf_init(&t->out, 0);
     return p;
 }
 
