@@ -37,15 +37,3 @@ const char *ficus_strerror(int err)
         return uv_strerror(err);
     }
 }
-
-bool span_ieq(struct span a, const char *b)
-{
-    size_t n = strlen(b);
-    return a.len == n && strncasecmp(a.p, b, n) == 0;
-}
-
-bool span_eq(struct span a, const char *b)
-{
-    size_t n = strlen(b);
-    return a.len == n && memcmp(a.p, b, n) == 0;
-}

@@ -1157,9 +1157,14 @@ static void make_request_id(struct exchange *x)
             return;
         }
     }
-    uint64_t a = worker_random(x->w), b = worker_random(x->w);
-    snprintf(x->reqid, sizeof(x->reqid), "%016llx%016llx", (unsigned long long)a,
-             (unsigned long long)b);
+    /* 32 hex digits, as "%016llx%016llx" would print them, without printf. */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t r[2] = {worker_random(x->w), worker_random(x->w)};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 16; i++)
+            x->reqid[k * 16 + i] = hex[(r[k] >> (60 - 4 * i)) & 0xf];
+    }
+    x->reqid[32] = '\0';
 }
 
 /* Is the chunked framing of the body bytes already at hand valid so far? Checked
@@ -1209,7 +1214,8 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     c->x = x;
     uv_timer_stop(&c->timer);
     c->head_timer = false;
-    snprintf(x->reqid, sizeof(x->reqid), "-");
+    x->reqid[0] = '-';
+    x->reqid[1] = '\0';
 
     if (http1_parse_head(&x->req, copy, head_len, true) != 0) {
         x->keep_alive = false;

@@ -5,7 +5,6 @@
  * chunked) is decoded here too: llhttp only tokenises heads. */
 #include "ficus/http1.h"
 
-#include <ctype.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,29 +23,10 @@ enum scan_state {
 
 static bool is_tchar(unsigned char c)
 {
-    /* RFC 9110 5.6.2 token characters. */
-    if (isalnum(c))
-        return true;
-    switch (c) {
-    case '!':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '\'':
-    case '*':
-    case '+':
-    case '-':
-    case '.':
-    case '^':
-    case '_':
-    case '`':
-    case '|':
-    case '~':
-        return true;
-    default:
-        return false;
-    }
+    /* RFC 9110 5.6.2 token characters (ALPHA, DIGIT and !#$%&'*+-.^_`|~) as a
+     * bitmap: the check runs for every byte of every header name. */
+    static const uint64_t tchar[4] = {0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0, 0};
+    return (tchar[c >> 6] >> (c & 63)) & 1;
 }
 
 static bool is_field_byte(unsigned char c)
@@ -520,6 +500,8 @@ int64_t http1_chunked_step(struct chunked *c, const char *data, size_t len, size
 
 /* ---- header rewriting --------------------------------------------------------- */
 
+#define PUT_LIT(out, s) buf_append((out), (s), sizeof(s) - 1)
+
 static bool is_hop_by_hop(struct span name)
 {
     static const char *const hop[] = {"connection", "keep-alive",    "proxy-connection",
@@ -580,7 +562,10 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
 {
     struct listed listed;
     connection_listed(req, &listed);
-    int rc = buf_append(out, req->method.p, req->method.len);
+    /* One allocation for the whole head: the added headers fit in the slack. */
+    int rc = buf_reserve(out, req->head_len + fi->client_ip.len + fi->request_id.len + 160);
+    if (rc == 0)
+        rc = buf_append(out, req->method.p, req->method.len);
     if (rc == 0)
         rc = buf_append(out, " ", 1);
     /* An absolute-form target goes upstream in origin form. */
@@ -623,32 +608,45 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
     }
     if (rc != 0)
         return rc;
-    if (fi->content_length >= 0)
-        rc = buf_printf(out, "content-length: %lld\r\n", (long long)fi->content_length);
-    else if (fi->content_length == -1)
-        rc = buf_puts(out, "transfer-encoding: chunked\r\n");
-    if (rc == 0) {
-        if (xff.len)
-            rc = buf_printf(out, "x-forwarded-for: %.*s, %.*s\r\n", (int)xff.len, xff.p,
-                            (int)fi->client_ip.len, fi->client_ip.p);
-        else
-            rc = buf_printf(out, "x-forwarded-for: %.*s\r\n", (int)fi->client_ip.len,
-                            fi->client_ip.p);
+    /* Fixed text is appended piece by piece: printf would scan the format and
+     * measure the result twice, for every request. */
+    if (fi->content_length >= 0) {
+        rc = PUT_LIT(out, "content-length: ");
+        if (rc == 0)
+            rc = buf_put_uint(out, (uint64_t)fi->content_length);
+        if (rc == 0)
+            rc = PUT_LIT(out, "\r\n");
+    } else if (fi->content_length == -1) {
+        rc = PUT_LIT(out, "transfer-encoding: chunked\r\n");
     }
     if (rc == 0)
-        rc = buf_printf(out, "x-forwarded-proto: %s\r\n", fi->tls ? "https" : "http");
+        rc = PUT_LIT(out, "x-forwarded-for: ");
+    if (rc == 0 && xff.len) {
+        rc = buf_append(out, xff.p, xff.len);
+        if (rc == 0)
+            rc = PUT_LIT(out, ", ");
+    }
+    if (rc == 0)
+        rc = buf_append(out, fi->client_ip.p, fi->client_ip.len);
+    if (rc == 0)
+        rc = fi->tls ? PUT_LIT(out, "\r\nx-forwarded-proto: https\r\n")
+                     : PUT_LIT(out, "\r\nx-forwarded-proto: http\r\n");
     if (rc == 0 && req->host.len)
         rc = put_header(out, SPAN_LIT("x-forwarded-host"), req->host);
     if (rc == 0) {
-        if (via.len)
-            rc = buf_printf(out, "via: %.*s, 1.1 ficus\r\n", (int)via.len, via.p);
-        else
-            rc = buf_puts(out, "via: 1.1 ficus\r\n");
+        rc = PUT_LIT(out, "via: ");
+        if (rc == 0 && via.len) {
+            rc = buf_append(out, via.p, via.len);
+            if (rc == 0)
+                rc = PUT_LIT(out, ", ");
+        }
+        if (rc == 0)
+            rc = PUT_LIT(out, "1.1 ficus\r\n");
     }
     if (rc == 0 && fi->request_id.len)
         rc = put_header(out, SPAN_LIT("x-request-id"), fi->request_id);
     if (rc == 0 && fi->shadow)
-        rc = buf_puts(out, "x-ficus-shadow: 1\r\n");
+        rc = PUT_LIT(out, "x-ficus-shadow: 1\r\n");
     if (rc == 0)
         rc = buf_append(out, "\r\n", 2);
     return rc;
@@ -659,12 +657,30 @@ int http1_write_response_head(struct buf *out, const struct http_head *resp, int
 {
     struct listed listed;
     connection_listed(resp, &listed);
-    int rc;
-    if (resp->reason.len)
+    int rc = buf_reserve(out, resp->head_len + 64);
+    if (rc != 0)
+        return rc;
+    if (resp->status >= 0 && resp->status <= 999) {
+        char line[13] = "HTTP/1.1 000 ";
+        line[9] = (char)('0' + resp->status / 100);
+        line[10] = (char)('0' + resp->status / 10 % 10);
+        line[11] = (char)('0' + resp->status % 10);
+        rc = buf_append(out, line, sizeof(line));
+        struct span reason = resp->reason;
+        if (reason.len == 0) {
+            const char *r = http1_reason(resp->status);
+            reason = (struct span){r, strlen(r)};
+        }
+        if (rc == 0)
+            rc = buf_append(out, reason.p, reason.len);
+        if (rc == 0)
+            rc = PUT_LIT(out, "\r\n");
+    } else if (resp->reason.len) {
         rc = buf_printf(out, "HTTP/1.1 %03d %.*s\r\n", resp->status, (int)resp->reason.len,
                         resp->reason.p);
-    else
+    } else {
         rc = buf_printf(out, "HTTP/1.1 %03d %s\r\n", resp->status, http1_reason(resp->status));
+    }
     bool keep_cl = content_length == -2; /* body-less: the length describes the resource */
     for (size_t i = 0; i < resp->n_headers && rc == 0; i++) {
         const struct http_header *hd = &resp->headers[i];
@@ -678,12 +694,17 @@ int http1_write_response_head(struct buf *out, const struct http_head *resp, int
     }
     if (rc != 0)
         return rc;
-    if (content_length >= 0)
-        rc = buf_printf(out, "content-length: %lld\r\n", (long long)content_length);
-    else if (content_length == -1)
-        rc = buf_puts(out, "transfer-encoding: chunked\r\n");
+    if (content_length >= 0) {
+        rc = PUT_LIT(out, "content-length: ");
+        if (rc == 0)
+            rc = buf_put_uint(out, (uint64_t)content_length);
+        if (rc == 0)
+            rc = PUT_LIT(out, "\r\n");
+    } else if (content_length == -1) {
+        rc = PUT_LIT(out, "transfer-encoding: chunked\r\n");
+    }
     if (rc == 0 && !keep_alive)
-        rc = buf_puts(out, "connection: close\r\n");
+        rc = PUT_LIT(out, "connection: close\r\n");
     if (rc == 0)
         rc = buf_append(out, "\r\n", 2);
     return rc;

@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A growable buffer that refuses to grow past max (curl's dynbuf). data is
  * owned by the buffer; buf_dispose frees it. Zero-initialised is empty. */
@@ -20,6 +21,11 @@ void buf_init(struct buf *b, size_t max);
 int buf_append(struct buf *b, const void *p, size_t n);
 /* Appends a NUL-terminated string. Same returns as buf_append. */
 int buf_puts(struct buf *b, const char *s);
+/* Makes room for extra more bytes (and the terminating NUL) so that appends
+ * up to that size do not reallocate. Same returns as buf_append. */
+int buf_reserve(struct buf *b, size_t extra);
+/* Appends v in decimal. Same returns as buf_append. */
+int buf_put_uint(struct buf *b, uint64_t v);
 /* Appends printf-formatted text. Same returns as buf_append. */
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drops the first n bytes (n <= len). */

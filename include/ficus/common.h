@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 
 /* Errors are negative ints: 0 is success, libuv's (negative errno) codes pass
  * through unchanged, and ficus's own codes sit below libuv's range. */
@@ -34,10 +36,21 @@ struct span {
 
 #define SPAN_LIT(s) ((struct span){(s), sizeof(s) - 1})
 
-/* Case-insensitive ASCII comparison of a span with a NUL-terminated string. */
-bool span_ieq(struct span a, const char *b);
+/* Case-insensitive ASCII comparison of a span with a NUL-terminated string.
+ * Inline so that the length of a literal is known at compile time and most
+ * mismatches end at the length check (they run for every header). */
+static inline bool span_ieq(struct span a, const char *b)
+{
+    size_t n = strlen(b);
+    return a.len == n && strncasecmp(a.p, b, n) == 0;
+}
+
 /* Exact comparison of a span with a NUL-terminated string. */
-bool span_eq(struct span a, const char *b);
+static inline bool span_eq(struct span a, const char *b)
+{
+    size_t n = strlen(b);
+    return a.len == n && memcmp(a.p, b, n) == 0;
+}
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
