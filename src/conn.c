@@ -49,7 +49,12 @@ struct conn {
     uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
     struct head_scan scan;
     bool head_timer; /* the header deadline is running */
-    struct buf in;   /* bytes read but not yet used (partial head, pipelined requests) */
+    /* The deadline is kept apart from the libuv timer, which is moved only
+     * when the deadline comes earlier than it (see conn_deadline). */
+    bool has_deadline;
+    uint64_t deadline;  /* loop time in ms, when has_deadline */
+    uint64_t timer_due; /* when the armed timer fires; 0: not armed */
+    struct buf in;      /* bytes read but not yet used (partial head, pipelined requests) */
     struct exchange *x;
     char ip[INET6_ADDRSTRLEN];
 };
@@ -179,13 +184,33 @@ static void on_conn_written(void *ctx, int status)
 /* Writes to the client; see io_write for rb and owned. */
 static void on_conn_timer(uv_timer_t *t);
 
+/* Sets the connection's deadline ms from now. Stopping and restarting a libuv
+ * timer costs two timer-heap operations, and each request would do it three
+ * times; moving a deadline later costs a store, the timer re-arming itself
+ * when it fires early. */
+static void conn_deadline(struct conn *c, uint64_t ms)
+{
+    c->has_deadline = true;
+    c->deadline = uv_now(c->tcp.loop) + ms;
+    if (c->timer_due == 0 || c->timer_due > c->deadline) {
+        uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+        c->timer_due = c->deadline;
+    }
+}
+
+/* No deadline: a timer still armed finds nothing to do. */
+static void conn_no_deadline(struct conn *c)
+{
+    c->has_deadline = false;
+}
+
 /* A write that cannot happen: closing here would free the exchange under its
  * caller, so the timer closes the connection on the next loop turn instead. */
 static int conn_write_failed(struct conn *c, int rc)
 {
     c->write_failed = true;
     c->close_after_flush = true;
-    uv_timer_start(&c->timer, on_conn_timer, 0, 0);
+    conn_deadline(c, 0);
     return rc;
 }
 
@@ -284,8 +309,17 @@ static void conn_reject(struct conn *c, int status, const char *msg)
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    if (c->state == CONN_CLOSING)
+    c->timer_due = 0;
+    if (c->state == CONN_CLOSING || !c->has_deadline)
         return;
+    uint64_t now = uv_now(t->loop);
+    if (now < c->deadline) {
+        /* Moved later since the timer was armed. */
+        uv_timer_start(&c->timer, on_conn_timer, c->deadline - now, 0);
+        c->timer_due = c->deadline;
+        return;
+    }
+    c->has_deadline = false;
     if (c->write_failed) {
         conn_close(c);
         return;
@@ -314,9 +348,9 @@ static void conn_arm_timer(struct conn *c)
     const struct config *cfg = c->w->cfg;
     if (c->x != NULL) {
         if (!c->x->req_done && c->x->up_ready)
-            uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->client_idle_ms, 0);
+            conn_deadline(c, (uint64_t)cfg->client_idle_ms);
         else
-            uv_timer_stop(&c->timer);
+            conn_no_deadline(c);
         c->head_timer = false;
         return;
     }
@@ -324,12 +358,12 @@ static void conn_arm_timer(struct conn *c)
         /* Slow clients get one deadline for the handshake and the whole
          * head, not one per byte. */
         if (!c->head_timer) {
-            uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->header_ms, 0);
+            conn_deadline(c, (uint64_t)cfg->header_ms);
             c->head_timer = true;
         }
     } else {
         c->head_timer = false;
-        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)cfg->client_idle_ms, 0);
+        conn_deadline(c, (uint64_t)cfg->client_idle_ms);
     }
 }
 
@@ -902,15 +936,35 @@ static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, 
     upstream_timeout(x->up, x->cfg->upstream_ms);
     size_t off = 0;
     while (!x->resp_head_done) {
-        size_t before = x->rscan.pos;
-        /* Heads are small: they are gathered whole, then parsed. */
-        if (buf_append(&x->rhead, p + off, len - off) != 0) {
-            exchange_fail(x, 502, "upstream response head too large");
-            return;
+        int r;
+        if (x->rhead.len == 0) {
+            /* Usually the whole head is in one read: it is scanned where it
+             * lies and only its bytes are kept, not the body after it. */
+            r = http1_scan_head(&x->rscan, p + off, len - off, x->cfg->max_header_bytes);
+            size_t take = r == 1 ? x->rscan.pos : len - off;
+            if (r >= 0 && buf_append(&x->rhead, p + off, take) != 0) {
+                exchange_fail(x, 502, "upstream response head too large");
+                return;
+            }
+            if (r == 0)
+                return;
+            if (r == 1)
+                off += take;
+        } else {
+            size_t before = x->rscan.pos;
+            /* Heads are small: they are gathered whole, then parsed. */
+            if (buf_append(&x->rhead, p + off, len - off) != 0) {
+                exchange_fail(x, 502, "upstream response head too large");
+                return;
+            }
+            r = http1_scan_head(&x->rscan, x->rhead.data, x->rhead.len, x->cfg->max_header_bytes);
+            if (r == 0)
+                return;
+            if (r == 1) {
+                off += x->rscan.pos - before;
+                x->rhead.len = x->rscan.pos; /* bytes after the head are still at p + off */
+            }
         }
-        int r = http1_scan_head(&x->rscan, x->rhead.data, x->rhead.len, x->cfg->max_header_bytes);
-        if (r == 0)
-            return;
         if (r < 0) {
             log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
                      x->reqid);
@@ -918,9 +972,6 @@ static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, 
             exchange_fail(x, 502, "invalid upstream response");
             return;
         }
-        size_t head_len = x->rscan.pos;
-        off += head_len - before;
-        x->rhead.len = head_len; /* bytes after the head are still at p + off */
         int hr = response_head(x);
         if (hr < 0) {
             log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
@@ -1212,7 +1263,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     x->backend_role = "-";
     buf_init(&x->rhead, 0);
     c->x = x;
-    uv_timer_stop(&c->timer);
+    conn_no_deadline(c);
     c->head_timer = false;
     x->reqid[0] = '-';
     x->reqid[1] = '\0';

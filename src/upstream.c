@@ -51,6 +51,11 @@ struct upconn {
     struct upconn *next_connecting;
     struct tls *t; /* https backends: from the TCP connect on */
     int open_handles;
+    /* The deadline is kept apart from the libuv timer, which is moved only
+     * when the deadline comes earlier than it: extending the deadline on
+     * every read then costs a store, not a timer-heap removal and insertion. */
+    uint64_t deadline;  /* loop time in ms; 0: none */
+    uint64_t timer_due; /* when the armed timer fires; 0: not armed */
     bool reused;
     bool reading;
     bool paused;
@@ -349,9 +354,36 @@ static void up_start_reading(struct upconn *u)
         u->reading = true;
 }
 
+static void up_on_timer(uv_timer_t *t);
+
+/* Sets the deadline ms from now (0: none); see struct upconn. */
+static void up_deadline(struct upconn *u, uint64_t ms)
+{
+    if (ms == 0) {
+        u->deadline = 0; /* a timer still armed finds nothing to do */
+        return;
+    }
+    u->deadline = uv_now(u->tcp.loop) + ms;
+    if (u->timer_due == 0 || u->timer_due > u->deadline) {
+        uv_timer_start(&u->timer, up_on_timer, ms, 0);
+        u->timer_due = u->deadline;
+    }
+}
+
 static void up_on_timer(uv_timer_t *t)
 {
     struct upconn *u = t->data;
+    u->timer_due = 0;
+    if (u->deadline == 0)
+        return;
+    uint64_t now = uv_now(t->loop);
+    if (now < u->deadline) {
+        /* Extended since the timer was armed. */
+        uv_timer_start(&u->timer, up_on_timer, u->deadline - now, 0);
+        u->timer_due = u->deadline;
+        return;
+    }
+    u->deadline = 0;
     if (u->state == UP_IDLE) {
         up_close(u);
     } else if (u->state == UP_CONNECTING) {
@@ -372,7 +404,7 @@ static void give(struct upconn *u, struct upstream_wait *w)
         unlink_connecting(u);
     u->state = UP_ACTIVE;
     u->h = NULL;
-    uv_timer_stop(&u->timer);
+    up_deadline(u, 0);
     w->queued = false;
     w->cb(w->ctx, u, 0);
 }
@@ -466,7 +498,7 @@ static int up_connect(struct pool *p, struct upstream_wait *w)
         up_close(u);
         return rc;
     }
-    uv_timer_start(&u->timer, up_on_timer, (uint64_t)p->ps->cfg->connect_ms, 0);
+    up_deadline(u, (uint64_t)p->ps->cfg->connect_ms);
     return 0;
 }
 
@@ -599,10 +631,7 @@ size_t upstream_queued(const struct upconn *u)
 
 void upstream_timeout(struct upconn *u, int ms)
 {
-    if (ms > 0)
-        uv_timer_start(&u->timer, up_on_timer, (uint64_t)ms, 0);
-    else
-        uv_timer_stop(&u->timer);
+    up_deadline(u, ms > 0 ? (uint64_t)ms : 0);
 }
 
 bool upstream_reused(const struct upconn *u)
@@ -636,5 +665,5 @@ void upstream_release(struct upconn *u, bool reusable)
     p->idle = u;
     p->n_idle++;
     up_start_reading(u); /* to notice the backend closing it */
-    uv_timer_start(&u->timer, up_on_timer, UPSTREAM_IDLE_MS, 0);
+    up_deadline(u, UPSTREAM_IDLE_MS);
 }
