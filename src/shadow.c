@@ -256,21 +256,37 @@ static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t l
     /* shadow.timeout_ms bounds the whole exchange: a trickling backend is not
      * given more time for every byte it sends. */
     while (!p->head_done) {
-        size_t before = p->scan.pos;
-        if (buf_append(&p->cap.head, data + off, len - off) != 0) {
-            probe_finish(p, "invalid_response", false);
-            return;
+        int r;
+        if (p->cap.head.len == 0) {
+            /* Usually the whole head is in one read: scanned where it lies,
+             * only its bytes are kept. */
+            r = http1_scan_head(&p->scan, data + off, len - off, c->cfg->max_header_bytes);
+            size_t take = r == 1 ? p->scan.pos : len - off;
+            if (r >= 0 && buf_append(&p->cap.head, data + off, take) != 0) {
+                probe_finish(p, "invalid_response", false);
+                return;
+            }
+            if (r == 1)
+                off += take;
+        } else {
+            size_t before = p->scan.pos;
+            if (buf_append(&p->cap.head, data + off, len - off) != 0) {
+                probe_finish(p, "invalid_response", false);
+                return;
+            }
+            r = http1_scan_head(&p->scan, p->cap.head.data, p->cap.head.len,
+                                c->cfg->max_header_bytes);
+            if (r == 1) {
+                off += p->scan.pos - before;
+                p->cap.head.len = p->scan.pos;
+            }
         }
-        int r =
-            http1_scan_head(&p->scan, p->cap.head.data, p->cap.head.len, c->cfg->max_header_bytes);
         if (r == 0)
             return;
         if (r < 0) {
             probe_finish(p, "invalid_response", false);
             return;
         }
-        off += p->scan.pos - before;
-        p->cap.head.len = p->scan.pos;
         if (p->cap.head_mem == NULL &&
             (p->cap.head_mem = malloc(sizeof(struct http_head))) == NULL) {
             probe_finish(p, "invalid_response", false);
@@ -478,13 +494,19 @@ static int side_json(struct buf *out, const struct capture *cap)
     if (rc == 0)
         rc = buf_json_real(out, cap->ms, DIVLOG_REAL_PRECISION);
     if (rc == 0)
-        rc = buf_printf(out, ",\"bytes\":%lld", (long long)cap->bytes);
+        rc = buf_puts(out, ",\"bytes\":");
+    if (rc == 0)
+        rc = cap->bytes < 0 ? buf_printf(out, "%lld", (long long)cap->bytes)
+                            : buf_put_uint(out, (uint64_t)cap->bytes);
     if (rc == 0 && cap->error != NULL) {
         rc = buf_puts(out, ",\"error\":");
         if (rc == 0)
             rc = buf_json_string(out, cap->error, strlen(cap->error));
     } else if (rc == 0 && cap->parsed != NULL) {
-        rc = buf_printf(out, ",\"status\":%d", cap->parsed->status);
+        rc = buf_puts(out, ",\"status\":");
+        if (rc == 0)
+            rc = cap->parsed->status < 0 ? buf_printf(out, "%d", cap->parsed->status)
+                                         : buf_put_uint(out, (uint64_t)cap->parsed->status);
     }
     return rc != 0 ? rc : buf_puts(out, "}");
 }
@@ -501,13 +523,31 @@ static void format_ts(struct shadow_worker *sw, const struct timespec *t, char *
         sw->ts_sec = t->tv_sec;
     }
     long ms = t->tv_nsec / 1000000;
-    snprintf(out, size, "%s.%03ldZ", sw->ts_prefix, ms);
+    size_t n = strlen(sw->ts_prefix);
+    if (size < 6) {
+        if (size > 0)
+            out[0] = '\0';
+        return;
+    }
+    if (n > size - 6)
+        n = size - 6;
+    memcpy(out, sw->ts_prefix, n);
+    out[n] = '.';
+    out[n + 1] = (char)('0' + ms / 100 % 10);
+    out[n + 2] = (char)('0' + ms / 10 % 10);
+    out[n + 3] = (char)('0' + ms % 10);
+    out[n + 4] = 'Z';
+    out[n + 5] = '\0';
 }
 
 /* Appends "name":"value" (with a leading comma unless first). */
 static int member_str(struct buf *out, const char *name, const char *value, bool first)
 {
-    int rc = buf_printf(out, "%s\"%s\":", first ? "" : ",", name);
+    int rc = first ? buf_append(out, "\"", 1) : buf_append(out, ",\"", 2);
+    if (rc == 0)
+        rc = buf_puts(out, name);
+    if (rc == 0)
+        rc = buf_append(out, "\":", 2);
     return rc != 0 ? rc : buf_json_string(out, value, strlen(value));
 }
 
