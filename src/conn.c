@@ -71,7 +71,7 @@ struct exchange {
     uint64_t t0;
 
     char *head_bytes; /* the request head (owned copy); req's spans point here */
-    struct http_head req;
+    size_t head_cap;  /* bytes allocated at head_bytes */
     struct body_framer reqbody;
     int64_t req_bytes;
     bool req_done;
@@ -88,7 +88,6 @@ struct exchange {
 
     struct head_scan rscan;
     struct buf rhead; /* the response head as it arrives */
-    struct http_head resp;
     bool resp_head_done;
     struct body_framer respbody;
     bool chunked_down; /* the response goes to the client chunked */
@@ -99,7 +98,21 @@ struct exchange {
     int64_t resp_bytes;
     bool keep_alive;
     char reqid[64];
+    struct exchange *next_spare; /* the worker's spare exchanges */
+
+    /* Last: a reused exchange clears everything above and only the fixed
+     * part of these two (see exchange_get). */
+    struct http_head req;
+    struct http_head resp;
 };
+
+/* Spare exchanges a worker keeps with their buffers: an exchange is 9 KiB
+ * (two heads of 128 header slots), and allocating and zeroing it, its head
+ * copy and its response head buffer was a malloc, a calloc and a realloc per
+ * request. */
+#define SPARE_EXCHANGES 64
+/* A spare's buffers larger than this are freed rather than kept. */
+#define SPARE_KEEP_BYTES (16 * 1024)
 
 static void conn_close(struct conn *c);
 static void conn_update_reading(struct conn *c);
@@ -577,16 +590,64 @@ static void conn_update_reading(struct conn *c)
 
 /* ---- exchanges -------------------------------------------------------------------- */
 
+/* An exchange with every field cleared but the kept storage (head_bytes and
+ * rhead's buffer), from the worker's spares or newly allocated. */
+static struct exchange *exchange_get(struct worker *w)
+{
+    struct exchange *x = w->spare_exchanges;
+    if (x == NULL)
+        return calloc(1, sizeof(*x));
+    w->spare_exchanges = x->next_spare;
+    w->n_spare_exchanges--;
+    char *hb = x->head_bytes;
+    size_t hcap = x->head_cap;
+    struct buf rh = x->rhead;
+    memset(x, 0, offsetof(struct exchange, req));
+    memset(&x->req, 0, offsetof(struct http_head, headers));
+    memset(&x->resp, 0, offsetof(struct http_head, headers));
+    x->head_bytes = hb;
+    x->head_cap = hcap;
+    x->rhead = rh;
+    buf_reset(&x->rhead);
+    return x;
+}
+
 static void exchange_free(struct exchange *x)
 {
     buf_dispose(&x->out_head);
     shadow_primary_failed(x->cmp, NULL); /* no-op once the primary is done */
     shadow_release(x->cmp);
-    buf_dispose(&x->rhead);
-    free(x->head_bytes);
     pool_set_unref(x->pools);
     config_unref(x->cfg);
-    free(x);
+    struct worker *w = x->w;
+    if (w->stopped || w->n_spare_exchanges >= SPARE_EXCHANGES) {
+        buf_dispose(&x->rhead);
+        free(x->head_bytes);
+        free(x);
+        return;
+    }
+    if (x->rhead.cap > SPARE_KEEP_BYTES)
+        buf_dispose(&x->rhead);
+    if (x->head_cap > SPARE_KEEP_BYTES) {
+        free(x->head_bytes);
+        x->head_bytes = NULL;
+        x->head_cap = 0;
+    }
+    x->next_spare = w->spare_exchanges;
+    w->spare_exchanges = x;
+    w->n_spare_exchanges++;
+}
+
+void conn_worker_dispose(struct worker *w)
+{
+    while (w->spare_exchanges != NULL) {
+        struct exchange *x = w->spare_exchanges;
+        w->spare_exchanges = x->next_spare;
+        buf_dispose(&x->rhead);
+        free(x->head_bytes);
+        free(x);
+    }
+    w->n_spare_exchanges = 0;
 }
 
 static void exchange_release_upstream(struct exchange *x, bool reusable)
@@ -1244,13 +1305,24 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
 {
     struct worker *w = c->w;
     atomic_fetch_add_explicit(&w->counters.requests, 1, memory_order_relaxed);
-    struct exchange *x = calloc(1, sizeof(*x));
-    char *copy = x ? malloc(head_len) : NULL;
-    if (copy == NULL) {
+    struct exchange *x = exchange_get(w);
+    if (x != NULL && x->head_cap < head_len) {
+        char *bigger = realloc(x->head_bytes, head_len);
+        if (bigger != NULL) {
+            x->head_bytes = bigger;
+            x->head_cap = head_len;
+        }
+    }
+    if (x == NULL || x->head_cap < head_len) {
+        if (x != NULL) {
+            buf_dispose(&x->rhead);
+            free(x->head_bytes);
+        }
         free(x);
         conn_reject(c, 500, "out of memory");
         return;
     }
+    char *copy = x->head_bytes;
     memcpy(copy, head, head_len);
     x->c = c;
     x->gen = ++c->gen;
@@ -1258,10 +1330,8 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     x->cfg = config_ref(w->cfg);
     x->pools = w->pools;
     pool_set_ref(x->pools);
-    x->head_bytes = copy;
     x->t0 = io_now_us();
     x->backend_role = "-";
-    buf_init(&x->rhead, 0);
     c->x = x;
     conn_no_deadline(c);
     c->head_timer = false;

@@ -292,6 +292,7 @@ static void worker_dispose(struct worker *w)
         log_warn("server", "worker loop had open handles worker=%d", w->id);
     free(w->listeners);
     rbuf_pool_dispose(&w->rbufs);
+    conn_worker_dispose(w);
     buf_dispose(&w->access_buf);
     config_unref(w->cfg);
     config_unref(w->pending_cfg);

@@ -20,4 +20,7 @@ void conn_drain(struct worker *w);
 /* Closes every client connection now (the drain deadline passed). */
 void conn_close_all(struct worker *w);
 
+/* Frees the worker's spare exchanges; once its loop has ended. */
+void conn_worker_dispose(struct worker *w);
+
 #endif

@@ -54,9 +54,11 @@ struct worker {
     bool stopped;
 
     struct worker_counters counters;
-    struct comparison *comparisons; /* running on this worker, for shutdown */
-    int diff_jobs;                  /* comparisons waiting for or in a diff batch */
-    struct shadow_worker *shadow;   /* the worker's diff batches (shadow.c), lazily made */
+    struct comparison *comparisons;   /* running on this worker, for shutdown */
+    int diff_jobs;                    /* comparisons waiting for or in a diff batch */
+    struct shadow_worker *shadow;     /* the worker's diff batches (shadow.c), lazily made */
+    struct exchange *spare_exchanges; /* conn.c's, kept for the next requests */
+    int n_spare_exchanges;
 };
 
 struct server {
