@@ -48,13 +48,9 @@ struct conn {
     int writes_pending;
     uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
     struct head_scan scan;
-    bool head_timer; /* the header deadline is running */
-    /* The deadline is kept apart from the libuv timer, which is moved only
-     * when the deadline comes earlier than it (see conn_deadline). */
-    bool has_deadline;
-    uint64_t deadline;  /* loop time in ms, when has_deadline */
-    uint64_t timer_due; /* when the armed timer fires; 0: not armed */
-    struct buf in;      /* bytes read but not yet used (partial head, pipelined requests) */
+    bool head_timer;          /* the header deadline is running */
+    struct deadline deadline; /* enforced by timer */
+    struct buf in;            /* bytes read but not yet used (partial head, pipelined requests) */
     struct exchange *x;
     char ip[INET6_ADDRSTRLEN];
 };
@@ -198,24 +194,16 @@ static void on_conn_written(void *ctx, int status)
 /* Writes to the client; see io_write for rb and owned. */
 static void on_conn_timer(uv_timer_t *t);
 
-/* Sets the connection's deadline ms from now. Stopping and restarting a libuv
- * timer costs two timer-heap operations, and each request would do it three
- * times; moving a deadline later costs a store, the timer re-arming itself
- * when it fires early. */
+/* Sets the connection's deadline ms from now (see struct deadline: a request
+ * would otherwise stop and restart the timer three times). */
 static void conn_deadline(struct conn *c, uint64_t ms)
 {
-    c->has_deadline = true;
-    c->deadline = uv_now(c->tcp.loop) + ms;
-    if (c->timer_due == 0 || c->timer_due > c->deadline) {
-        uv_timer_start(&c->timer, on_conn_timer, ms, 0);
-        c->timer_due = c->deadline;
-    }
+    deadline_set(&c->deadline, &c->timer, on_conn_timer, ms);
 }
 
-/* No deadline: a timer still armed finds nothing to do. */
 static void conn_no_deadline(struct conn *c)
 {
-    c->has_deadline = false;
+    deadline_clear(&c->deadline);
 }
 
 /* A write that cannot happen: closing here would free the exchange under its
@@ -326,17 +314,8 @@ static void conn_arm_timer(struct conn *c);
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    c->timer_due = 0;
-    if (c->state == CONN_CLOSING || !c->has_deadline)
+    if (c->state == CONN_CLOSING || !deadline_expired(&c->deadline, t, on_conn_timer))
         return;
-    uint64_t now = uv_now(t->loop);
-    if (now < c->deadline) {
-        /* Moved later since the timer was armed. */
-        uv_timer_start(&c->timer, on_conn_timer, c->deadline - now, 0);
-        c->timer_due = c->deadline;
-        return;
-    }
-    c->has_deadline = false;
     if (c->write_failed) {
         conn_close(c);
         return;

@@ -557,6 +557,24 @@ static int put_header(struct buf *out, struct span name, struct span value)
     return rc;
 }
 
+/* "name: prior, item" (or "name: item" when there is no prior value). */
+static int put_list_header(struct buf *out, struct span name, struct span prior, struct span item)
+{
+    int rc = buf_append(out, name.p, name.len);
+    if (rc == 0)
+        rc = PUT_LIT(out, ": ");
+    if (rc == 0 && prior.len) {
+        rc = buf_append(out, prior.p, prior.len);
+        if (rc == 0)
+            rc = PUT_LIT(out, ", ");
+    }
+    if (rc == 0)
+        rc = buf_append(out, item.p, item.len);
+    if (rc == 0)
+        rc = PUT_LIT(out, "\r\n");
+    return rc;
+}
+
 int http1_write_request_head(struct buf *out, const struct http_head *req,
                              const struct forward_info *fi)
 {
@@ -620,29 +638,14 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
         rc = PUT_LIT(out, "transfer-encoding: chunked\r\n");
     }
     if (rc == 0)
-        rc = PUT_LIT(out, "x-forwarded-for: ");
-    if (rc == 0 && xff.len) {
-        rc = buf_append(out, xff.p, xff.len);
-        if (rc == 0)
-            rc = PUT_LIT(out, ", ");
-    }
+        rc = put_list_header(out, SPAN_LIT("x-forwarded-for"), xff, fi->client_ip);
     if (rc == 0)
-        rc = buf_append(out, fi->client_ip.p, fi->client_ip.len);
-    if (rc == 0)
-        rc = fi->tls ? PUT_LIT(out, "\r\nx-forwarded-proto: https\r\n")
-                     : PUT_LIT(out, "\r\nx-forwarded-proto: http\r\n");
+        rc = fi->tls ? PUT_LIT(out, "x-forwarded-proto: https\r\n")
+                     : PUT_LIT(out, "x-forwarded-proto: http\r\n");
     if (rc == 0 && req->host.len)
         rc = put_header(out, SPAN_LIT("x-forwarded-host"), req->host);
-    if (rc == 0) {
-        rc = PUT_LIT(out, "via: ");
-        if (rc == 0 && via.len) {
-            rc = buf_append(out, via.p, via.len);
-            if (rc == 0)
-                rc = PUT_LIT(out, ", ");
-        }
-        if (rc == 0)
-            rc = PUT_LIT(out, "1.1 ficus\r\n");
-    }
+    if (rc == 0)
+        rc = put_list_header(out, SPAN_LIT("via"), via, SPAN_LIT("1.1 ficus"));
     if (rc == 0 && fi->request_id.len)
         rc = put_header(out, SPAN_LIT("x-request-id"), fi->request_id);
     if (rc == 0 && fi->shadow)

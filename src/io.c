@@ -131,6 +131,36 @@ int io_write(struct rbuf_pool *pool, uv_stream_t *stream, const uv_buf_t *bufs, 
     return 0;
 }
 
+void deadline_set(struct deadline *d, uv_timer_t *t, uv_timer_cb cb, uint64_t ms)
+{
+    d->set = true;
+    d->at = uv_now(t->loop) + ms;
+    if (d->due == 0 || d->due > d->at) {
+        uv_timer_start(t, cb, ms, 0);
+        d->due = d->at;
+    }
+}
+
+void deadline_clear(struct deadline *d)
+{
+    d->set = false;
+}
+
+bool deadline_expired(struct deadline *d, uv_timer_t *t, uv_timer_cb cb)
+{
+    d->due = 0;
+    if (!d->set)
+        return false;
+    uint64_t now = uv_now(t->loop);
+    if (now < d->at) {
+        uv_timer_start(t, cb, d->at - now, 0);
+        d->due = d->at;
+        return false;
+    }
+    d->set = false;
+    return true;
+}
+
 uint64_t io_now_us(void)
 {
     struct timespec ts;

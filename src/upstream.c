@@ -51,11 +51,7 @@ struct upconn {
     struct upconn *next_connecting;
     struct tls *t; /* https backends: from the TCP connect on */
     int open_handles;
-    /* The deadline is kept apart from the libuv timer, which is moved only
-     * when the deadline comes earlier than it: extending the deadline on
-     * every read then costs a store, not a timer-heap removal and insertion. */
-    uint64_t deadline;  /* loop time in ms; 0: none */
-    uint64_t timer_due; /* when the armed timer fires; 0: not armed */
+    struct deadline deadline; /* enforced by timer */
     bool reused;
     bool reading;
     bool paused;
@@ -356,34 +352,20 @@ static void up_start_reading(struct upconn *u)
 
 static void up_on_timer(uv_timer_t *t);
 
-/* Sets the deadline ms from now (0: none); see struct upconn. */
+/* Sets the deadline ms from now (0: none). */
 static void up_deadline(struct upconn *u, uint64_t ms)
 {
-    if (ms == 0) {
-        u->deadline = 0; /* a timer still armed finds nothing to do */
-        return;
-    }
-    u->deadline = uv_now(u->tcp.loop) + ms;
-    if (u->timer_due == 0 || u->timer_due > u->deadline) {
-        uv_timer_start(&u->timer, up_on_timer, ms, 0);
-        u->timer_due = u->deadline;
-    }
+    if (ms > 0)
+        deadline_set(&u->deadline, &u->timer, up_on_timer, ms);
+    else
+        deadline_clear(&u->deadline);
 }
 
 static void up_on_timer(uv_timer_t *t)
 {
     struct upconn *u = t->data;
-    u->timer_due = 0;
-    if (u->deadline == 0)
+    if (!deadline_expired(&u->deadline, t, up_on_timer))
         return;
-    uint64_t now = uv_now(t->loop);
-    if (now < u->deadline) {
-        /* Extended since the timer was armed. */
-        uv_timer_start(&u->timer, up_on_timer, u->deadline - now, 0);
-        u->timer_due = u->deadline;
-        return;
-    }
-    u->deadline = 0;
     if (u->state == UP_IDLE) {
         up_close(u);
     } else if (u->state == UP_CONNECTING) {

@@ -4,7 +4,9 @@
 #ifndef FICUS_IO_H
 #define FICUS_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #define RBUF_SIZE (64 * 1024)
@@ -46,6 +48,26 @@ typedef void (*io_write_cb)(void *ctx, int status);
  * caller's reference, owned is freed). */
 int io_write(struct rbuf_pool *pool, uv_stream_t *stream, const uv_buf_t *bufs, unsigned n,
              struct rbuf *rb, void *owned, io_write_cb cb, void *ctx);
+
+/* A deadline kept apart from the libuv timer that enforces it: the timer is
+ * moved only when the deadline comes earlier than the timer's due time, and
+ * re-armed by itself when it fires before a deadline moved later. Moving a
+ * deadline later (every read of a busy connection) then costs a store instead
+ * of a timer-heap removal and insertion. Zero-initialised: no deadline. */
+struct deadline {
+    bool set;
+    uint64_t at;  /* loop time in ms, when set */
+    uint64_t due; /* when the timer fires; 0: not armed */
+};
+
+/* Sets the deadline ms from the loop's now; cb is the timer's callback. */
+void deadline_set(struct deadline *d, uv_timer_t *t, uv_timer_cb cb, uint64_t ms);
+/* No deadline: a timer still armed finds nothing to do. */
+void deadline_clear(struct deadline *d);
+/* For the start of the timer's callback: true when the deadline has passed
+ * (it is cleared then); false when there is none or it was moved later (the
+ * timer is then re-armed). */
+bool deadline_expired(struct deadline *d, uv_timer_t *t, uv_timer_cb cb);
 
 /* Monotonic milliseconds and microseconds (not the loop's cached time). */
 uint64_t io_now_us(void);
