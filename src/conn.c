@@ -88,7 +88,6 @@ struct exchange {
     struct body_framer respbody;
     bool chunked_down; /* the response goes to the client chunked */
     bool resp_started; /* a byte went to the client */
-    bool head_held;    /* out_head waits briefly for the first body bytes */
     bool resp_done;
     bool up_reusable;
     int status;
@@ -308,9 +307,6 @@ static void conn_reject(struct conn *c, int status, const char *msg)
     log_debug("conn", "rejected client=%s status=%d reason=\"%s\"", c->ip, status, msg);
 }
 
-static void flush_head(struct exchange *x);
-static void conn_arm_timer(struct conn *c);
-
 static void on_conn_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
@@ -318,14 +314,6 @@ static void on_conn_timer(uv_timer_t *t)
         return;
     if (c->write_failed) {
         conn_close(c);
-        return;
-    }
-    if (c->x != NULL && c->x->head_held) {
-        /* The body did not follow its head at once: the head goes alone. */
-        c->x->head_held = false;
-        flush_head(c->x);
-        if (c->state == CONN_OPEN && c->x != NULL)
-            conn_arm_timer(c);
         return;
     }
     if (c->x != NULL) {
@@ -351,8 +339,6 @@ static void conn_arm_timer(struct conn *c)
         return; /* the close is already scheduled */
     const struct config *cfg = c->w->cfg;
     if (c->x != NULL) {
-        if (c->x->head_held)
-            return; /* the hold's short deadline stands; re-armed when it ends */
         if (!c->x->req_done && c->x->up_ready)
             conn_deadline(c, (uint64_t)cfg->client_idle_ms);
         else
@@ -978,28 +964,9 @@ static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
     struct conn *c = x->c;
     uint32_t gen = c->gen;
     up_on_read_body(x, rb, p, len);
-    if (!live(c, gen))
-        return;
-    x = c->x;
-    if (x->out_head.len > 0 && !x->resp_done &&
-        (x->respbody.kind == BODY_LENGTH || x->respbody.kind == BODY_CHUNKED)) {
-        /* The head came without body bytes: backends often write the head
-         * and then the body (nginx's writev, then sendfile), and a read can
-         * fall between the two. The head waits up to a millisecond for the
-         * body so that both leave in one write (one segment for the client)
-         * instead of two; a slow body gets its head once the wait is over. */
-        if (!x->head_held) {
-            x->head_held = true;
-            conn_deadline(c, 1);
-        }
-        return;
-    }
-    if (x->head_held) {
-        x->head_held = false;
-        conn_arm_timer(c);
-    }
     /* A head whose body has not started yet goes out on its own. */
-    flush_head(x);
+    if (live(c, gen))
+        flush_head(c->x);
 }
 
 static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
