@@ -37,3 +37,13 @@ const char *ficus_strerror(int err)
         return uv_strerror(err);
     }
 }
+
+uint64_t xorshift64s(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}

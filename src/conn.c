@@ -272,24 +272,15 @@ static int conn_write_buf(struct conn *c, struct buf *b)
     return conn_write(c, &ub, 1, NULL, owned);
 }
 
+static void access_log_line(struct conn *c, struct span method, struct span target,
+                            const char *route, const char *backend, int status, int64_t bytes,
+                            double ms, const char *id);
+
 /* The access log line of a head refused before it became an exchange (bad
  * bytes, too large, too slow): every answer ficus gives is logged. */
 static void access_log_reject(struct conn *c, int status)
 {
-    if (c->w->srv->access_fd < 0)
-        return;
-    char line[256];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line),
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=- target=\"-\" "
-                     "route=- backend=- status=%d bytes=0 ms=0.000 id=-\n",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000, c->ip, status);
-    if (n > 0)
-        worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    access_log_line(c, SPAN_LIT("-"), SPAN_LIT("-"), "-", "-", status, 0, 0.0, "-");
 }
 
 /* Answers with a small JSON error outside any exchange and closes. */
@@ -664,33 +655,42 @@ static void sni_text(const struct conn *c, char *out, size_t len)
     out[i] = '\0';
 }
 
-static void access_log(struct exchange *x)
+/* One access log line; every answer ficus gives goes through here. TLS
+ * connections also say which version and which name (SNI) they asked for. */
+static void access_log_line(struct conn *c, struct span method, struct span target,
+                            const char *route, const char *backend, int status, int64_t bytes,
+                            double ms, const char *id)
 {
-    if (x->w->srv->access_fd < 0)
+    if (c->w->srv->access_fd < 0)
         return;
     char line[1024];
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    double ms = (double)(io_now_us() - x->t0) / 1000.0;
-    /* TLS connections also say which version and which name (SNI) they asked for. */
     char tls[160] = "";
-    if (x->c->t != NULL) {
+    if (c->t != NULL) {
         char sni[100];
-        sni_text(x->c, sni, sizeof(sni));
-        snprintf(tls, sizeof(tls), " tls=%s sni=%s", tls_version(x->c->t), sni);
+        sni_text(c, sni, sizeof(sni));
+        snprintf(tls, sizeof(tls), " tls=%s sni=%s", tls_version(c->t), sni);
     }
     int n = snprintf(line, sizeof(line),
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
                      "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000, x->c->ip, (int)x->req.method.len, x->req.method.p,
-                     (int)(x->req.target.len > 512 ? 512 : x->req.target.len), x->req.target.p,
-                     x->rt ? x->rt->name : "-", x->backend_role, x->status,
-                     (long long)x->resp_bytes, ms, x->reqid, tls);
+                     ts.tv_nsec / 1000000, c->ip, (int)method.len, method.p,
+                     (int)(target.len > 512 ? 512 : target.len), target.p, route, backend, status,
+                     (long long)bytes, ms, id, tls);
     if (n > 0)
-        worker_access_log(x->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void access_log(struct exchange *x)
+{
+    if (x->w->srv->access_fd < 0)
+        return; /* no clock read on the request path when the log is off */
+    access_log_line(x->c, x->req.method, x->req.target, x->rt ? x->rt->name : "-", x->backend_role,
+                    x->status, x->resp_bytes, (double)(io_now_us() - x->t0) / 1000.0, x->reqid);
 }
 
 /* Ends the exchange once both directions are complete. */

@@ -107,17 +107,6 @@ struct demo {
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static uint64_t demo_random(struct demo *d)
-{
-    /* xorshift64*: only for picking ids and users. */
-    uint64_t x = d->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    d->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
 static void demo_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     struct demo *d = h->loop->data;
@@ -550,7 +539,7 @@ static void demo_client_send(struct demo_client *cl)
     struct demo *d = cl->d;
     struct buf out;
     buf_init(&out, 0);
-    uint64_t r = demo_random(d);
+    uint64_t r = xorshift64s(&d->rng); /* picks ids and users */
     unsigned user = 1 + (unsigned)(r % DEMO_USERS);
     if ((r >> 16) % 5 == 0)
         buf_printf(&out, "GET /api/orders?limit=%u HTTP/1.1\r\n", 2 + (unsigned)((r >> 24) % 7));

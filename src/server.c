@@ -77,13 +77,7 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
 
 uint64_t worker_random(struct worker *w)
 {
-    /* xorshift64*: fast, per worker, good enough for sampling and ids. */
-    uint64_t x = w->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    w->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return xorshift64s(&w->rng); /* per worker: no lock, no sharing */
 }
 
 static void worker_flush_access(struct worker *w)

@@ -228,6 +228,7 @@ static void up_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
 static void up_on_written(void *ctx, int status);
 static void up_established(struct upconn *u);
 static void up_connect_failed(struct upconn *u, int status);
+static void up_handshake_failed(struct upconn *u, const char *reason);
 
 /* Sends what TLS has waiting (handshake messages, alerts, records). A write
  * that fails shows up as a read error. */
@@ -262,9 +263,7 @@ static void up_tls_input(struct upconn *u, const char *p, size_t len)
         int r = tls_handshake(u->t);
         up_flush_tls(u);
         if (r < 0) {
-            log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
-                     tls_reason(u->t));
-            up_connect_failed(u, FICUS_ETLS);
+            up_handshake_failed(u, tls_reason(u->t));
             return;
         }
         if (r == 0)
@@ -318,9 +317,8 @@ static void up_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (u->state == UP_CONNECTING && nread < 0) {
         rbuf_unref(pool, rb); /* the backend hung up during the TLS handshake */
-        log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
-                 nread == UV_EOF ? "connection closed by the backend" : uv_strerror((int)nread));
-        up_connect_failed(u, FICUS_ETLS);
+        up_handshake_failed(u, nread == UV_EOF ? "connection closed by the backend"
+                                               : uv_strerror((int)nread));
         return;
     }
     if (u->t != NULL && nread > 0) {
@@ -401,6 +399,15 @@ static void up_connect_failed(struct upconn *u, int status)
         w->cb(w->ctx, NULL, status);
 }
 
+/* The TLS handshake with an https backend failed: one warning with the reason,
+ * and the waiter hears FICUS_ETLS (a 502 for the client). */
+static void up_handshake_failed(struct upconn *u, const char *reason)
+{
+    log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
+             reason);
+    up_connect_failed(u, FICUS_ETLS);
+}
+
 /* Connected (and, for https, the handshake done). */
 static void up_established(struct upconn *u)
 {
@@ -445,9 +452,7 @@ static void up_on_connect(uv_connect_t *req, int status)
     int r = tls_handshake(u->t); /* the ClientHello */
     if (r >= 0 && up_flush_tls(u) == 0)
         return;
-    log_warn("upstream", "TLS handshake failed backend=%s reason=\"%s\"", u->pool->be->name,
-             r < 0 ? tls_reason(u->t) : "cannot send the ClientHello");
-    up_connect_failed(u, FICUS_ETLS);
+    up_handshake_failed(u, r < 0 ? tls_reason(u->t) : "cannot send the ClientHello");
 }
 
 static int up_connect(struct pool *p, struct upstream_wait *w)

@@ -52,6 +52,10 @@ static inline bool span_eq(struct span a, const char *b)
     return a.len == n && memcmp(a.p, b, n) == 0;
 }
 
+/* xorshift64*: advances *state (never 0) and returns the next number. Fast,
+ * not for secrets: sampling, random buckets, request ids, demo traffic. */
+uint64_t xorshift64s(uint64_t *state);
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif
