@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -592,7 +593,6 @@ class Backend:
 
     def _tls_wrap(self, s):
         """Server-side handshake; returns the TLS socket or None when it failed."""
-        import ssl
         try:
             s.settimeout(10)
             t = self.ssl_context.wrap_socket(s, server_side=True)

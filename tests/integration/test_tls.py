@@ -3,11 +3,10 @@ SNI, reload on SIGHUP, handshake deadline) and https backends (verification
 against a CA file, hostname and IP checks, expiry, verify false, session
 resumption), with certificates made by openssl for each run."""
 
-import os
 import shutil
-import signal
 import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -283,9 +282,7 @@ class UpstreamVerification(TlsCase):
 class Check(TlsCase):
     def check(self, cfg):
         fx = harness.Ficus(config=cfg, name="check")
-        fx.config["listen"] = cfg.get("listen", fx.config["listen"])
-        fx.write_config()
-        import subprocess
+        fx.write_config()  # cfg's listen, if any, replaced the default in the merge
         p = subprocess.run([harness.ficus_bin(), "check", "-c", fx.config_path],
                            capture_output=True, text=True, timeout=20, env=fx.env())
         shutil.rmtree(fx.workdir, ignore_errors=True)
