@@ -2,6 +2,7 @@
 #include "ficus/common.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +60,21 @@ int buf_put_uint(struct buf *b, uint64_t v)
     return buf_append(b, tmp + i, sizeof(tmp) - i);
 }
 
+int buf_put_int(struct buf *b, int64_t v)
+{
+    if (v >= 0)
+        return buf_put_uint(b, (uint64_t)v);
+    char tmp[21];
+    size_t i = sizeof(tmp);
+    uint64_t u = 0 - (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    tmp[--i] = '-';
+    return buf_append(b, tmp + i, sizeof(tmp) - i);
+}
+
 int buf_puts(struct buf *b, const char *s)
 {
     return buf_append(b, s, strlen(s));
@@ -105,96 +121,168 @@ void buf_dispose(struct buf *b)
     b->cap = 0;
 }
 
-/* Length of the UTF-8 sequence at s (at most n bytes), 0 when it is not valid
- * UTF-8 by jansson's rules: no overlong forms, no surrogates, nothing above
- * U+10FFFF. Only for a first byte of 0x80 or more. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char u = s[0];
-    size_t k;
-    uint32_t cp;
-    if (u >= 0xC2 && u <= 0xDF) {
-        k = 2;
-        cp = u & 0x1F;
-    } else if (u >= 0xE0 && u <= 0xEF) {
-        k = 3;
-        cp = u & 0x0F;
-    } else if (u >= 0xF0 && u <= 0xF4) {
-        k = 4;
-        cp = u & 0x07;
-    } else {
-        return 0;
-    }
-    if (k > n)
-        return 0;
-    for (size_t i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    if ((k == 3 && cp < 0x800) || (k == 4 && cp < 0x10000))
-        return 0;
-    return k;
-}
+/* Bytes a JSON string holds as they are: printable ASCII but '"' and '\\'. */
+static const unsigned char json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
 
 int buf_json_string(struct buf *b, const char *s, size_t n)
 {
+    static const char short_esc[0x20] = {
+        ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'};
+    static const char hex[] = "0123456789ABCDEF";
     if (s == NULL)
         s = ""; /* n is 0 then */
     const unsigned char *u = (const unsigned char *)s;
     size_t start = b->len;
-    int rc = buf_append(b, "\"", 1);
-    size_t run = 0, i = 0;
-    while (rc == 0 && i < n) {
+    /* Room for the input as it is and both quotes. The invariant below: the
+     * space left always holds the rest of the input and the closing quote, so
+     * only an escape (which writes more than it reads) may need to grow it. */
+    int rc = buf_reserve(b, n + 2);
+    if (rc != 0)
+        return rc;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (i < n && json_plain[u[i]])
+            i++;
+        memcpy(o, s + run, i - run);
+        o += i - run;
+        if (i == n)
+            break;
         unsigned char ch = u[i];
         if (ch >= 0x80) {
-            size_t k = utf8_seq(u + i, n - i);
+            size_t k = utf8_len(u + i, n - i);
             if (k == 0) {
                 rc = -EINVAL;
                 break;
             }
+            memcpy(o, s + i, k);
+            o += k;
             i += k;
             continue;
         }
-        if (ch >= 0x20 && ch != '"' && ch != '\\') {
-            i++;
-            continue;
-        }
         /* jansson's short escapes; other control characters as \u00XX. */
-        static const char short_esc[0x20] = {
-            ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'};
-        char esc[8] = {'\\', (char)ch};
+        char esc[6] = {'\\', (char)ch};
         size_t el = 2;
-        if (ch < 0x20 && short_esc[ch] != 0)
+        if (ch < 0x20 && short_esc[ch] != 0) {
             esc[1] = short_esc[ch];
-        else if (ch < 0x20)
-            el = (size_t)snprintf(esc, sizeof(esc), "\\u%04X", ch);
-        rc = buf_append(b, s + run, i - run);
-        if (rc == 0)
-            rc = buf_append(b, esc, el);
+        } else if (ch < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[ch >> 4];
+            esc[5] = hex[ch & 15];
+            el = 6;
+        }
+        size_t used = (size_t)(o - b->data), rest = n - i - 1;
+        if (used + el + rest + 2 > b->cap) {
+            b->len = used;
+            rc = buf_reserve(b, el + rest + 1);
+            if (rc != 0)
+                break;
+            o = b->data + used;
+        }
+        memcpy(o, esc, el);
+        o += el;
         i++;
-        run = i;
     }
-    if (rc == 0)
-        rc = buf_append(b, s + run, i - run);
-    if (rc == 0)
-        rc = buf_append(b, "\"", 1);
-    if (rc != 0 && b->data != NULL) {
+    if (rc != 0) {
         b->len = start;
         b->data[start] = '\0';
+        return rc;
     }
-    return rc;
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->data);
+    return 0;
+}
+
+/* 10^0 .. 10^15: exact doubles. */
+static const double pow10_small[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+/* "%.*g" without printf for the usual reals: v equal to m / 10^k exactly
+ * (the division correctly rounded, m < 2^53) with m of at most precision
+ * digits. The exact binary value of v is then within half an ulp of that
+ * decimal, far inside half a step of the precision-digit grid, so rounding
+ * it to precision digits gives m's digits: what printf prints. Only for
+ * precision up to 15 and the fixed notation (-4 <= exponent < precision);
+ * returns 0 when it does not apply. tmp needs 32 bytes. */
+static size_t real_short(char *tmp, double v, int precision)
+{
+    double a = fabs(v);
+    uint64_t m = 0;
+    int k, digits;
+
+    if (precision > 15 || !(a < 1e15) || (a != 0 && a < 1e-4))
+        return 0;
+    for (k = 0; k < 16; k++) {
+        double scaled = a * pow10_small[k];
+        if (scaled >= 9007199254740992.0)
+            return 0;
+        m = (uint64_t)llround(scaled);
+        if ((double)m / pow10_small[k] == a)
+            break;
+    }
+    if (k == 16)
+        return 0;
+    char digs[20];
+    digits = 0;
+    for (uint64_t t = m; digits == 0 || t != 0; t /= 10)
+        digs[digits++] = (char)('0' + t % 10); /* reversed */
+    if (digits > precision)
+        return 0;
+    size_t o = 0;
+    if (signbit(v))
+        tmp[o++] = '-';
+    if (digits <= k) {
+        /* 0.000ddd */
+        tmp[o++] = '0';
+        tmp[o++] = '.';
+        for (int z = 0; z < k - digits; z++)
+            tmp[o++] = '0';
+        for (int d = digits; d-- > 0;)
+            tmp[o++] = digs[d];
+        return o;
+    }
+    for (int d = digits; d-- > 0;) {
+        tmp[o++] = digs[d];
+        if (d == k && k > 0)
+            tmp[o++] = '.';
+    }
+    if (k == 0) {
+        tmp[o++] = '.'; /* an integral real reads back as a real: "3.0" */
+        tmp[o++] = '0';
+    }
+    return o;
 }
 
 int buf_json_real(struct buf *b, double v, int precision)
 {
     char tmp[64];
+    size_t len = real_short(tmp, v, precision);
+    if (len > 0)
+        return buf_append(b, tmp, len);
     int r = snprintf(tmp, sizeof(tmp) - 3, "%.*g", precision, v);
     if (r < 0 || (size_t)r >= sizeof(tmp) - 3)
         return -EINVAL;
-    size_t len = (size_t)r;
+    len = (size_t)r;
     /* A dot or an exponent, so that it reads back as a real. */
     if (strchr(tmp, '.') == NULL && strchr(tmp, 'e') == NULL) {
         memcpy(tmp + len, ".0", 3);
@@ -215,70 +303,6 @@ int buf_json_real(struct buf *b, double v, int precision)
         }
     }
     return buf_append(b, tmp, len);
-}
-
-static int json_value(struct buf *b, const json_t *v, int precision)
-{
-    char tmp[32];
-    int rc = 0;
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        rc = buf_append(b, "{", 1);
-        bool first = true;
-        for (void *it = json_object_iter((json_t *)v); it != NULL && rc == 0;
-             it = json_object_iter_next((json_t *)v, it)) {
-            if (!first)
-                rc = buf_append(b, ",", 1);
-            first = false;
-            const char *key = json_object_iter_key(it);
-            if (rc == 0)
-                rc = buf_json_string(b, key, json_object_iter_key_len(it));
-            if (rc == 0)
-                rc = buf_append(b, ":", 1);
-            if (rc == 0)
-                rc = json_value(b, json_object_iter_value(it), precision);
-        }
-        return rc != 0 ? rc : buf_append(b, "}", 1);
-    }
-    case JSON_ARRAY: {
-        rc = buf_append(b, "[", 1);
-        for (size_t i = 0; i < json_array_size(v) && rc == 0; i++) {
-            if (i > 0)
-                rc = buf_append(b, ",", 1);
-            if (rc == 0)
-                rc = json_value(b, json_array_get(v, i), precision);
-        }
-        return rc != 0 ? rc : buf_append(b, "]", 1);
-    }
-    case JSON_STRING:
-        return buf_json_string(b, json_string_value(v), json_string_length(v));
-    case JSON_INTEGER: {
-        int n = snprintf(tmp, sizeof(tmp), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return buf_append(b, tmp, (size_t)n);
-    }
-    case JSON_REAL:
-        return buf_json_real(b, json_real_value(v), precision);
-    case JSON_TRUE:
-        return buf_append(b, "true", 4);
-    case JSON_FALSE:
-        return buf_append(b, "false", 5);
-    case JSON_NULL:
-        return buf_append(b, "null", 4);
-    }
-    return -EINVAL;
-}
-
-int buf_json_value(struct buf *b, const json_t *v, int precision)
-{
-    if (v == NULL)
-        return -EINVAL;
-    size_t start = b->len;
-    int rc = json_value(b, v, precision);
-    if (rc != 0 && b->data != NULL) {
-        b->len = start;
-        b->data[start] = '\0';
-    }
-    return rc;
 }
 
 struct arena_block {
@@ -314,9 +338,19 @@ void *arena_alloc(struct arena *a, size_t n)
     return blk->data;
 }
 
+void *arena_alloc_bytes(struct arena *a, size_t n)
+{
+    if ((size_t)(a->end - a->cur) >= n) {
+        void *p = a->cur;
+        a->cur += n;
+        return p;
+    }
+    return arena_alloc(a, n);
+}
+
 char *arena_strndup(struct arena *a, const char *s, size_t n)
 {
-    char *p = arena_alloc(a, n + 1);
+    char *p = arena_alloc_bytes(a, n + 1);
     if (p == NULL)
         return NULL;
     memcpy(p, s, n);

@@ -32,28 +32,20 @@ static const char *const default_headers[] = {"content-type"};
 
 /* ---- results ---------------------------------------------------------------------------- */
 
-/* Appends an item; takes ownership of both json references (and drops them
- * when the result is full or on failure). path is copied. */
-static int push_item(struct diff_result *out, enum diff_kind kind, const char *path, json_t *legacy,
-                     json_t *new_)
+/* Appends an item. path is copied into the result's arena; legacy and new_
+ * must live at least as long (the arena, or the caller's documents). */
+static int push_item(struct diff_result *out, enum diff_kind kind, const char *path,
+                     const struct jv *legacy, const struct jv *new_)
 {
     char *p;
-    size_t len;
 
     if (out->n >= DIFF_MAX_ITEMS) {
         out->truncated = true;
-        json_decref(legacy);
-        json_decref(new_);
         return 0;
     }
-    len = strlen(path);
-    p = malloc(len + 1);
-    if (p == NULL) {
-        json_decref(legacy);
-        json_decref(new_);
+    p = arena_strndup(&out->arena, path, strlen(path));
+    if (p == NULL)
         return FICUS_ENOMEM;
-    }
-    memcpy(p, path, len + 1);
     out->items[out->n].kind = kind;
     out->items[out->n].path = p;
     out->items[out->n].legacy = legacy;
@@ -62,18 +54,18 @@ static int push_item(struct diff_result *out, enum diff_kind kind, const char *p
     return 0;
 }
 
+void diff_result_init(struct diff_result *r)
+{
+    r->n = 0;
+    r->truncated = false;
+    arena_init(&r->arena);
+}
+
 void diff_result_dispose(struct diff_result *r)
 {
     if (r == NULL)
         return;
-    for (size_t i = 0; i < r->n && i < DIFF_MAX_ITEMS; i++) {
-        free(r->items[i].path);
-        json_decref(r->items[i].legacy);
-        json_decref(r->items[i].new_);
-        r->items[i].path = NULL;
-        r->items[i].legacy = NULL;
-        r->items[i].new_ = NULL;
-    }
+    arena_dispose(&r->arena);
     r->n = 0;
     r->truncated = false;
 }
@@ -168,58 +160,23 @@ void diff_normalize_path(const char *path, char *out, size_t out_size)
 
 /* ---- strings ---------------------------------------------------------------------------- */
 
-/* Length of the well-formed UTF-8 sequence at p (at most avail bytes), or 0. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xBF;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F; /* no UTF-16 surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (avail < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF)
-            return 0;
-    return n;
-}
-
-/* A jansson string of the bytes from p, starting at most `want` bytes (a
+/* A string value of the bytes from p, starting at most `want` bytes (a
  * character straddling the end is kept whole); bytes that are not UTF-8 are
- * written as the text \xNN, since jansson strings must be valid UTF-8.
- * Returns a new reference, or NULL when out of memory. */
-static json_t *safe_stringn(const char *p, size_t avail, size_t want)
+ * written as the text \xNN, since a record must be valid UTF-8. Lives in a;
+ * NULL when out of memory. */
+static const struct jv *safe_stringn(struct arena *a, const char *p, size_t avail, size_t want)
 {
     const unsigned char *u = (const unsigned char *)p;
     size_t end = want < avail ? want : avail;
-    char *buf;
-    size_t o = 0, i = 0;
-    json_t *s;
-
+    struct jv *v = arena_alloc(a, sizeof *v);
     /* Worst case every byte becomes four characters, plus a straddling char. */
-    buf = malloc(end * 4 + 4 + 1);
+    char *buf = v != NULL ? arena_alloc_bytes(a, end * 4 + 4 + 1) : NULL;
+    size_t o = 0, i = 0;
+
     if (buf == NULL)
         return NULL;
     while (i < end) {
-        size_t n = utf8_seq(u + i, avail - i);
+        size_t n = utf8_len(u + i, avail - i);
         if (n > 0) {
             memcpy(buf + o, u + i, n);
             o += n;
@@ -233,14 +190,16 @@ static json_t *safe_stringn(const char *p, size_t avail, size_t want)
             i++;
         }
     }
-    s = json_stringn_nocheck(buf, o);
-    free(buf);
-    return s;
+    buf[o] = '\0';
+    v->type = JV_STRING;
+    v->n = o;
+    v->u.s = buf;
+    return v;
 }
 
-static json_t *safe_string(const char *p, size_t len)
+static const struct jv *safe_string(struct arena *a, const char *p, size_t len)
 {
-    return safe_stringn(p, len, len);
+    return safe_stringn(a, p, len, len);
 }
 
 /* ---- JSON walk -------------------------------------------------------------------------- */
@@ -343,8 +302,9 @@ static bool path_ignored(const struct walk *w)
 }
 
 /* Records a difference at the current path (unless ignored). legacy and new_
- * are borrowed from the documents; the item takes its own references. */
-static void record(struct walk *w, enum diff_kind kind, const json_t *legacy, const json_t *new_)
+ * are the documents' own values; the item points at them. */
+static void record(struct walk *w, enum diff_kind kind, const struct jv *legacy,
+                   const struct jv *new_)
 {
     int rc;
 
@@ -354,23 +314,31 @@ static void record(struct walk *w, enum diff_kind kind, const json_t *legacy, co
         w->found = true;
         return;
     }
-    rc = push_item(w->out, kind, w->path, json_incref((json_t *)legacy),
-                   json_incref((json_t *)new_));
+    rc = push_item(w->out, kind, w->path, legacy, new_);
     if (rc != 0)
         w->err = rc;
 }
 
-static void walk_value(struct walk *w, const json_t *a, const json_t *b);
+static void walk_value(struct walk *w, const struct jv *a, const struct jv *b);
+
+static bool is_number(const struct jv *v)
+{
+    return v->type == JV_INT || v->type == JV_REAL;
+}
+
+static double number_value(const struct jv *v)
+{
+    return v->type == JV_INT ? (double)v->u.i : v->u.d;
+}
 
 /* Are two numbers equal within the tolerance? Two integers compare as integers
  * so that values beyond 2^53 are not rounded together. */
-static bool numbers_equal(const json_t *a, const json_t *b, double tolerance)
+static bool numbers_equal(const struct jv *a, const struct jv *b, double tolerance)
 {
     double da, db;
 
-    if (json_is_integer(a) && json_is_integer(b)) {
-        json_int_t ia = json_integer_value(a);
-        json_int_t ib = json_integer_value(b);
+    if (a->type == JV_INT && b->type == JV_INT) {
+        int64_t ia = a->u.i, ib = b->u.i;
         uint64_t gap;
 
         if (ia == ib)
@@ -381,54 +349,51 @@ static bool numbers_equal(const json_t *a, const json_t *b, double tolerance)
         gap = ia > ib ? (uint64_t)ia - (uint64_t)ib : (uint64_t)ib - (uint64_t)ia;
         return (double)gap <= tolerance;
     }
-    da = json_number_value(a);
-    db = json_number_value(b);
+    da = number_value(a);
+    db = number_value(b);
     if (da == db)
         return true;
     return tolerance > 0 && fabs(da - db) <= tolerance;
 }
 
-static void walk_object(struct walk *w, const json_t *a, const json_t *b)
+static void walk_object(struct walk *w, const struct jv *a, const struct jv *b)
 {
-    const char *key;
-    size_t key_len;
-    json_t *va, *vb;
+    const struct jv_member *ma = a->u.obj->m, *mb = b->u.obj->m;
 
-    json_object_keylen_foreach((json_t *)a, key, key_len, va)
-    {
+    for (size_t i = 0; i < a->n; i++) {
+        const struct jv *vb;
         size_t saved;
 
         if (halted(w))
             return;
-        vb = json_object_getn(b, key, key_len);
-        saved = path_push_key(w, key, key_len);
+        vb = jv_get(b, ma[i].key, ma[i].key_len);
+        saved = path_push_key(w, ma[i].key, ma[i].key_len);
         if (saved == SIZE_MAX)
             return;
         if (vb == NULL)
-            record(w, DIFF_REMOVED, va, NULL);
+            record(w, DIFF_REMOVED, &ma[i].value, NULL);
         else
-            walk_value(w, va, vb);
+            walk_value(w, &ma[i].value, vb);
         path_pop(w, saved);
     }
-    json_object_keylen_foreach((json_t *)b, key, key_len, vb)
-    {
+    for (size_t j = 0; j < b->n; j++) {
         size_t saved;
 
         if (halted(w))
             return;
-        if (json_object_getn(a, key, key_len) != NULL)
+        if (jv_get(a, mb[j].key, mb[j].key_len) != NULL)
             continue;
-        saved = path_push_key(w, key, key_len);
+        saved = path_push_key(w, mb[j].key, mb[j].key_len);
         if (saved == SIZE_MAX)
             return;
-        record(w, DIFF_ADDED, NULL, vb);
+        record(w, DIFF_ADDED, NULL, &mb[j].value);
         path_pop(w, saved);
     }
 }
 
-static void walk_positional(struct walk *w, const json_t *a, const json_t *b)
+static void walk_positional(struct walk *w, const struct jv *a, const struct jv *b)
 {
-    size_t na = json_array_size(a), nb = json_array_size(b);
+    size_t na = a->n, nb = b->n;
     size_t n = na < nb ? na : nb;
 
     for (size_t i = 0; i < na || i < nb; i++) {
@@ -440,16 +405,16 @@ static void walk_positional(struct walk *w, const json_t *a, const json_t *b)
         if (saved == SIZE_MAX)
             return;
         if (i < n)
-            walk_value(w, json_array_get(a, i), json_array_get(b, i));
+            walk_value(w, &a->u.items[i], &b->u.items[i]);
         else if (i < na)
-            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+            record(w, DIFF_REMOVED, &a->u.items[i], NULL);
         else
-            record(w, DIFF_ADDED, NULL, json_array_get(b, i));
+            record(w, DIFF_ADDED, NULL, &b->u.items[i]);
         path_pop(w, saved);
     }
 }
 
-/* A hash consistent with json_equal: equal values hash alike. Object members
+/* A hash consistent with jv_equal: equal values hash alike. Object members
  * combine by addition so that key order does not matter. */
 static uint64_t mix64(uint64_t x)
 {
@@ -471,44 +436,40 @@ static uint64_t hash_bytes(const char *p, size_t len)
     return h;
 }
 
-static uint64_t json_hash(const json_t *v)
+static uint64_t value_hash(const struct jv *v)
 {
     uint64_t h;
 
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        const char *key;
-        size_t key_len;
-        json_t *m;
+    switch (v->type) {
+    case JV_OBJECT:
         h = 0x6f626a;
-        json_object_keylen_foreach((json_t *)v, key, key_len, m)
-        {
-            h += mix64(hash_bytes(key, key_len) ^ (json_hash(m) * 31));
+        for (size_t i = 0; i < v->n; i++) {
+            const struct jv_member *m = &v->u.obj->m[i];
+            h += mix64(hash_bytes(m->key, m->key_len) ^ (value_hash(&m->value) * 31));
         }
         return mix64(h);
-    }
-    case JSON_ARRAY:
+    case JV_ARRAY:
         h = 0x617272;
-        for (size_t i = 0; i < json_array_size(v); i++)
-            h = mix64(h ^ json_hash(json_array_get(v, i)));
+        for (size_t i = 0; i < v->n; i++)
+            h = mix64(h ^ value_hash(&v->u.items[i]));
         return h;
-    case JSON_STRING:
-        return mix64(hash_bytes(json_string_value(v), json_string_length(v)) ^ 0x737472);
-    case JSON_INTEGER:
-        return mix64((uint64_t)json_integer_value(v) ^ 0x696e74);
-    case JSON_REAL: {
-        double d = json_real_value(v);
+    case JV_STRING:
+        return mix64(hash_bytes(v->u.s, v->n) ^ 0x737472);
+    case JV_INT:
+        return mix64((uint64_t)v->u.i ^ 0x696e74);
+    case JV_REAL: {
+        double d = v->u.d;
         uint64_t bits;
         if (d == 0)
             d = 0; /* -0.0 equals 0.0 */
         memcpy(&bits, &d, sizeof bits);
         return mix64(bits ^ 0x7265616c);
     }
-    case JSON_TRUE:
+    case JV_TRUE:
         return 1;
-    case JSON_FALSE:
+    case JV_FALSE:
         return 2;
-    case JSON_NULL:
+    case JV_NULL:
         return 3;
     }
     return 0;
@@ -529,11 +490,12 @@ static void idx_table_free(struct idx_table *t)
     free(t->hash);
 }
 
+typedef const struct jv *(*item_fn)(const struct jv *arr, size_t i, const char *key);
+
 /* Builds a table over n values; value(i) may be NULL to leave i out. Chains are
  * in ascending index order so that duplicates pair first with first. */
-static int idx_table_init(struct idx_table *t, size_t n,
-                          const json_t *(*value)(const json_t *, size_t, const char *),
-                          const json_t *arr, const char *key)
+static int idx_table_init(struct idx_table *t, size_t n, item_fn value, const struct jv *arr,
+                          const char *key)
 {
     size_t buckets = 16;
 
@@ -548,11 +510,11 @@ static int idx_table_init(struct idx_table *t, size_t n,
         return FICUS_ENOMEM;
     }
     for (size_t i = n; i-- > 0;) {
-        const json_t *v = value(arr, i, key);
+        const struct jv *v = value(arr, i, key);
         size_t b;
         if (v == NULL)
             continue;
-        t->hash[i] = json_hash(v);
+        t->hash[i] = value_hash(v);
         b = (size_t)(t->hash[i] & t->mask);
         t->next[i] = t->head[b];
         t->head[b] = i + 1;
@@ -560,35 +522,33 @@ static int idx_table_init(struct idx_table *t, size_t n,
     return 0;
 }
 
-/* Finds the first index not yet used whose value is json_equal to v. */
-static size_t idx_table_find(const struct idx_table *t, const json_t *v, const bool *used,
-                             const json_t *(*value)(const json_t *, size_t, const char *),
-                             const json_t *arr, const char *key)
+/* Finds the first index not yet used whose value is jv_equal to v. */
+static size_t idx_table_find(const struct idx_table *t, const struct jv *v, const bool *used,
+                             item_fn value, const struct jv *arr, const char *key)
 {
-    uint64_t h = json_hash(v);
+    uint64_t h = value_hash(v);
 
     for (size_t e = t->head[h & t->mask]; e != 0; e = t->next[e - 1]) {
         size_t j = e - 1;
-        if (!used[j] && t->hash[j] == h && json_equal(value(arr, j, key), v))
+        if (!used[j] && t->hash[j] == h && jv_equal(value(arr, j, key), v))
             return j;
     }
     return SIZE_MAX;
 }
 
-static const json_t *item_value(const json_t *arr, size_t i, const char *key)
+static const struct jv *item_value(const struct jv *arr, size_t i, const char *key)
 {
     (void)key;
-    return json_array_get(arr, i);
+    return &arr->u.items[i];
 }
 
-static const json_t *item_key_value(const json_t *arr, size_t i, const char *key)
+static const struct jv *item_key_value(const struct jv *arr, size_t i, const char *key)
 {
-    const json_t *item = json_array_get(arr, i);
-    return json_is_object(item) ? json_object_get(item, key) : NULL;
+    return jv_get(&arr->u.items[i], key, strlen(key));
 }
 
 /* Do a and b compare equal under the rules, at the current path? */
-static bool items_equal(struct walk *w, const json_t *a, const json_t *b)
+static bool items_equal(struct walk *w, const struct jv *a, const struct jv *b)
 {
     bool probe = w->probe, found = w->found, equal;
 
@@ -607,9 +567,10 @@ static bool items_equal(struct walk *w, const json_t *a, const json_t *b)
 /* Multiset comparison: identical items pair first (by hash, in linear time),
  * then the rest pair greedily with items equal under the rules. Unpaired items
  * are removed at their legacy index or added at their new index. */
-static void walk_unordered(struct walk *w, const json_t *a, const json_t *b)
+static void walk_unordered(struct walk *w, const struct jv *a, const struct jv *b)
 {
-    size_t na = json_array_size(a), nb = json_array_size(b);
+    size_t na = a->n, nb = b->n;
+    const struct jv *ia = a->u.items, *ib = b->u.items;
     bool *used_a = calloc(na ? na : 1, sizeof *used_a);
     bool *used_b = calloc(nb ? nb : 1, sizeof *used_b);
     struct idx_table t;
@@ -619,7 +580,7 @@ static void walk_unordered(struct walk *w, const json_t *a, const json_t *b)
         goto out;
     }
     for (size_t i = 0; i < na; i++) {
-        size_t j = idx_table_find(&t, json_array_get(a, i), used_b, item_value, b, NULL);
+        size_t j = idx_table_find(&t, &ia[i], used_b, item_value, b, NULL);
         if (j != SIZE_MAX) {
             used_a[i] = true;
             used_b[j] = true;
@@ -634,14 +595,14 @@ static void walk_unordered(struct walk *w, const json_t *a, const json_t *b)
         if (saved == SIZE_MAX)
             goto out;
         for (size_t j = 0; j < nb && !halted(w); j++) {
-            if (!used_b[j] && items_equal(w, json_array_get(a, i), json_array_get(b, j))) {
+            if (!used_b[j] && items_equal(w, &ia[i], &ib[j])) {
                 used_a[i] = true;
                 used_b[j] = true;
                 break;
             }
         }
         if (!used_a[i])
-            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+            record(w, DIFF_REMOVED, &ia[i], NULL);
         path_pop(w, saved);
     }
     for (size_t j = 0; j < nb && !halted(w); j++) {
@@ -651,7 +612,7 @@ static void walk_unordered(struct walk *w, const json_t *a, const json_t *b)
         saved = path_push_index(w, j);
         if (saved == SIZE_MAX)
             goto out;
-        record(w, DIFF_ADDED, NULL, json_array_get(b, j));
+        record(w, DIFF_ADDED, NULL, &ib[j]);
         path_pop(w, saved);
     }
 out:
@@ -662,9 +623,9 @@ out:
 /* Pairs object items by the value of key. Paired items are compared under the
  * legacy index; unpaired ones are removed (legacy index) or added (new index).
  * Items without the key pair among themselves by position. */
-static void walk_keyed(struct walk *w, const json_t *a, const json_t *b, const char *key)
+static void walk_keyed(struct walk *w, const struct jv *a, const struct jv *b, const char *key)
 {
-    size_t na = json_array_size(a), nb = json_array_size(b);
+    size_t na = a->n, nb = b->n;
     size_t *pair = malloc((na ? na : 1) * sizeof *pair);
     bool *used_b = calloc(nb ? nb : 1, sizeof *used_b);
     size_t nb_keyless = 0, kb = 0;
@@ -678,7 +639,7 @@ static void walk_keyed(struct walk *w, const json_t *a, const json_t *b, const c
         if (item_key_value(b, j, key) == NULL)
             nb_keyless++;
     for (size_t i = 0; i < na; i++) {
-        const json_t *k = item_key_value(a, i, key);
+        const struct jv *k = item_key_value(a, i, key);
         pair[i] = SIZE_MAX;
         if (k != NULL) {
             pair[i] = idx_table_find(&t, k, used_b, item_key_value, b, key);
@@ -698,9 +659,9 @@ static void walk_keyed(struct walk *w, const json_t *a, const json_t *b, const c
         if (saved == SIZE_MAX)
             goto out;
         if (pair[i] != SIZE_MAX)
-            walk_value(w, json_array_get(a, i), json_array_get(b, pair[i]));
+            walk_value(w, &a->u.items[i], &b->u.items[pair[i]]);
         else
-            record(w, DIFF_REMOVED, json_array_get(a, i), NULL);
+            record(w, DIFF_REMOVED, &a->u.items[i], NULL);
         path_pop(w, saved);
     }
     for (size_t j = 0; j < nb && !halted(w); j++) {
@@ -710,7 +671,7 @@ static void walk_keyed(struct walk *w, const json_t *a, const json_t *b, const c
         saved = path_push_index(w, j);
         if (saved == SIZE_MAX)
             goto out;
-        record(w, DIFF_ADDED, NULL, json_array_get(b, j));
+        record(w, DIFF_ADDED, NULL, &b->u.items[j]);
         path_pop(w, saved);
     }
 out:
@@ -718,7 +679,7 @@ out:
     free(used_b);
 }
 
-static void walk_array(struct walk *w, const json_t *a, const json_t *b)
+static void walk_array(struct walk *w, const struct jv *a, const struct jv *b)
 {
     const struct diff_rules *r = w->rules;
 
@@ -737,28 +698,28 @@ static void walk_array(struct walk *w, const json_t *a, const json_t *b)
     walk_positional(w, a, b);
 }
 
-static void walk_value(struct walk *w, const json_t *a, const json_t *b)
+static void walk_value(struct walk *w, const struct jv *a, const struct jv *b)
 {
     if (halted(w) || path_ignored(w))
         return;
-    if (json_is_number(a) && json_is_number(b)) {
+    if (is_number(a) && is_number(b)) {
         if (!numbers_equal(a, b, w->rules->tolerance))
             record(w, DIFF_JSON, a, b);
         return;
     }
-    if (json_typeof(a) != json_typeof(b)) {
+    if (a->type != b->type) {
         record(w, DIFF_JSON, a, b);
         return;
     }
-    switch (json_typeof(a)) {
-    case JSON_OBJECT:
+    switch (a->type) {
+    case JV_OBJECT:
         walk_object(w, a, b);
         break;
-    case JSON_ARRAY:
+    case JV_ARRAY:
         walk_array(w, a, b);
         break;
-    case JSON_STRING:
-        if (!json_equal(a, b))
+    case JV_STRING:
+        if (!jv_equal(a, b))
             record(w, DIFF_JSON, a, b);
         break;
     default: /* true, false, null: the type is the value */
@@ -766,7 +727,7 @@ static void walk_value(struct walk *w, const json_t *a, const json_t *b)
     }
 }
 
-int diff_json(const struct diff_rules *rules, const json_t *legacy, const json_t *new_,
+int diff_json(const struct diff_rules *rules, const struct jv *legacy, const struct jv *new_,
               struct diff_result *out)
 {
     static const struct diff_rules no_rules;
@@ -1009,7 +970,7 @@ static int diff_headers(const struct diff_rules *rules, const struct diff_respon
         char *lv = NULL, *nv = NULL;
         size_t ll, nl;
         bool lf, nf;
-        json_t *jl, *jn;
+        const struct jv *jl, *jn;
 
         if (names[i] == NULL ||
             header_listed(rules->ignore_headers, rules->n_ignore_headers, names[i]))
@@ -1019,11 +980,9 @@ static int diff_headers(const struct diff_rules *rules, const struct diff_respon
             rc = header_join(new_, names[i], &nv, &nl, &nf);
         if (rc == 0 && (lf != nf || (lf && (ll != nl || memcmp(lv, nv, ll) != 0)))) {
             /* An absent header shows as null, a present one as its (joined) value. */
-            jl = lf ? safe_string(lv, ll) : json_null();
-            jn = nf ? safe_string(nv, nl) : json_null();
+            jl = lf ? safe_string(&out->arena, lv, ll) : jv_null();
+            jn = nf ? safe_string(&out->arena, nv, nl) : jv_null();
             if (jl == NULL || jn == NULL) {
-                json_decref(jl);
-                json_decref(jn);
                 rc = FICUS_ENOMEM;
             } else {
                 rc = push_item(out, DIFF_HEADER, names[i], jl, jn);
@@ -1075,18 +1034,15 @@ static int diff_bad_bodies(const struct body *l, const struct body *n, struct di
     const struct body *b[2] = {l, n};
 
     for (int i = 0; i < 2; i++) {
-        json_t *jl, *jn;
+        const struct jv *jl, *jn;
         int rc;
 
         if (b[i]->bad == NULL)
             continue;
-        jl = l->bad ? json_string(l->bad) : json_null();
-        jn = n->bad ? json_string(n->bad) : json_null();
-        if (jl == NULL || jn == NULL) {
-            json_decref(jl);
-            json_decref(jn);
+        jl = l->bad ? jv_new_string(&out->arena, l->bad, strlen(l->bad)) : jv_null();
+        jn = n->bad ? jv_new_string(&out->arena, n->bad, strlen(n->bad)) : jv_null();
+        if (jl == NULL || jn == NULL)
             return FICUS_ENOMEM;
-        }
         rc = push_item(out, DIFF_ERROR, side[i], jl, jn);
         if (rc != 0)
             return rc;
@@ -1101,7 +1057,7 @@ static int diff_bytes(const struct body *l, const struct body *n, struct diff_re
     size_t common = l->len < n->len ? l->len : n->len;
     size_t off = 0;
     char path[24];
-    json_t *jl, *jn;
+    const struct jv *jl, *jn;
 
     if (common > 0 && memcmp(l->p, n->p, common) == 0)
         off = common;
@@ -1111,13 +1067,10 @@ static int diff_bytes(const struct body *l, const struct body *n, struct diff_re
     if (off == common && l->len == n->len)
         return 0;
     snprintf(path, sizeof path, "%zu", off);
-    jl = safe_stringn(l->p + off, l->len - off, DIFF_EXCERPT_BYTES);
-    jn = safe_stringn(n->p + off, n->len - off, DIFF_EXCERPT_BYTES);
-    if (jl == NULL || jn == NULL) {
-        json_decref(jl);
-        json_decref(jn);
+    jl = safe_stringn(&out->arena, l->p + off, l->len - off, DIFF_EXCERPT_BYTES);
+    jn = safe_stringn(&out->arena, n->p + off, n->len - off, DIFF_EXCERPT_BYTES);
+    if (jl == NULL || jn == NULL)
         return FICUS_ENOMEM;
-    }
     return push_item(out, DIFF_BODY, path, jl, jn);
 }
 
@@ -1139,20 +1092,20 @@ static int diff_bodies(const struct diff_rules *rules, const struct diff_respons
         goto out;
     }
     if (is_json_type(legacy) && is_json_type(new_)) {
-        /* Integers beyond 64 bits and reals beyond double make jansson fail; such
-         * bodies, like invalid JSON, fall back to the byte comparison. */
-        const size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
-        json_t *jl = json_loadb(l.p, l.len, flags, NULL);
-        json_t *jn = jl != NULL ? json_loadb(n.p, n.len, flags, NULL) : NULL;
+        /* Integers beyond 64 bits and reals beyond double make the parse fail;
+         * such bodies, like invalid JSON, fall back to the byte comparison. The
+         * documents live in the result's arena: the items point into them. */
+        const struct jv *jl = NULL, *jn = NULL;
 
-        if (jl != NULL && jn != NULL) {
+        rc = jdoc_parse(&out->arena, l.p, l.len, &jl);
+        if (rc == 0)
+            rc = jdoc_parse(&out->arena, n.p, n.len, &jn);
+        if (rc == 0) {
             rc = diff_json(rules, jl, jn, out);
-            json_decref(jl);
-            json_decref(jn);
             goto out;
         }
-        json_decref(jl);
-        json_decref(jn);
+        if (rc == FICUS_ENOMEM)
+            goto out;
     }
     rc = diff_bytes(&l, &n, out);
 out:
@@ -1162,9 +1115,10 @@ out:
 }
 
 /* The value an error item shows for a side: its error, else its status. */
-static json_t *side_value(const struct diff_response *r)
+static const struct jv *side_value(struct arena *a, const struct diff_response *r)
 {
-    return r->error != NULL ? safe_string(r->error, strlen(r->error)) : json_integer(r->status);
+    return r->error != NULL ? safe_string(a, r->error, strlen(r->error))
+                            : jv_new_int(a, r->status);
 }
 
 int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
@@ -1175,25 +1129,21 @@ int diff_responses(const struct diff_rules *rules, const struct diff_response *l
 
     if (rules == NULL)
         rules = &no_rules;
-    /* Reset, not dispose: out may be fresh memory. The caller disposes a used result. */
-    out->n = 0;
-    out->truncated = false;
+    /* Initialise, not dispose: out may be fresh memory. The caller disposes a used result. */
+    diff_result_init(out);
 
     if (legacy->error != NULL || new_->error != NULL) {
         const struct diff_response *sides[2] = {legacy, new_};
         const char *names[2] = {"legacy", "new"};
 
         for (int i = 0; i < 2; i++) {
-            json_t *jl, *jn;
+            const struct jv *jl, *jn;
             if (sides[i]->error == NULL)
                 continue;
-            jl = side_value(legacy);
-            jn = side_value(new_);
-            if (jl == NULL || jn == NULL) {
-                json_decref(jl);
-                json_decref(jn);
+            jl = side_value(&out->arena, legacy);
+            jn = side_value(&out->arena, new_);
+            if (jl == NULL || jn == NULL)
                 return FICUS_ENOMEM;
-            }
             rc = push_item(out, DIFF_ERROR, names[i], jl, jn);
             if (rc != 0)
                 return rc;
@@ -1201,13 +1151,10 @@ int diff_responses(const struct diff_rules *rules, const struct diff_response *l
         return 0;
     }
     if (legacy->status != new_->status) {
-        json_t *jl = json_integer(legacy->status);
-        json_t *jn = json_integer(new_->status);
-        if (jl == NULL || jn == NULL) {
-            json_decref(jl);
-            json_decref(jn);
+        const struct jv *jl = jv_new_int(&out->arena, legacy->status);
+        const struct jv *jn = jv_new_int(&out->arena, new_->status);
+        if (jl == NULL || jn == NULL)
             return FICUS_ENOMEM;
-        }
         rc = push_item(out, DIFF_STATUS, "status", jl, jn);
         if (rc != 0)
             return rc;

@@ -560,7 +560,7 @@ static int diff_item_json(struct buf *out, const struct diff_item *it, bool reda
         rc = member_str(out, "kind", diff_kind_name(it->kind), true);
     if (rc == 0)
         rc = member_str(out, "path", it->path, false);
-    const json_t *sides[2] = {it->legacy, it->new_};
+    const struct jv *sides[2] = {it->legacy, it->new_};
     for (int i = 0; i < 2 && rc == 0; i++) {
         rc = buf_puts(out, i == 0 ? ",\"legacy\":" : ",\"new\":");
         if (rc != 0)
@@ -570,7 +570,7 @@ static int diff_item_json(struct buf *out, const struct diff_item *it, bool reda
         else if (sides[i] == NULL)
             rc = buf_puts(out, "null");
         else
-            rc = buf_json_value(out, sides[i], DIVLOG_REAL_PRECISION);
+            rc = jv_write(out, sides[i], DIVLOG_REAL_PRECISION);
     }
     return rc != 0 ? rc : buf_puts(out, "}");
 }
@@ -635,7 +635,7 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
         c->skipped = true;
         return;
     }
-    memset(res, 0, 2 * sizeof(*res));
+    diff_result_init(&res[1]); /* res[0] is initialised by diff_responses */
     struct diff_response rl, rn, rt2;
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);

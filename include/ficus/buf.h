@@ -2,7 +2,6 @@
 #ifndef FICUS_BUF_H
 #define FICUS_BUF_H
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +25,8 @@ int buf_puts(struct buf *b, const char *s);
 int buf_reserve(struct buf *b, size_t extra);
 /* Appends v in decimal. Same returns as buf_append. */
 int buf_put_uint(struct buf *b, uint64_t v);
+/* Appends v in decimal, with a minus sign when negative. Same returns. */
+int buf_put_int(struct buf *b, int64_t v);
 /* Appends printf-formatted text. Same returns as buf_append. */
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drops the first n bytes (n <= len). */
@@ -44,8 +45,6 @@ void buf_dispose(struct buf *b);
 int buf_json_string(struct buf *b, const char *s, size_t n);
 /* A JSON real. */
 int buf_json_real(struct buf *b, double v, int precision);
-/* Any jansson value, containers included. */
-int buf_json_value(struct buf *b, const json_t *v, int precision);
 
 /* A bump allocator: allocations live until arena_dispose frees them all at once
  * (nginx's request pool, h2o's mem pool). The first block is embedded. */
@@ -60,6 +59,8 @@ struct arena {
 void arena_init(struct arena *a);
 /* Returns n bytes aligned for any type, or NULL when out of memory. */
 void *arena_alloc(struct arena *a, size_t n);
+/* Returns n bytes with no alignment (text), or NULL when out of memory. */
+void *arena_alloc_bytes(struct arena *a, size_t n);
 /* Copies n bytes into the arena and NUL-terminates them. */
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_dispose(struct arena *a);

@@ -56,6 +56,11 @@ static inline bool span_eq(struct span a, const char *b)
  * not for secrets: sampling, random buckets, request ids, demo traffic. */
 uint64_t xorshift64s(uint64_t *state);
 
+/* Length of the well-formed UTF-8 sequence at p (avail >= 1 bytes): 1 for
+ * ASCII, 0 when the bytes are not UTF-8 by jansson's rules (no overlong forms,
+ * no UTF-16 surrogates, nothing above U+10FFFF). */
+size_t utf8_len(const unsigned char *p, size_t avail);
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -3,7 +3,9 @@
 #ifndef FICUS_DIFF_H
 #define FICUS_DIFF_H
 
-#include <jansson.h>
+#include "ficus/buf.h"
+#include "ficus/jdoc.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -63,20 +65,24 @@ enum diff_kind {
 /* One difference. path is a JSON Pointer for json/added/removed, the header
  * name for header, the decimal offset for body, "status" for status, and
  * "legacy" or "new" (the side that failed) for error. legacy and new are
- * jansson values (a NULL side means absent); the item owns one reference to each. */
+ * JSON values (a NULL side means absent) that live in the result's arena, or
+ * in the caller's documents for diff_json. */
 struct diff_item {
     enum diff_kind kind;
-    char *path;
-    json_t *legacy;
-    json_t *new_;
+    const char *path;
+    const struct jv *legacy;
+    const struct jv *new_;
 };
 
 /* The differences of one comparison: at most DIFF_MAX_ITEMS items, truncated
- * set when there were more. Owned by the caller; release with diff_result_dispose. */
+ * set when there were more. Owned by the caller: diff_result_init before the
+ * first use, diff_result_dispose after each. Paths, values and the parsed
+ * bodies they point into live in arena. */
 struct diff_result {
     struct diff_item items[DIFF_MAX_ITEMS];
     size_t n;
     bool truncated;
+    struct arena arena;
 };
 
 /* Compares legacy and new under rules and fills out (which it first resets).
@@ -88,22 +94,25 @@ struct diff_result {
  * compared. An absent header shows as json null. A gzip body that does not
  * decode (or decodes beyond 64 MiB) gives a DIFF_ERROR item for its side with
  * the value "invalid_gzip" (or "gzip_too_large"), null on the other side, and
- * the bodies are not compared. JSON that jansson rejects (including integers
+ * the bodies are not compared. JSON that jdoc_parse rejects (including integers
  * beyond 64 bits) falls back to the byte comparison, whose values are up to 32
  * bytes from the offset, non-UTF-8 bytes written as the text \xNN.
- * "Resets" means n = 0 and truncated = false: dispose a used result first. */
+ * out is initialised first: dispose a used result before. */
 int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
                    const struct diff_response *new_, struct diff_result *out);
 
-/* Compares two JSON documents under rules, appending to out from path "" down.
- * Items hold references to the documents' own values (no copies). Items of a
+/* Compares two JSON documents under rules, appending to out (initialised)
+ * from path "" down. Items point at the documents' own values (no copies): keep
+ * the documents while the result is read. Items of a
  * match_by array that pair by key are reported under their legacy index;
  * unpaired ones under their own side's index. Exposed for tests and for noise
  * learning. Returns 0, or FICUS_ENOMEM. */
-int diff_json(const struct diff_rules *rules, const json_t *legacy, const json_t *new_,
+int diff_json(const struct diff_rules *rules, const struct jv *legacy, const struct jv *new_,
               struct diff_result *out);
 
-/* Frees what the items own and empties the result. */
+/* An empty result. */
+void diff_result_init(struct diff_result *r);
+/* Frees what the result holds and leaves it empty (and initialised). */
 void diff_result_dispose(struct diff_result *r);
 
 /* "status", "header", "json", "added", "removed", "body", "error". */

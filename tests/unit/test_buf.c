@@ -1,8 +1,9 @@
-/* Unit tests for the buffers' JSON text writer: every output must equal, byte
- * for byte, what jansson's json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(10))
- * writes, because divergence records are written with it and the record
- * format is part of the contract. The cap and the roll-back on error are
- * checked too. */
+/* Unit tests for the buffers' JSON text writer (and jv_write over it): every
+ * output must equal, byte for byte, what jansson's json_dumps(JSON_COMPACT |
+ * JSON_REAL_PRECISION(10)) writes, because divergence records are written
+ * with it and the record format is part of the contract. Each value goes
+ * through text and jdoc_parse first, so the parse must keep it exactly. The
+ * cap and the roll-back on error are checked too. */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -14,24 +15,41 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "ficus/buf.h"
 #include "ficus/common.h"
+#include "ficus/jdoc.h"
 
 #define FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10))
 
-/* Writes v with buf_json_value and checks it against json_dumps. */
+/* Dumps v at full precision, parses that with jdoc_parse, writes it back with
+ * jv_write and checks the text against json_dumps. */
 static void check_value(json_t *v)
 {
     struct buf b;
+    struct arena a;
+    const struct jv *j;
     buf_init(&b, 0);
+    arena_init(&a);
     assert_int_equal(buf_puts(&b, "x"), 0); /* appends after what is there */
+    char *full = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     char *want = json_dumps(v, FLAGS);
+    assert_non_null(full);
     assert_non_null(want);
-    assert_int_equal(buf_json_value(&b, v, 10), 0);
+    assert_int_equal(jdoc_parse(&a, full, strlen(full), &j), 0);
+    if (json_is_real(v)) {
+        /* The very same double, sign of zero included. */
+        double got = j->u.d, exp = json_real_value(v);
+        assert_int_equal(j->type, JV_REAL);
+        assert_memory_equal(&got, &exp, sizeof got);
+    }
+    assert_int_equal(jv_write(&b, j, 10), 0);
     assert_string_equal(b.data + 1, want);
     assert_int_equal(b.len, strlen(want) + 1);
+    free(full);
     free(want);
+    arena_dispose(&a);
     buf_dispose(&b);
 }
 
@@ -67,6 +85,50 @@ static void test_reals_match_jansson(void **state)
         check_value(j);
         json_decref(j);
     }
+}
+
+/* Short decimals (what backends and our own timings mostly hold) are written
+ * without printf: the result must still be jansson's at every precision. */
+static void test_short_reals_match_jansson_at_every_precision(void **state)
+{
+    (void)state;
+    uint64_t seed = 99;
+    char text[48];
+    struct buf b;
+    buf_init(&b, 0);
+    for (int i = 0; i < 200000; i++) {
+        uint64_t r = xorshift64s(&seed);
+        int digits = 1 + (int)(r % 16), exp = (int)((r >> 8) % 28) - 10;
+        int precision = 1 + (int)((r >> 16) % 17);
+        uint64_t m = xorshift64s(&seed) % 10000000000000000ULL;
+        for (int d = 16; d > digits; d--)
+            m /= 10;
+        snprintf(text, sizeof text, "%s%llue%d", (r >> 63) ? "-" : "", (unsigned long long)m,
+                 exp - digits);
+        double v = strtod(text, NULL);
+        json_t *j = json_real(v);
+        char *want = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(precision));
+        buf_reset(&b);
+        assert_int_equal(buf_json_real(&b, v, precision), 0);
+        if (strcmp(b.data, want) != 0) {
+            print_error("%s at precision %d: got %s, jansson %s\n", text, precision, b.data, want);
+            fail();
+        }
+        free(want);
+        json_decref(j);
+    }
+    /* Timings in milliseconds with microsecond resolution, as records hold them. */
+    for (uint64_t us = 0; us < 3000000; us += 7) {
+        double ms = (double)us / 1000.0;
+        json_t *j = json_real(ms);
+        char *want = json_dumps(j, FLAGS);
+        buf_reset(&b);
+        assert_int_equal(buf_json_real(&b, ms, 10), 0);
+        assert_string_equal(b.data, want);
+        free(want);
+        json_decref(j);
+    }
+    buf_dispose(&b);
 }
 
 static void test_integers_and_literals_match_jansson(void **state)
@@ -173,12 +235,23 @@ static void test_errors_append_nothing(void **state)
     /* Over the cap: nothing of the string stays. */
     assert_int_equal(buf_json_string(&b, "0123456789", 10), FICUS_ETOOBIG);
     assert_int_equal(b.len, 2);
-    json_t *arr = json_pack("[s,s]", "abc", "def");
-    assert_int_equal(buf_json_value(&b, arr, 10), FICUS_ETOOBIG);
+    /* Escapes that grow the text past the cap, after the plain text fitted. */
+    assert_int_equal(buf_json_string(&b, "\"\"\"", 3), FICUS_ETOOBIG);
     assert_int_equal(b.len, 2);
     assert_string_equal(b.data, "ab");
-    json_decref(arr);
-    assert_int_equal(buf_json_value(&b, NULL, 10), -EINVAL);
+    assert_int_equal(buf_json_string(&b, "\"x", 2), 0); /* fits: 7 of 8 */
+    assert_string_equal(b.data, "ab\"\\\"x\"");
+    b.len = 2;
+    b.data[2] = '\0';
+    struct arena a;
+    const struct jv *arr;
+    arena_init(&a);
+    assert_int_equal(jdoc_parse(&a, "[\"abc\",\"def\"]", 13, &arr), 0);
+    assert_int_equal(jv_write(&b, arr, 10), FICUS_ETOOBIG);
+    assert_int_equal(b.len, 2);
+    assert_string_equal(b.data, "ab");
+    assert_int_equal(jv_write(&b, NULL, 10), -EINVAL);
+    arena_dispose(&a);
     buf_dispose(&b);
 }
 
@@ -186,6 +259,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reals_match_jansson),
+        cmocka_unit_test(test_short_reals_match_jansson_at_every_precision),
         cmocka_unit_test(test_integers_and_literals_match_jansson),
         cmocka_unit_test(test_strings_match_jansson),
         cmocka_unit_test(test_random_bytes_agree_on_utf8),

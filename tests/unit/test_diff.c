@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 #include <zlib.h>
 
 #include "ficus/common.h"
@@ -19,46 +20,64 @@
 static json_t *parse(const char *text)
 {
     json_error_t err;
-    json_t *v = json_loads(text, JSON_DECODE_ANY, &err);
+    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
     if (v == NULL)
         fail_msg("bad test JSON %s: %s", text, err.text);
     return v;
 }
 
-/* Diffs two JSON texts under rules into out; the documents are released at
- * once, so items must hold their own references. */
+/* Parses text into the result's arena, where the items pointing into it live. */
+static const struct jv *doc(struct diff_result *out, const char *text)
+{
+    const struct jv *v = NULL;
+    if (jdoc_parse(&out->arena, text, strlen(text), &v) != 0)
+        fail_msg("bad test JSON %s", text);
+    return v;
+}
+
+/* The same for a document built with jansson (large generated ones). */
+static const struct jv *doc_of(struct diff_result *out, json_t *j)
+{
+    char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    const struct jv *v;
+    assert_non_null(text);
+    v = doc(out, text);
+    free(text);
+    json_decref(j);
+    return v;
+}
+
+/* Diffs two JSON texts under rules into out (initialised here). */
 static void jdiff(const struct diff_rules *rules, const char *legacy, const char *new_,
                   struct diff_result *out)
 {
-    json_t *a = parse(legacy);
-    json_t *b = parse(new_);
-
-    out->n = 0;
-    out->truncated = false;
-    assert_int_equal(diff_json(rules, a, b, out), 0);
-    json_decref(a);
-    json_decref(b);
+    diff_result_init(out);
+    assert_int_equal(diff_json(rules, doc(out, legacy), doc(out, new_), out), 0);
 }
 
-/* Asserts that v equals the JSON text expected, or is NULL when expected is. */
-static void assert_value(const json_t *v, const char *expected)
+/* Asserts that v equals the JSON text expected, or is NULL when expected is.
+ * jansson is the judge: v is written out at full precision and read back. */
+static void assert_value(const struct jv *v, const char *expected)
 {
-    json_t *e;
+    json_t *e, *got;
+    struct buf b;
 
     if (expected == NULL) {
         assert_null(v);
         return;
     }
     assert_non_null(v);
+    buf_init(&b, 0);
+    assert_int_equal(jv_write(&b, v, 17), 0);
+    got = parse(b.data);
     e = parse(expected);
-    if (!json_equal((json_t *)v, e)) {
-        char *got = json_dumps(v, JSON_ENCODE_ANY);
-        print_error("value %s, expected %s\n", got, expected);
-        free(got);
-        json_decref(e);
+    if (!json_equal(got, e)) {
+        print_error("value %s, expected %s\n", b.data, expected);
         fail();
     }
+    json_decref(got);
     json_decref(e);
+    buf_dispose(&b);
 }
 
 static void assert_item(const struct diff_result *r, size_t i, enum diff_kind kind,
@@ -373,11 +392,12 @@ static void test_match_by_large_reordered_array(void **state)
 {
     struct diff_match_by mb[] = {{"/items", "id"}};
     struct diff_rules rules = {.match_by = mb, .n_match_by = 1};
-    struct diff_result r = {0};
+    struct diff_result r;
     json_t *a = json_object(), *b = json_object();
     json_t *ia = json_array(), *ib = json_array();
     (void)state;
 
+    diff_result_init(&r);
     for (int i = 0; i < 20000; i++) {
         json_array_append_new(ia, json_pack("{s:i, s:i}", "id", i, "v", i));
         json_array_append_new(ib, json_pack("{s:i, s:i}", "id", 19999 - i, "v", 19999 - i));
@@ -385,12 +405,10 @@ static void test_match_by_large_reordered_array(void **state)
     json_object_set_new(a, "items", ia);
     json_object_set_new(b, "items", ib);
     json_integer_set(json_object_get(json_array_get(ib, 0), "v"), -1); /* id 19999 */
-    assert_int_equal(diff_json(&rules, a, b, &r), 0);
+    assert_int_equal(diff_json(&rules, doc_of(&r, a), doc_of(&r, b), &r), 0);
     assert_int_equal(r.n, 1);
     assert_item(&r, 0, DIFF_JSON, "/items/19999/v", "19999", "-1");
     diff_result_dispose(&r);
-    json_decref(a);
-    json_decref(b);
 }
 
 /* ---- arrays: unordered ------------------------------------------------------------------ */
@@ -475,19 +493,18 @@ static void test_unordered_large_array_linear(void **state)
 {
     const char *unordered[] = {""};
     struct diff_rules rules = {.unordered = unordered, .n_unordered = 1};
-    struct diff_result r = {0};
+    struct diff_result r;
     json_t *a = json_array(), *b = json_array();
     (void)state;
 
+    diff_result_init(&r);
     for (int i = 0; i < 50000; i++) {
         json_array_append_new(a, json_pack("{s:i}", "k", i));
         json_array_append_new(b, json_pack("{s:i}", "k", (i * 7919) % 50000));
     }
-    assert_int_equal(diff_json(&rules, a, b, &r), 0);
+    assert_int_equal(diff_json(&rules, doc_of(&r, a), doc_of(&r, b), &r), 0);
     assert_int_equal(r.n, 0);
     diff_result_dispose(&r);
-    json_decref(a);
-    json_decref(b);
 }
 
 /* ---- numbers ---------------------------------------------------------------------------- */
@@ -545,7 +562,8 @@ static void test_big_int64_exact(void **state)
           "[9223372036854775806, 9007199254740993, -9223372036854775808]", &r);
     assert_int_equal(r.n, 1);
     assert_item(&r, 0, DIFF_JSON, "/0", "9223372036854775807", "9223372036854775806");
-    assert_int_equal(json_integer_value(r.items[0].legacy), INT64_MAX);
+    assert_int_equal(r.items[0].legacy->type, JV_INT);
+    assert_true(r.items[0].legacy->u.i == INT64_MAX);
     diff_result_dispose(&r);
 }
 
@@ -653,30 +671,31 @@ static void test_ignore_root(void **state)
 
 /* ---- cap -------------------------------------------------------------------------------- */
 
-static void make_docs(int n, json_t **a, json_t **b)
+/* Two objects of n keys whose every value differs, parsed into r (initialised here). */
+static void make_docs(int n, struct diff_result *r, const struct jv **a, const struct jv **b)
 {
     char key[16];
+    json_t *ja = json_object(), *jb = json_object();
 
-    *a = json_object();
-    *b = json_object();
+    diff_result_init(r);
     for (int i = 0; i < n; i++) {
         snprintf(key, sizeof key, "k%02d", i);
-        json_object_set_new(*a, key, json_integer(i));
-        json_object_set_new(*b, key, json_integer(i + 1000));
+        json_object_set_new(ja, key, json_integer(i));
+        json_object_set_new(jb, key, json_integer(i + 1000));
     }
+    *a = doc_of(r, ja);
+    *b = doc_of(r, jb);
 }
 
 static void test_cap_truncates_at_50(void **state)
 {
     struct diff_rules rules = {0};
-    struct diff_result r = {0};
-    json_t *a, *b;
+    struct diff_result r;
+    const struct jv *a, *b;
     (void)state;
 
-    make_docs(80, &a, &b);
+    make_docs(80, &r, &a, &b);
     assert_int_equal(diff_json(&rules, a, b, &r), 0);
-    json_decref(a);
-    json_decref(b);
     assert_int_equal(r.n, DIFF_MAX_ITEMS);
     assert_true(r.truncated);
     assert_item(&r, 0, DIFF_JSON, "/k00", "0", "1000");
@@ -689,14 +708,12 @@ static void test_cap_truncates_at_50(void **state)
 static void test_cap_exactly_50_not_truncated(void **state)
 {
     struct diff_rules rules = {0};
-    struct diff_result r = {0};
-    json_t *a, *b;
+    struct diff_result r;
+    const struct jv *a, *b;
     (void)state;
 
-    make_docs(50, &a, &b);
+    make_docs(50, &r, &a, &b);
     assert_int_equal(diff_json(&rules, a, b, &r), 0);
-    json_decref(a);
-    json_decref(b);
     assert_int_equal(r.n, 50);
     assert_false(r.truncated);
     diff_result_dispose(&r);

@@ -16,11 +16,10 @@
 /* A result with the given paths as json items (no values). */
 static void make_result(struct diff_result *r, const char *const *paths, size_t n)
 {
-    r->n = 0;
-    r->truncated = false;
+    diff_result_init(r);
     for (size_t i = 0; i < n; i++) {
         r->items[i].kind = DIFF_JSON;
-        r->items[i].path = strdup(paths[i]);
+        r->items[i].path = arena_strndup(&r->arena, paths[i], strlen(paths[i]));
         r->items[i].legacy = NULL;
         r->items[i].new_ = NULL;
         r->n++;

@@ -1,0 +1,728 @@
+/* JSON documents in an arena (see jdoc.h for why not jansson).
+ *
+ * A recursive descent over the bytes. Children of a container are collected on
+ * one of two growable stacks (items, members) shared by every level, and are
+ * copied into the arena as one array when the container closes, so each
+ * container costs one arena allocation whatever its size. Every rule below
+ * follows jansson 2.14's load.c, so that a body is JSON for the diff exactly
+ * when it was before. */
+#include "ficus/jdoc.h"
+#include "ficus/common.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Objects up to this size are searched linearly; bigger ones get a hash index. */
+#define JDOC_SMALL_OBJECT 8
+
+struct jparse {
+    const unsigned char *p;
+    const unsigned char *end;
+    struct arena *a;
+    struct jv *items; /* pending array items, all levels */
+    size_t n_items;
+    size_t cap_items;
+    bool items_heap;
+    struct jv_member *members; /* pending object members, all levels */
+    size_t n_members;
+    size_t cap_members;
+    bool members_heap;
+};
+
+static bool is_ws(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static void skip_ws(struct jparse *jp)
+{
+    while (jp->p < jp->end && is_ws(*jp->p))
+        jp->p++;
+}
+
+/* Grows a stack that may still live in the caller's frame. */
+static int stack_grow(void **stack, size_t *cap, bool *heap, size_t size)
+{
+    size_t ncap = *cap * 2;
+    void *p;
+
+    if (*heap) {
+        p = realloc(*stack, ncap * size);
+        if (p == NULL)
+            return FICUS_ENOMEM;
+    } else {
+        p = malloc(ncap * size);
+        if (p == NULL)
+            return FICUS_ENOMEM;
+        memcpy(p, *stack, *cap * size);
+        *heap = true;
+    }
+    *stack = p;
+    *cap = ncap;
+    return 0;
+}
+
+static int hex4(const unsigned char *p, uint32_t *out)
+{
+    uint32_t v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (uint32_t)(c - 'A' + 10);
+        else
+            return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static size_t utf8_encode(uint32_t cp, char *o)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Decodes the escape at q (just after the backslash) into o. Returns the
+ * bytes consumed from q, 0 when invalid; *olen gets the bytes written. */
+static size_t unescape(const unsigned char *q, const unsigned char *end, char *o, size_t *olen)
+{
+    static const char simple[128] = {['"'] = '"', ['\\'] = '\\', ['/'] = '/', ['b'] = '\b',
+                                     ['f'] = '\f', ['n'] = '\n', ['r'] = '\r', ['t'] = '\t'};
+    uint32_t cp, lo;
+
+    if (q >= end)
+        return 0;
+    if (*q != 'u') {
+        if (*q >= 128 || simple[*q] == 0)
+            return 0;
+        o[0] = simple[*q];
+        *olen = 1;
+        return 1;
+    }
+    if (end - q < 5 || hex4(q + 1, &cp) != 0)
+        return 0;
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return 0; /* a low surrogate alone */
+    if (cp < 0xD800 || cp > 0xDBFF) {
+        *olen = utf8_encode(cp, o);
+        return 5;
+    }
+    /* A high surrogate needs "\u" and a low one right after it. */
+    if (end - q < 11 || q[5] != '\\' || q[6] != 'u' || hex4(q + 7, &lo) != 0 || lo < 0xDC00 ||
+        lo > 0xDFFF)
+        return 0;
+    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    *olen = utf8_encode(cp, o);
+    return 11;
+}
+
+/* A string; jp->p is just after the opening quote. The decoded text is never
+ * longer than the source text, so one allocation of the source length holds it. */
+static int parse_string(struct jparse *jp, const char **out, size_t *out_len)
+{
+    const unsigned char *start = jp->p, *q = start;
+    bool plain = true;
+    char *s;
+    size_t o = 0;
+
+    /* Find the closing quote: fast for the usual ASCII text without escapes. */
+    while (q < jp->end && *q != '"') {
+        if (*q == '\\') {
+            if (jp->end - q < 2)
+                return -EINVAL;
+            plain = false;
+            q += 2;
+            continue;
+        }
+        if (*q < 0x20 || *q >= 0x80)
+            plain = false;
+        q++;
+    }
+    if (q >= jp->end)
+        return -EINVAL;
+    s = arena_alloc_bytes(jp->a, (size_t)(q - start) + 1);
+    if (s == NULL)
+        return FICUS_ENOMEM;
+    if (plain) {
+        o = (size_t)(q - start);
+        memcpy(s, start, o);
+    } else {
+        for (const unsigned char *r = start; r < q;) {
+            if (*r == '\\') {
+                size_t olen = 0, used = unescape(r + 1, q, s + o, &olen);
+                if (used == 0)
+                    return -EINVAL;
+                r += 1 + used;
+                o += olen;
+            } else if (*r < 0x20) {
+                return -EINVAL; /* a control character must be escaped */
+            } else if (*r < 0x80) {
+                s[o++] = (char)*r++;
+            } else {
+                size_t k = utf8_len(r, (size_t)(q - r));
+                if (k == 0)
+                    return -EINVAL;
+                memcpy(s + o, r, k);
+                o += k;
+                r += k;
+            }
+        }
+    }
+    s[o] = '\0';
+    *out = s;
+    *out_len = o;
+    jp->p = q + 1;
+    return 0;
+}
+
+/* 10^0 .. 10^22 are exact doubles. */
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A real from its text [s, e), already checked against the grammar. Short
+ * decimals take Clinger's fast path: a mantissa of at most 15 digits (exact in
+ * a double) scaled by an exact power of ten up to 10^22 is one correctly
+ * rounded operation, the very double strtod returns. The rest goes through
+ * strtod. Overflow is an error, as in jansson ("real number overflow"). */
+static int parse_real(const unsigned char *s, const unsigned char *e, double *out)
+{
+    const unsigned char *q = s;
+    bool neg = *q == '-', after_dot = false;
+    uint64_t m = 0;
+    int sig = 0, frac = 0, exp10 = 0;
+
+    if (neg)
+        q++;
+    for (; q < e && *q != 'e' && *q != 'E'; q++) {
+        if (*q == '.') {
+            after_dot = true;
+            continue;
+        }
+        if (sig > 0 || *q != '0')
+            sig++;
+        if (sig > 15)
+            goto slow;
+        m = m * 10 + (uint64_t)(*q - '0');
+        if (after_dot)
+            frac++;
+    }
+    if (q < e) {
+        bool eneg = false;
+        q++;
+        if (*q == '+' || *q == '-')
+            eneg = *q++ == '-';
+        for (; q < e; q++) {
+            exp10 = exp10 * 10 + (*q - '0');
+            if (exp10 > 1000)
+                goto slow;
+        }
+        if (eneg)
+            exp10 = -exp10;
+    }
+    int scale = exp10 - frac;
+    if (m == 0 || (scale >= -22 && scale <= 22)) {
+        double d = (double)m;
+        if (m != 0)
+            d = scale < 0 ? d / pow10_exact[-scale] : d * pow10_exact[scale];
+        *out = neg ? -d : d;
+        return 0;
+    }
+slow:;
+    char tmp[64], *copy = tmp;
+    size_t len = (size_t)(e - s);
+    if (len >= sizeof tmp) {
+        copy = malloc(len + 1);
+        if (copy == NULL)
+            return FICUS_ENOMEM;
+    }
+    memcpy(copy, s, len);
+    copy[len] = '\0';
+    errno = 0;
+    double d = strtod(copy, NULL);
+    int rc = errno == ERANGE && isinf(d) ? -EINVAL : 0;
+    if (copy != tmp)
+        free(copy);
+    *out = d;
+    return rc;
+}
+
+/* A number; jp->p is at its first byte ('-' or a digit). */
+static int parse_number(struct jparse *jp, struct jv *v)
+{
+    const unsigned char *s = jp->p, *q = s, *e = jp->end;
+    bool neg = false, real = false;
+
+    if (*q == '-') {
+        neg = true;
+        q++;
+    }
+    if (q < e && *q == '0') {
+        q++;
+        if (q < e && is_digit(*q))
+            return -EINVAL;
+    } else if (q < e && is_digit(*q)) {
+        while (q < e && is_digit(*q))
+            q++;
+    } else {
+        return -EINVAL;
+    }
+    if (q < e && *q == '.') {
+        real = true;
+        q++;
+        if (!(q < e && is_digit(*q)))
+            return -EINVAL;
+        while (q < e && is_digit(*q))
+            q++;
+    }
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        real = true;
+        q++;
+        if (q < e && (*q == '+' || *q == '-'))
+            q++;
+        if (!(q < e && is_digit(*q)))
+            return -EINVAL;
+        while (q < e && is_digit(*q))
+            q++;
+    }
+    jp->p = q;
+    if (real) {
+        v->type = JV_REAL;
+        return parse_real(s, q, &v->u.d);
+    }
+    /* An integer must fit in 64 bits (jansson: "too big integer"). */
+    uint64_t m = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (const unsigned char *d = neg ? s + 1 : s; d < q; d++) {
+        uint64_t digit = (uint64_t)(*d - '0');
+        if (m > (limit - digit) / 10)
+            return -EINVAL;
+        m = m * 10 + digit;
+    }
+    v->type = JV_INT;
+    v->u.i = neg ? (int64_t)(0 - m) : (int64_t)m;
+    return 0;
+}
+
+static int parse_value(struct jparse *jp, struct jv *v, unsigned depth);
+
+static uint64_t key_hash(const char *k, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL ^ n;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)k[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static bool key_eq(const struct jv_member *m, const char *k, size_t n)
+{
+    return m->key_len == n && memcmp(m->key, k, n) == 0;
+}
+
+/* Copies the pending members from base on into the arena as one object,
+ * merging repeated keys (first position, last value). */
+static int close_object(struct jparse *jp, size_t base, struct jv *v)
+{
+    size_t n = jp->n_members - base, k = 0;
+    const struct jv_member *src = jp->members + base;
+    struct jv_object *obj = arena_alloc(jp->a, sizeof *obj + n * sizeof obj->m[0]);
+
+    if (obj == NULL)
+        return FICUS_ENOMEM;
+    obj->index = NULL;
+    obj->mask = 0;
+    if (n <= JDOC_SMALL_OBJECT) {
+        for (size_t i = 0; i < n; i++) {
+            size_t j = 0;
+            while (j < k && !key_eq(&obj->m[j], src[i].key, src[i].key_len))
+                j++;
+            if (j < k)
+                obj->m[j].value = src[i].value;
+            else
+                obj->m[k++] = src[i];
+        }
+    } else {
+        size_t slots = 16;
+        while (slots < n * 2)
+            slots *= 2;
+        uint32_t *index = arena_alloc(jp->a, slots * sizeof *index);
+        if (index == NULL)
+            return FICUS_ENOMEM;
+        memset(index, 0, slots * sizeof *index);
+        obj->mask = slots - 1;
+        for (size_t i = 0; i < n; i++) {
+            size_t slot = (size_t)key_hash(src[i].key, src[i].key_len) & obj->mask;
+            while (index[slot] != 0 && !key_eq(&obj->m[index[slot] - 1], src[i].key,
+                                               src[i].key_len))
+                slot = (slot + 1) & obj->mask;
+            if (index[slot] != 0) {
+                obj->m[index[slot] - 1].value = src[i].value;
+            } else {
+                obj->m[k] = src[i];
+                index[slot] = (uint32_t)++k;
+            }
+        }
+        obj->index = index;
+    }
+    jp->n_members = base;
+    v->type = JV_OBJECT;
+    v->n = k;
+    v->u.obj = obj;
+    return 0;
+}
+
+/* An object; jp->p is just after '{'. */
+static int parse_object(struct jparse *jp, struct jv *v, unsigned depth)
+{
+    size_t base = jp->n_members;
+    int rc;
+
+    skip_ws(jp);
+    if (jp->p < jp->end && *jp->p == '}') {
+        jp->p++;
+        return close_object(jp, base, v);
+    }
+    for (;;) {
+        struct jv_member m;
+
+        if (jp->p >= jp->end || *jp->p != '"')
+            return -EINVAL;
+        jp->p++;
+        rc = parse_string(jp, &m.key, &m.key_len);
+        if (rc != 0)
+            return rc;
+        if (memchr(m.key, '\0', m.key_len) != NULL)
+            return -EINVAL; /* jansson: "NUL byte in object key not supported" */
+        skip_ws(jp);
+        if (jp->p >= jp->end || *jp->p != ':')
+            return -EINVAL;
+        jp->p++;
+        rc = parse_value(jp, &m.value, depth + 1);
+        if (rc != 0)
+            return rc;
+        if (jp->n_members == jp->cap_members) {
+            rc = stack_grow((void **)&jp->members, &jp->cap_members, &jp->members_heap,
+                            sizeof *jp->members);
+            if (rc != 0)
+                return rc;
+        }
+        jp->members[jp->n_members++] = m;
+        skip_ws(jp);
+        if (jp->p >= jp->end)
+            return -EINVAL;
+        if (*jp->p == '}') {
+            jp->p++;
+            return close_object(jp, base, v);
+        }
+        if (*jp->p != ',')
+            return -EINVAL;
+        jp->p++;
+        skip_ws(jp);
+    }
+}
+
+static int close_array(struct jparse *jp, size_t base, struct jv *v)
+{
+    size_t n = jp->n_items - base;
+    struct jv *items = NULL;
+
+    if (n > 0) {
+        items = arena_alloc(jp->a, n * sizeof *items);
+        if (items == NULL)
+            return FICUS_ENOMEM;
+        memcpy(items, jp->items + base, n * sizeof *items);
+    }
+    jp->n_items = base;
+    v->type = JV_ARRAY;
+    v->n = n;
+    v->u.items = items;
+    return 0;
+}
+
+/* An array; jp->p is just after '['. */
+static int parse_array(struct jparse *jp, struct jv *v, unsigned depth)
+{
+    size_t base = jp->n_items;
+    int rc;
+
+    skip_ws(jp);
+    if (jp->p < jp->end && *jp->p == ']') {
+        jp->p++;
+        return close_array(jp, base, v);
+    }
+    for (;;) {
+        struct jv item;
+
+        rc = parse_value(jp, &item, depth + 1);
+        if (rc != 0)
+            return rc;
+        if (jp->n_items == jp->cap_items) {
+            rc = stack_grow((void **)&jp->items, &jp->cap_items, &jp->items_heap,
+                            sizeof *jp->items);
+            if (rc != 0)
+                return rc;
+        }
+        jp->items[jp->n_items++] = item;
+        skip_ws(jp);
+        if (jp->p >= jp->end)
+            return -EINVAL;
+        if (*jp->p == ']') {
+            jp->p++;
+            return close_array(jp, base, v);
+        }
+        if (*jp->p != ',')
+            return -EINVAL;
+        jp->p++;
+    }
+}
+
+static int parse_literal(struct jparse *jp, const char *word, size_t n, enum jv_type t,
+                         struct jv *v)
+{
+    if ((size_t)(jp->end - jp->p) < n || memcmp(jp->p, word, n) != 0)
+        return -EINVAL;
+    jp->p += n;
+    v->type = t;
+    v->n = 0;
+    return 0;
+}
+
+/* One value after optional whitespace; depth counts every value, as jansson does. */
+static int parse_value(struct jparse *jp, struct jv *v, unsigned depth)
+{
+    if (depth > JDOC_MAX_DEPTH)
+        return -EINVAL;
+    skip_ws(jp);
+    if (jp->p >= jp->end)
+        return -EINVAL;
+    v->n = 0;
+    switch (*jp->p) {
+    case '{':
+        jp->p++;
+        return parse_object(jp, v, depth);
+    case '[':
+        jp->p++;
+        return parse_array(jp, v, depth);
+    case '"':
+        jp->p++;
+        v->type = JV_STRING;
+        return parse_string(jp, &v->u.s, &v->n);
+    case 't':
+        return parse_literal(jp, "true", 4, JV_TRUE, v);
+    case 'f':
+        return parse_literal(jp, "false", 5, JV_FALSE, v);
+    case 'n':
+        return parse_literal(jp, "null", 4, JV_NULL, v);
+    default:
+        return parse_number(jp, v);
+    }
+}
+
+int jdoc_parse(struct arena *a, const char *p, size_t len, const struct jv **out)
+{
+    struct jv items[32];
+    struct jv_member members[16];
+    struct jparse jp = {
+        .p = (const unsigned char *)p,
+        .end = (const unsigned char *)p + len,
+        .a = a,
+        .items = items,
+        .cap_items = ARRAY_SIZE(items),
+        .members = members,
+        .cap_members = ARRAY_SIZE(members),
+    };
+    struct jv *root = arena_alloc(a, sizeof *root);
+    int rc;
+
+    if (root == NULL)
+        return FICUS_ENOMEM;
+    rc = parse_value(&jp, root, 1);
+    if (rc == 0) {
+        skip_ws(&jp);
+        if (jp.p != jp.end)
+            rc = -EINVAL; /* jansson: "end of file expected" */
+    }
+    if (jp.items_heap)
+        free(jp.items);
+    if (jp.members_heap)
+        free(jp.members);
+    if (rc == 0)
+        *out = root;
+    return rc;
+}
+
+const struct jv *jv_get(const struct jv *obj, const char *key, size_t key_len)
+{
+    const struct jv_object *o;
+
+    if (obj == NULL || obj->type != JV_OBJECT)
+        return NULL;
+    o = obj->u.obj;
+    if (o->index == NULL) {
+        for (size_t i = 0; i < obj->n; i++)
+            if (key_eq(&o->m[i], key, key_len))
+                return &o->m[i].value;
+        return NULL;
+    }
+    for (size_t slot = (size_t)key_hash(key, key_len) & o->mask; o->index[slot] != 0;
+         slot = (slot + 1) & o->mask) {
+        const struct jv_member *m = &o->m[o->index[slot] - 1];
+        if (key_eq(m, key, key_len))
+            return &m->value;
+    }
+    return NULL;
+}
+
+bool jv_equal(const struct jv *a, const struct jv *b)
+{
+    if (a == b)
+        return true;
+    if (a == NULL || b == NULL || a->type != b->type)
+        return false;
+    switch (a->type) {
+    case JV_INT:
+        return a->u.i == b->u.i;
+    case JV_REAL:
+        return a->u.d == b->u.d;
+    case JV_STRING:
+        return a->n == b->n && memcmp(a->u.s, b->u.s, a->n) == 0;
+    case JV_ARRAY:
+        if (a->n != b->n)
+            return false;
+        for (size_t i = 0; i < a->n; i++)
+            if (!jv_equal(&a->u.items[i], &b->u.items[i]))
+                return false;
+        return true;
+    case JV_OBJECT:
+        if (a->n != b->n)
+            return false;
+        for (size_t i = 0; i < a->n; i++) {
+            const struct jv_member *m = &a->u.obj->m[i];
+            if (!jv_equal(&m->value, jv_get(b, m->key, m->key_len)))
+                return false;
+        }
+        return true;
+    default: /* null, true, false: the type is the value */
+        return true;
+    }
+}
+
+const struct jv *jv_null(void)
+{
+    static const struct jv null = {.type = JV_NULL};
+    return &null;
+}
+
+const struct jv *jv_new_int(struct arena *a, int64_t v)
+{
+    struct jv *j = arena_alloc(a, sizeof *j);
+    if (j == NULL)
+        return NULL;
+    j->type = JV_INT;
+    j->n = 0;
+    j->u.i = v;
+    return j;
+}
+
+const struct jv *jv_new_string(struct arena *a, const char *s, size_t n)
+{
+    struct jv *j = arena_alloc(a, sizeof *j);
+    char *copy = j != NULL ? arena_strndup(a, s, n) : NULL;
+    if (copy == NULL)
+        return NULL;
+    j->type = JV_STRING;
+    j->n = n;
+    j->u.s = copy;
+    return j;
+}
+
+static int write_value(struct buf *b, const struct jv *v, int precision)
+{
+    int rc;
+
+    switch (v->type) {
+    case JV_OBJECT:
+        rc = buf_append(b, "{", 1);
+        for (size_t i = 0; i < v->n && rc == 0; i++) {
+            const struct jv_member *m = &v->u.obj->m[i];
+            if (i > 0)
+                rc = buf_append(b, ",", 1);
+            if (rc == 0)
+                rc = buf_json_string(b, m->key, m->key_len);
+            if (rc == 0)
+                rc = buf_append(b, ":", 1);
+            if (rc == 0)
+                rc = write_value(b, &m->value, precision);
+        }
+        return rc != 0 ? rc : buf_append(b, "}", 1);
+    case JV_ARRAY:
+        rc = buf_append(b, "[", 1);
+        for (size_t i = 0; i < v->n && rc == 0; i++) {
+            if (i > 0)
+                rc = buf_append(b, ",", 1);
+            if (rc == 0)
+                rc = write_value(b, &v->u.items[i], precision);
+        }
+        return rc != 0 ? rc : buf_append(b, "]", 1);
+    case JV_STRING:
+        return buf_json_string(b, v->u.s, v->n);
+    case JV_INT:
+        return buf_put_int(b, v->u.i);
+    case JV_REAL:
+        return buf_json_real(b, v->u.d, precision);
+    case JV_TRUE:
+        return buf_append(b, "true", 4);
+    case JV_FALSE:
+        return buf_append(b, "false", 5);
+    case JV_NULL:
+        return buf_append(b, "null", 4);
+    }
+    return -EINVAL;
+}
+
+int jv_write(struct buf *b, const struct jv *v, int precision)
+{
+    size_t start = b->len;
+    int rc;
+
+    if (v == NULL)
+        return -EINVAL;
+    rc = write_value(b, v, precision);
+    if (rc != 0 && b->data != NULL) {
+        b->len = start;
+        b->data[start] = '\0';
+    }
+    return rc;
+}
