@@ -1117,8 +1117,7 @@ out:
 /* The value an error item shows for a side: its error, else its status. */
 static const struct jv *side_value(struct arena *a, const struct diff_response *r)
 {
-    return r->error != NULL ? safe_string(a, r->error, strlen(r->error))
-                            : jv_new_int(a, r->status);
+    return r->error != NULL ? safe_string(a, r->error, strlen(r->error)) : jv_new_int(a, r->status);
 }
 
 int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,

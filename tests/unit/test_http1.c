@@ -416,10 +416,9 @@ static int ref_scan(struct ref_scan *s, const char *data, size_t len, size_t max
 static void test_scan_matches_bytewise_model(void **state)
 {
     (void)state;
-    static const char *const parts[] = {"GET / HTTP/1.1", "\r\n", "Host: a", "X-Y: b c",
-                                        "\r",             "\n",   ":",       " ",
-                                        "\t",             "\x7f", "\xc3\xa9", "\x01",
-                                        "Name",           "(",     "v\x00v",  "\r\n\r\n"};
+    static const char *const parts[] = {
+        "GET / HTTP/1.1", "\r\n",     "Host: a", "X-Y: b c", "\r", "\n",     ":",       " ", "\t",
+        "\x7f",           "\xc3\xa9", "\x01",    "Name",     "(",  "v\x00v", "\r\n\r\n"};
     uint64_t seed = 4242;
     char text[256];
     for (int iter = 0; iter < 100000; iter++) {
