@@ -49,30 +49,31 @@ int buf_append(struct buf *b, const void *p, size_t n)
     return 0;
 }
 
+/* Writes v in decimal so that it ends just before end (up to 20 bytes);
+ * returns where it starts. */
+static char *format_uint(char *end, uint64_t v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
+}
+
 int buf_put_uint(struct buf *b, uint64_t v)
 {
     char tmp[20];
-    size_t i = sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return buf_append(b, tmp + i, sizeof(tmp) - i);
+    char *start = format_uint(tmp + sizeof(tmp), v);
+    return buf_append(b, start, (size_t)(tmp + sizeof(tmp) - start));
 }
 
 int buf_put_int(struct buf *b, int64_t v)
 {
-    if (v >= 0)
-        return buf_put_uint(b, (uint64_t)v);
     char tmp[21];
-    size_t i = sizeof(tmp);
-    uint64_t u = 0 - (uint64_t)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    tmp[--i] = '-';
-    return buf_append(b, tmp + i, sizeof(tmp) - i);
+    char *start = format_uint(tmp + sizeof(tmp), v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+    if (v < 0)
+        *--start = '-';
+    return buf_append(b, start, (size_t)(tmp + sizeof(tmp) - start));
 }
 
 int buf_puts(struct buf *b, const char *s)
@@ -121,24 +122,16 @@ void buf_dispose(struct buf *b)
     b->cap = 0;
 }
 
-/* Bytes a JSON string holds as they are: printable ASCII but '"' and '\\'. */
+/* Bytes a JSON string holds as they are: printable ASCII but '"' and '\\' (32 a row). */
 static const unsigned char json_plain[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
 int buf_json_string(struct buf *b, const char *s, size_t n)
@@ -243,9 +236,8 @@ static size_t real_short(char *tmp, double v, int precision)
     if (k == 16)
         return 0;
     char digs[20];
-    digits = 0;
-    for (uint64_t t = m; digits == 0 || t != 0; t /= 10)
-        digs[digits++] = (char)('0' + t % 10); /* reversed */
+    const char *d = format_uint(digs + sizeof(digs), m);
+    digits = (int)(digs + sizeof(digs) - d);
     if (digits > precision)
         return 0;
     size_t o = 0;
@@ -255,22 +247,21 @@ static size_t real_short(char *tmp, double v, int precision)
         /* 0.000ddd */
         tmp[o++] = '0';
         tmp[o++] = '.';
-        for (int z = 0; z < k - digits; z++)
-            tmp[o++] = '0';
-        for (int d = digits; d-- > 0;)
-            tmp[o++] = digs[d];
+        memset(tmp + o, '0', (size_t)(k - digits));
+        o += (size_t)(k - digits);
+        memcpy(tmp + o, d, (size_t)digits);
+        return o + (size_t)digits;
+    }
+    /* ddd.ddd, or ddd.0 for an integral real, so that it reads back as a real */
+    memcpy(tmp + o, d, (size_t)(digits - k));
+    o += (size_t)(digits - k);
+    tmp[o++] = '.';
+    if (k == 0) {
+        tmp[o++] = '0';
         return o;
     }
-    for (int d = digits; d-- > 0;) {
-        tmp[o++] = digs[d];
-        if (d == k && k > 0)
-            tmp[o++] = '.';
-    }
-    if (k == 0) {
-        tmp[o++] = '.'; /* an integral real reads back as a real: "3.0" */
-        tmp[o++] = '0';
-    }
-    return o;
+    memcpy(tmp + o, d + digits - k, (size_t)k);
+    return o + (size_t)k;
 }
 
 int buf_json_real(struct buf *b, double v, int precision)

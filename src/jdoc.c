@@ -17,18 +17,22 @@
 /* Objects up to this size are searched linearly; bigger ones get a hash index. */
 #define JDOC_SMALL_OBJECT 8
 
+/* A growable stack of elements of one size. It starts in the caller's frame
+ * and moves to the heap only when that is full. */
+struct jstack {
+    void *data;
+    size_t n;
+    size_t cap;
+    size_t size;
+    bool heap;
+};
+
 struct jparse {
     const unsigned char *p;
     const unsigned char *end;
     struct arena *a;
-    struct jv *items; /* pending array items, all levels */
-    size_t n_items;
-    size_t cap_items;
-    bool items_heap;
-    struct jv_member *members; /* pending object members, all levels */
-    size_t n_members;
-    size_t cap_members;
-    bool members_heap;
+    struct jstack items;   /* pending array items (struct jv), all levels */
+    struct jstack members; /* pending object members (struct jv_member), all levels */
 };
 
 static bool is_ws(unsigned char c)
@@ -47,25 +51,44 @@ static void skip_ws(struct jparse *jp)
         jp->p++;
 }
 
-/* Grows a stack that may still live in the caller's frame. */
-static int stack_grow(void **stack, size_t *cap, bool *heap, size_t size)
+static int stack_push(struct jstack *s, const void *elem)
 {
-    size_t ncap = *cap * 2;
-    void *p;
-
-    if (*heap) {
-        p = realloc(*stack, ncap * size);
+    if (s->n == s->cap) {
+        size_t ncap = s->cap * 2;
+        void *p = s->heap ? realloc(s->data, ncap * s->size) : malloc(ncap * s->size);
         if (p == NULL)
             return FICUS_ENOMEM;
-    } else {
-        p = malloc(ncap * size);
-        if (p == NULL)
-            return FICUS_ENOMEM;
-        memcpy(p, *stack, *cap * size);
-        *heap = true;
+        if (!s->heap)
+            memcpy(p, s->data, s->n * s->size);
+        s->data = p;
+        s->cap = ncap;
+        s->heap = true;
     }
-    *stack = p;
-    *cap = ncap;
+    memcpy((char *)s->data + s->n * s->size, elem, s->size);
+    s->n++;
+    return 0;
+}
+
+static void stack_dispose(struct jstack *s)
+{
+    if (s->heap)
+        free(s->data);
+}
+
+/* After an element of a container: 1 when the closing byte ends it, 0 after a
+ * comma (another element follows), -EINVAL for anything else. */
+static int after_element(struct jparse *jp, unsigned char close)
+{
+    skip_ws(jp);
+    if (jp->p >= jp->end)
+        return -EINVAL;
+    if (*jp->p == close) {
+        jp->p++;
+        return 1;
+    }
+    if (*jp->p != ',')
+        return -EINVAL;
+    jp->p++;
     return 0;
 }
 
@@ -117,8 +140,8 @@ static size_t utf8_encode(uint32_t cp, char *o)
  * bytes consumed from q, 0 when invalid; *olen gets the bytes written. */
 static size_t unescape(const unsigned char *q, const unsigned char *end, char *o, size_t *olen)
 {
-    static const char simple[128] = {['"'] = '"', ['\\'] = '\\', ['/'] = '/', ['b'] = '\b',
-                                     ['f'] = '\f', ['n'] = '\n', ['r'] = '\r', ['t'] = '\t'};
+    static const char simple[128] = {['"'] = '"',  ['\\'] = '\\', ['/'] = '/',  ['b'] = '\b',
+                                     ['f'] = '\f', ['n'] = '\n',  ['r'] = '\r', ['t'] = '\t'};
     uint32_t cp, lo;
 
     if (q >= end)
@@ -355,8 +378,8 @@ static bool key_eq(const struct jv_member *m, const char *k, size_t n)
  * merging repeated keys (first position, last value). */
 static int close_object(struct jparse *jp, size_t base, struct jv *v)
 {
-    size_t n = jp->n_members - base, k = 0;
-    const struct jv_member *src = jp->members + base;
+    size_t n = jp->members.n - base, k = 0;
+    const struct jv_member *src = (const struct jv_member *)jp->members.data + base;
     struct jv_object *obj = arena_alloc(jp->a, sizeof *obj + n * sizeof obj->m[0]);
 
     if (obj == NULL)
@@ -384,8 +407,8 @@ static int close_object(struct jparse *jp, size_t base, struct jv *v)
         obj->mask = slots - 1;
         for (size_t i = 0; i < n; i++) {
             size_t slot = (size_t)key_hash(src[i].key, src[i].key_len) & obj->mask;
-            while (index[slot] != 0 && !key_eq(&obj->m[index[slot] - 1], src[i].key,
-                                               src[i].key_len))
+            while (index[slot] != 0 &&
+                   !key_eq(&obj->m[index[slot] - 1], src[i].key, src[i].key_len))
                 slot = (slot + 1) & obj->mask;
             if (index[slot] != 0) {
                 obj->m[index[slot] - 1].value = src[i].value;
@@ -396,7 +419,7 @@ static int close_object(struct jparse *jp, size_t base, struct jv *v)
         }
         obj->index = index;
     }
-    jp->n_members = base;
+    jp->members.n = base;
     v->type = JV_OBJECT;
     v->n = k;
     v->u.obj = obj;
@@ -406,7 +429,7 @@ static int close_object(struct jparse *jp, size_t base, struct jv *v)
 /* An object; jp->p is just after '{'. */
 static int parse_object(struct jparse *jp, struct jv *v, unsigned depth)
 {
-    size_t base = jp->n_members;
+    size_t base = jp->members.n;
     int rc;
 
     skip_ws(jp);
@@ -432,39 +455,27 @@ static int parse_object(struct jparse *jp, struct jv *v, unsigned depth)
         rc = parse_value(jp, &m.value, depth + 1);
         if (rc != 0)
             return rc;
-        if (jp->n_members == jp->cap_members) {
-            rc = stack_grow((void **)&jp->members, &jp->cap_members, &jp->members_heap,
-                            sizeof *jp->members);
-            if (rc != 0)
-                return rc;
-        }
-        jp->members[jp->n_members++] = m;
-        skip_ws(jp);
-        if (jp->p >= jp->end)
-            return -EINVAL;
-        if (*jp->p == '}') {
-            jp->p++;
-            return close_object(jp, base, v);
-        }
-        if (*jp->p != ',')
-            return -EINVAL;
-        jp->p++;
+        rc = stack_push(&jp->members, &m);
+        if (rc == 0)
+            rc = after_element(jp, '}');
+        if (rc != 0)
+            return rc == 1 ? close_object(jp, base, v) : rc;
         skip_ws(jp);
     }
 }
 
 static int close_array(struct jparse *jp, size_t base, struct jv *v)
 {
-    size_t n = jp->n_items - base;
+    size_t n = jp->items.n - base;
     struct jv *items = NULL;
 
     if (n > 0) {
         items = arena_alloc(jp->a, n * sizeof *items);
         if (items == NULL)
             return FICUS_ENOMEM;
-        memcpy(items, jp->items + base, n * sizeof *items);
+        memcpy(items, (const struct jv *)jp->items.data + base, n * sizeof *items);
     }
-    jp->n_items = base;
+    jp->items.n = base;
     v->type = JV_ARRAY;
     v->n = n;
     v->u.items = items;
@@ -474,7 +485,7 @@ static int close_array(struct jparse *jp, size_t base, struct jv *v)
 /* An array; jp->p is just after '['. */
 static int parse_array(struct jparse *jp, struct jv *v, unsigned depth)
 {
-    size_t base = jp->n_items;
+    size_t base = jp->items.n;
     int rc;
 
     skip_ws(jp);
@@ -486,25 +497,12 @@ static int parse_array(struct jparse *jp, struct jv *v, unsigned depth)
         struct jv item;
 
         rc = parse_value(jp, &item, depth + 1);
+        if (rc == 0)
+            rc = stack_push(&jp->items, &item);
+        if (rc == 0)
+            rc = after_element(jp, ']');
         if (rc != 0)
-            return rc;
-        if (jp->n_items == jp->cap_items) {
-            rc = stack_grow((void **)&jp->items, &jp->cap_items, &jp->items_heap,
-                            sizeof *jp->items);
-            if (rc != 0)
-                return rc;
-        }
-        jp->items[jp->n_items++] = item;
-        skip_ws(jp);
-        if (jp->p >= jp->end)
-            return -EINVAL;
-        if (*jp->p == ']') {
-            jp->p++;
-            return close_array(jp, base, v);
-        }
-        if (*jp->p != ',')
-            return -EINVAL;
-        jp->p++;
+            return rc == 1 ? close_array(jp, base, v) : rc;
     }
 }
 
@@ -515,7 +513,6 @@ static int parse_literal(struct jparse *jp, const char *word, size_t n, enum jv_
         return -EINVAL;
     jp->p += n;
     v->type = t;
-    v->n = 0;
     return 0;
 }
 
@@ -558,10 +555,8 @@ int jdoc_parse(struct arena *a, const char *p, size_t len, const struct jv **out
         .p = (const unsigned char *)p,
         .end = (const unsigned char *)p + len,
         .a = a,
-        .items = items,
-        .cap_items = ARRAY_SIZE(items),
-        .members = members,
-        .cap_members = ARRAY_SIZE(members),
+        .items = {.data = items, .cap = ARRAY_SIZE(items), .size = sizeof items[0]},
+        .members = {.data = members, .cap = ARRAY_SIZE(members), .size = sizeof members[0]},
     };
     struct jv *root = arena_alloc(a, sizeof *root);
     int rc;
@@ -574,10 +569,8 @@ int jdoc_parse(struct arena *a, const char *p, size_t len, const struct jv **out
         if (jp.p != jp.end)
             rc = -EINVAL; /* jansson: "end of file expected" */
     }
-    if (jp.items_heap)
-        free(jp.items);
-    if (jp.members_heap)
-        free(jp.members);
+    stack_dispose(&jp.items);
+    stack_dispose(&jp.members);
     if (rc == 0)
         *out = root;
     return rc;

@@ -72,8 +72,9 @@ const struct jv *jv_new_int(struct arena *a, int64_t v);
 /* Copies n bytes (which must be UTF-8 to be written later). */
 const struct jv *jv_new_string(struct arena *a, const char *s, size_t n);
 
-/* Writes v as compact JSON, byte for byte as buf_json_value writes the
- * equivalent jansson value (members in document order, reals with precision).
+/* Writes v as compact JSON, byte for byte as jansson's json_dumps(JSON_COMPACT |
+ * JSON_ENCODE_ANY | JSON_REAL_PRECISION(precision)) writes the equivalent value
+ * (members in document order).
  * Returns 0, -EINVAL (v NULL or a string not UTF-8), FICUS_ENOMEM or
  * FICUS_ETOOBIG; on error nothing is appended. */
 int jv_write(struct buf *b, const struct jv *v, int precision);
