@@ -5,9 +5,14 @@ ASAN_BUILD_DIR ?= build-asan
 JOBS           ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_FLAGS    ?= --output-on-failure -j$(JOBS)
 
-# Debian packages needed to build and test; chromium is for the dashboard test.
+# Debian packages needed to build and test: chromium for the dashboard test, etcd-server and
+# etcd-client for the fleet tests (real etcd processes on loopback), prometheus for promtool
+# (the shipped alerting rules are checked and unit-tested), libc-ares-dev for asynchronous DNS
+# of backend servers, clang and libclang-rt-14-dev for the libFuzzer targets, python3-yaml to
+# parse the shipped Kubernetes and compose files, systemd for systemd-analyze verify.
 PACKAGES = build-essential cmake pkg-config python3 openssl libuv1-dev libjansson-dev \
-           libssl-dev libcmocka-dev zlib1g-dev node-llhttp chromium
+           libssl-dev libcmocka-dev zlib1g-dev node-llhttp chromium etcd-server etcd-client \
+           prometheus libc-ares-dev clang libclang-rt-14-dev python3-yaml systemd
 
 .PHONY: all deps build build-asan test test-plain test-asan demo bench format clean
 

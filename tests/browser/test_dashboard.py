@@ -9,7 +9,7 @@ no console error or uncaught exception along the way. Screenshots go to
 $FICUS_TEST_OUTPUT (dashboard.png, dashboard-dark.png, dashboard-records.png,
 dashboard-unreachable.png, demo-dashboard.png).
 
-Environment: FICUS_BIN (default /work/main/build/ficus), FICUS_SANITIZE, FICUS_TEST_OUTPUT.
+Environment: FICUS_BIN (default: build/ficus of this source tree), FICUS_SANITIZE, FICUS_TEST_OUTPUT.
 Exits 77 (skipped, for ctest) when chromium is not installed.
 """
 
@@ -46,7 +46,7 @@ SANITIZER_RE = re.compile(
 
 
 def ficus_bin():
-    return os.environ.get("FICUS_BIN") or "/work/main/build/ficus"
+    return os.environ.get("FICUS_BIN") or os.path.join(HERE, "..", "..", "build", "ficus")
 
 
 def sanitized():

@@ -16,7 +16,8 @@ Pieces:
   FicusTestCase          unittest base class: watchdog, cleanup, log checks
 
 Environment:
-  FICUS_BIN         the binary (default /work/main/build/ficus)
+  FICUS_BIN         the binary (ctest sets it to the build's; default: build/ficus of this
+                    source tree)
   FICUS_SANITIZE    ON for an ASan/UBSan build (stricter log checks, slower limits)
   FICUS_SOURCE_DIR  the source tree (test data is found beside it)
   FICUS_TEST_OUTPUT where to keep configs and logs of each run (default: a temp dir,
@@ -46,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def ficus_bin():
-    return os.environ.get("FICUS_BIN") or "/work/main/build/ficus"
+    return os.environ.get("FICUS_BIN") or os.path.join(source_dir(), "build", "ficus")
 
 
 def sanitized():
@@ -57,18 +58,17 @@ def source_dir():
     return os.environ.get("FICUS_SOURCE_DIR") or os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
+def testdata(name):
+    """A file of the repository's own test data (tests/data)."""
+    return os.path.join(source_dir(), "tests", "data", name)
+
+
 def shared_testdata(name):
-    """Finds a file of shared/testdata: beside the repository in CI (a fresh clone with
-    shared/ next to it), or at /work/shared."""
-    candidates = [
-        os.path.join(source_dir(), "..", "shared", "testdata", name),
-        os.path.join(source_dir(), "shared", "testdata", name),
-        os.path.join("/work/shared/testdata", name),
-    ]
-    for c in candidates:
-        if os.path.exists(c):
-            return os.path.normpath(c)
-    raise FileNotFoundError("%s not found in any of %s" % (name, candidates))
+    """The project's shared copy of a test data file, when this checkout has one beside it
+    (a clone alone has none: None then). Tests read the repository's own copy; this is only
+    for checking that the two agree."""
+    c = os.path.normpath(os.path.join(source_dir(), "..", "shared", "testdata", name))
+    return c if os.path.exists(c) else None
 
 
 def free_port():

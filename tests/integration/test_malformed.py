@@ -1,4 +1,8 @@
-"""Every row of shared/testdata/http1-requests.tsv against the real binary.
+"""Every row of tests/data/http1-requests.tsv against the real binary.
+
+The table is the repository's own copy of the project's shared table (every row of the
+shared copy, then rows of ficus's own below a marked line); when the shared copy sits
+beside this checkout, a test checks that each of its rows is here unchanged.
 
 A "400" row must be refused with a 4xx (or 501/505), the connection closed, and
 nothing of it reaching the backend. An "ok" row must reach the backend with the
@@ -7,7 +11,7 @@ right body and be answered 200."""
 import time
 import unittest
 
-from harness import Client, FicusTestCase, shared_testdata, wait_until
+from harness import Client, FicusTestCase, shared_testdata, testdata, wait_until
 
 
 def unescape(s):
@@ -34,9 +38,9 @@ def unescape(s):
     return bytes(out)
 
 
-def load_rows():
+def load_rows(path=None):
     rows = []
-    with open(shared_testdata("http1-requests.tsv"), encoding="utf-8") as f:
+    with open(path or testdata("http1-requests.tsv"), encoding="utf-8") as f:
         for line in f:
             line = line.rstrip("\n")
             if not line or line.startswith("#"):
@@ -71,6 +75,14 @@ class MalformedRequests(FicusTestCase):
         self.assertEqual(len({r[0] for r in rows}), len(rows), "row names are unique")
         for name, expected, _ in rows:
             self.assertIn(expected, ("400", "ok"), name)
+
+    def test_shared_rows_are_all_here(self):
+        shared = shared_testdata("http1-requests.tsv")
+        if shared is None:
+            self.skipTest("no shared copy beside this checkout")
+        ours = {r[0]: r for r in load_rows()}
+        for row in load_rows(shared):
+            self.assertEqual(ours.get(row[0]), row, "shared row %s differs or is missing" % row[0])
 
     def test_every_row(self):
         backend = self.backend(name="legacy")
