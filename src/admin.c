@@ -7,8 +7,8 @@
 #include "ficus/http1.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
-#include "ficus/server.h"
 #include "ficus/state.h"
+#include "ficus/worker.h"
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -195,9 +195,7 @@ static double rate(unsigned long long part, unsigned long long whole)
     return whole ? (double)part / (double)whole : 0.0;
 }
 
-json_t *admin_route_json(struct server *srv, const struct route_cfg *rt);
-
-json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
+static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
 {
     const struct config *cfg = srv->cfg;
     struct route_state *rs = rt->state;
@@ -366,35 +364,9 @@ static void patch_route(struct admin *a, const struct route_cfg *rt, const char 
     reply_json(r, 200, out);
 }
 
-void admin_rollback(struct server *srv, const struct route_cfg *rt, const char *reason,
-                    const char *detail);
-
-void admin_rollback(struct server *srv, const struct route_cfg *rt, const char *reason,
-                    const char *detail)
-{
-    struct route_state *rs = rt->state;
-    rs->ramp_stopped = true;
-    if (strcmp(reason, "guard") == 0)
-        rs->rollbacks_guard++;
-    else
-        rs->rollbacks_manual++;
-    char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    snprintf(rs->last_rollback, sizeof(rs->last_rollback), "%s %s: %s", ts, reason, detail);
-    /* The percentage drops even when the state file cannot be written. */
-    if (state_set(srv->state, rs, 0, -1) != 0) {
-        atomic_store(&rs->new_percent, 0.0);
-        rs->overridden = true;
-    }
-    log_warn("admin", "rollback route=%s reason=%s detail=\"%s\"", rt->name, reason, detail);
-}
-
 static void post_rollback(struct admin *a, const struct route_cfg *rt, struct reply *r)
 {
-    admin_rollback(a->srv, rt, "manual", "rolled back through the admin API");
+    state_rollback(a->srv->state, rt->state, "manual", "rolled back through the admin API");
     json_t *out = admin_route_json(a->srv, rt);
     json_object_set_new(out, "persisted", json_boolean(state_persisted(a->srv->state)));
     reply_json(r, 200, out);
@@ -403,7 +375,7 @@ static void post_rollback(struct admin *a, const struct route_cfg *rt, struct re
 static void post_reload(struct admin *a, struct reply *r)
 {
     struct config_errors errs = {0};
-    if (server_reload(a->srv, &errs) != 0) {
+    if (a->srv->reload(a->srv, &errs) != 0) {
         json_t *lines = json_array();
         for (size_t i = 0; i < errs.n; i++)
             json_array_append_new(lines, json_string(errs.lines[i]));

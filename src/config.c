@@ -244,14 +244,6 @@ static const char *lower_dup(struct parser *p, const char *s)
 /* ------------------------------------------------------------------------ */
 /* Lexical checks                                                           */
 
-/* RFC 9110 token characters: what header names and methods are made of. */
-static bool is_tchar(unsigned char c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
 static bool is_token(const char *s)
 {
     if (*s == '\0')

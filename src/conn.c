@@ -3,7 +3,15 @@
  * A connection runs one exchange at a time; pipelined requests wait in the
  * connection's input buffer and are answered in order. Body bytes are never
  * copied on the way through: the read buffer that received them is written on
- * with a reference held until the write completes. */
+ * with a reference held until the write completes. The backend's response is
+ * read by upclient (the one HTTP client of ficus); this file streams it to the
+ * client and decides retries and fallback.
+ *
+ * Lifetimes: a connection is freed in the close callback of its handles (so a
+ * closing one stays readable for the rest of the loop turn); an exchange that
+ * ends is detached from its connection at once and recycled at the end of the
+ * loop turn (the reaper), so that a pointer to it held further up the call
+ * stack stays valid: code checks x->state after a call that may end it. */
 #include "ficus/conn.h"
 #include "ficus/common.h"
 #include "ficus/config.h"
@@ -11,11 +19,12 @@
 #include "ficus/io.h"
 #include "ficus/log.h"
 #include "ficus/router.h"
-#include "ficus/server.h"
 #include "ficus/shadow.h"
 #include "ficus/state.h"
 #include "ficus/tls.h"
+#include "ficus/upclient.h"
 #include "ficus/upstream.h"
+#include "ficus/worker.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -27,7 +36,27 @@
 #define WRITE_HIGH_WATER (256 * 1024)
 #define WRITE_LOW_WATER  (64 * 1024)
 
+/* Spare exchanges a worker keeps with their buffers: an exchange is 9 KiB
+ * (two heads of 128 header slots), and allocating and zeroing it, its head
+ * copy and its response head buffer was a malloc, a calloc and a realloc per
+ * request. */
+#define SPARE_EXCHANGES 64
+/* A spare's buffers larger than this are freed rather than kept. */
+#define SPARE_KEEP_BYTES (16 * 1024)
+
 enum conn_state { CONN_OPEN, CONN_CLOSING };
+
+/* An exchange's life, changed only by x_set_state. The request body's
+ * progress (req_done) runs beside it: a response may begin before the body
+ * is complete. */
+enum xstate {
+    X_NEW,        /* the head is being parsed and routed */
+    X_CONNECTING, /* waiting for a connection to the primary (again after a retry or fallback) */
+    X_SENDING,    /* connected: the head is written, the body streams up, no response head yet */
+    X_RESPONDING, /* the response head arrived: head and body stream to the client */
+    X_DONE,       /* answered, failed or abandoned: detached, recycled after the loop turn */
+    X_N
+};
 
 struct exchange;
 
@@ -35,7 +64,7 @@ struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     struct worker *w;
-    struct conn *prev, *next;
+    struct list node; /* in the worker's list, for drain */
     enum conn_state state;
     int open_handles;
     bool tls;      /* accepted on a TLS listener */
@@ -46,8 +75,9 @@ struct conn {
     bool peer_eof;     /* the client half-closed after a complete request */
     bool write_failed; /* a write failed at once; the close waits for the next loop turn */
     int writes_pending;
-    uint32_t gen; /* counts exchanges: tells a live exchange from a freed one */
-    struct head_scan scan;
+    struct head_scan scan;    /* the next request head; keeps its place between reads */
+    size_t head_scanned;      /* bytes the scan examined for this head (linear: its length) */
+    unsigned head_reads;      /* reads that brought bytes of this head */
     bool head_timer;          /* the header deadline is running */
     struct deadline deadline; /* enforced by timer */
     struct buf in;            /* bytes read but not yet used (partial head, pipelined requests) */
@@ -56,8 +86,8 @@ struct conn {
 };
 
 struct exchange {
-    struct conn *c;
-    uint32_t gen;
+    enum xstate state;
+    struct conn *c; /* NULL once done */
     struct worker *w;
     struct config *cfg;
     struct pool_set *pools;
@@ -66,56 +96,54 @@ struct exchange {
     const char *backend_role; /* "legacy" or "new" */
     uint64_t t0;
 
-    char *head_bytes; /* the request head (owned copy); req's spans point here */
-    size_t head_cap;  /* bytes allocated at head_bytes */
+    char
+        *head_bytes; /* the request head (owned copy, kept when recycled); req's spans point here */
+    size_t head_cap; /* bytes allocated at head_bytes */
     struct body_framer reqbody;
     int64_t req_bytes;
-    bool req_done;
+    bool req_done;   /* the whole request body was read (or there is none) */
     bool chunked_up; /* the request body goes up chunked */
+    bool fell_back;  /* new failed and legacy took over */
+    bool keep_alive; /* the connection serves another request after this one */
+    int attempts;    /* connections the request was sent on */
 
     struct upstream_wait wait;
-    bool fell_back;         /* new failed and legacy took over */
-    struct comparison *cmp; /* the parallel run fed by this exchange, or NULL */
-    struct buf out_head;    /* the response head, sent with the first body bytes */
-    const char *up_error;   /* how the primary failed, for the comparison */
     struct upconn *up;
-    bool up_ready; /* connected and the head written */
-    int attempts;
+    struct upclient uc;     /* reads the primary's response */
+    struct comparison *cmp; /* the parallel run fed by this exchange, or NULL */
+    const char *up_error;   /* how the primary failed, for the comparison */
 
-    struct head_scan rscan;
-    struct buf rhead; /* the response head as it arrives */
-    bool resp_head_done;
-    struct body_framer respbody;
-    bool chunked_down; /* the response goes to the client chunked */
-    bool resp_started; /* a byte went to the client */
-    bool resp_done;
-    bool up_reusable;
+    struct buf rhead;    /* the response head's bytes (kept when recycled); resp points here */
+    struct buf out_head; /* the response head for the client, sent with the first body bytes */
+    bool chunked_down;   /* the response goes to the client chunked */
+    bool up_reusable;    /* the primary's connection may serve again */
     int status;
     int64_t resp_bytes;
-    bool keep_alive;
     char reqid[64];
-    struct exchange *next_spare; /* the worker's spare exchanges */
+    struct exchange *next; /* the worker's spare or retired list */
 
-    /* Last: a reused exchange clears everything above and only the fixed
-     * part of these two (see exchange_get). */
     struct http_head req;
     struct http_head resp;
 };
 
-/* Spare exchanges a worker keeps with their buffers: an exchange is 9 KiB
- * (two heads of 128 header slots), and allocating and zeroing it, its head
- * copy and its response head buffer was a malloc, a calloc and a realloc per
- * request. */
-#define SPARE_EXCHANGES 64
-/* A spare's buffers larger than this are freed rather than kept. */
-#define SPARE_KEEP_BYTES (16 * 1024)
+/* conn.c's part of a worker: its client connections and the exchanges it
+ * keeps for reuse. Created and freed by the worker's owner (server.c). */
+struct conn_worker {
+    struct worker *w;
+    struct list conns;       /* every open client connection, for drain */
+    struct exchange *spares; /* recycled, with their buffers */
+    int n_spares;
+    struct exchange *retired; /* ended during this loop turn */
+    uv_check_t reaper;        /* recycles the retired ones after the loop turn's callbacks */
+    bool reaper_on;
+    bool closed; /* the reaper's handle is closed: exchanges are recycled at once */
+};
 
 static void conn_close(struct conn *c);
 static void conn_update_reading(struct conn *c);
 static void conn_resume_input(struct conn *c);
 static void exchange_abort(struct exchange *x);
 static void exchange_fail(struct exchange *x, int status, const char *msg);
-static void exchange_maybe_finish(struct exchange *x);
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
 static bool try_fallback(struct exchange *x, unsigned why);
 static void sni_text(const struct conn *c, char *out, size_t len);
@@ -137,23 +165,12 @@ static void on_conn_closed(uv_handle_t *h)
     if (--c->open_handles > 0)
         return;
     struct worker *w = c->w;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    list_remove(&c->node);
     buf_dispose(&c->in);
     tls_free(c->t);
     atomic_fetch_sub_explicit(&w->counters.conns_active, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&w->srv->conns_total, 1, memory_order_relaxed);
     free(c);
-}
-
-/* Is the exchange numbered gen still running on c? */
-static bool live(const struct conn *c, uint32_t gen)
-{
-    return c->state == CONN_OPEN && c->x != NULL && c->gen == gen;
 }
 
 static void conn_close(struct conn *c)
@@ -190,7 +207,6 @@ static void on_conn_written(void *ctx, int status)
         upstream_pause(x->up, false);
 }
 
-/* Writes to the client; see io_write for rb and owned. */
 static void on_conn_timer(uv_timer_t *t);
 
 /* Sets the connection's deadline ms from now (see struct deadline: a request
@@ -205,7 +221,7 @@ static void conn_no_deadline(struct conn *c)
     deadline_clear(&c->deadline);
 }
 
-/* A write that cannot happen: closing here would free the exchange under its
+/* A write that cannot happen: closing here would end the exchange under its
  * caller, so the timer closes the connection on the next loop turn instead. */
 static int conn_write_failed(struct conn *c, int rc)
 {
@@ -215,7 +231,8 @@ static int conn_write_failed(struct conn *c, int rc)
     return rc;
 }
 
-/* Sends bytes already in their wire form (ciphertext on a TLS connection). */
+/* Sends bytes already in their wire form (ciphertext on a TLS connection); see
+ * io_write for rb and owned. */
 static int conn_send(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb, void *owned)
 {
     if (c->state == CONN_CLOSING) {
@@ -235,15 +252,15 @@ static int conn_send(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rb
     return 0;
 }
 
+static int conn_send_tls(void *ctx, const uv_buf_t *buf, void *owned)
+{
+    return conn_send(ctx, buf, 1, NULL, owned);
+}
+
 /* Sends what TLS has waiting: handshake messages, alerts, records. */
 static int conn_flush_tls(struct conn *c)
 {
-    size_t len;
-    char *ct = tls_take_output(c->t, &len);
-    if (ct == NULL)
-        return 0;
-    uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
-    return conn_send(c, &ub, 1, NULL, ct);
+    return tls_flush(c->t, conn_send_tls, c);
 }
 
 static int conn_write(struct conn *c, const uv_buf_t *bufs, unsigned n, struct rbuf *rb,
@@ -323,6 +340,12 @@ static void on_conn_timer(uv_timer_t *t)
         conn_close(c); /* idle keep-alive connection */
 }
 
+/* Is the exchange connected to its backend and still reading the request? */
+static bool x_sending_body(const struct exchange *x)
+{
+    return !x->req_done && (x->state == X_SENDING || x->state == X_RESPONDING);
+}
+
 /* Arms the timer that fits what the connection waits for. */
 static void conn_arm_timer(struct conn *c)
 {
@@ -330,7 +353,7 @@ static void conn_arm_timer(struct conn *c)
         return; /* the close is already scheduled */
     const struct config *cfg = c->w->cfg;
     if (c->x != NULL) {
-        if (!c->x->req_done && c->x->up_ready)
+        if (x_sending_body(c->x))
             conn_deadline(c, (uint64_t)cfg->client_idle_ms);
         else
             conn_no_deadline(c);
@@ -358,7 +381,9 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
 /* Uses bytes from p[0, len): heads start exchanges, body bytes go upstream.
  * rb holds the bytes when they came straight from a read (NULL when they are
  * the connection's own buffer, which must not be referenced). Returns how many
- * bytes were used; the caller keeps the rest for later. */
+ * bytes were used; the caller keeps the rest for later, starting with the
+ * first byte of a head still incomplete, so that the scan's place (relative to
+ * that byte) stays right and no byte is examined twice. */
 static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_t len)
 {
     size_t off = 0;
@@ -367,13 +392,11 @@ static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_
         if (x == NULL) {
             if (c->w->draining && c->scan.pos == 0)
                 return off; /* no new request once draining */
+            size_t before = c->scan.pos;
             int r = http1_scan_head(&c->scan, p + off, len - off, c->w->cfg->max_header_bytes);
-            if (r == 0) {
-                c->scan.pos = 0; /* rescanned from the kept bytes next time */
-                c->scan.state = 0;
-                c->scan.line = 0;
+            c->head_scanned += (r == 1 ? c->scan.pos : len - off) - before;
+            if (r == 0)
                 return off;
-            }
             if (r < 0) {
                 if (r == FICUS_EHEADTOOBIG)
                     conn_reject(c, 431, "request header fields too large");
@@ -382,12 +405,16 @@ static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_
                 return len;
             }
             size_t head_len = c->scan.pos;
+            log_debug("conn", "request head client=%s bytes=%zu scanned=%zu reads=%u", c->ip,
+                      head_len, c->head_scanned, c->head_reads);
             memset(&c->scan, 0, sizeof(c->scan));
+            c->head_scanned = 0;
+            c->head_reads = 0;
             exchange_start(c, p + off, head_len, p + off + head_len, len - off - head_len);
             off += head_len;
             continue;
         }
-        if (x->req_done || !x->up_ready)
+        if (x->req_done || x->state < X_SENDING)
             return off; /* the next pipelined request, or upstream not ready */
         size_t n = exchange_request_body(x, rb, p + off, len - off);
         if (n == 0)
@@ -450,6 +477,8 @@ static void conn_on_eof(struct conn *c)
 static void conn_input(struct conn *c, struct rbuf *rb, const char *p, size_t len)
 {
     conn_set_idle(c, false);
+    if (c->x == NULL)
+        c->head_reads++;
     if (c->in.len > 0) {
         conn_keep(c, p, len);
         conn_resume_input(c);
@@ -546,7 +575,8 @@ static void conn_update_reading(struct conn *c)
     else if (x->req_done)
         want = c->in.len == 0; /* a pipelined request waits in c->in; no epoll churn */
     else
-        want = x->up_ready && c->in.len == 0 && upstream_queued(x->up) < WRITE_HIGH_WATER;
+        want = x_sending_body(x) && x->up != NULL && c->in.len == 0 &&
+               upstream_queued(x->up) < WRITE_HIGH_WATER;
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
             c->reading = true;
@@ -558,39 +588,25 @@ static void conn_update_reading(struct conn *c)
     conn_set_idle(c, x == NULL && c->in.len == 0 && c->writes_pending == 0);
 }
 
-/* ---- exchanges -------------------------------------------------------------------- */
+/* ---- exchanges: lifetime -------------------------------------------------------------- */
 
-/* An exchange with every field cleared but the kept storage (head_bytes and
- * rhead's buffer), from the worker's spares or newly allocated. */
-static struct exchange *exchange_get(struct worker *w)
+static void x_set_state(struct exchange *x, enum xstate s)
 {
-    struct exchange *x = w->spare_exchanges;
-    if (x == NULL)
-        return calloc(1, sizeof(*x));
-    w->spare_exchanges = x->next_spare;
-    w->n_spare_exchanges--;
-    char *hb = x->head_bytes;
-    size_t hcap = x->head_cap;
-    struct buf rh = x->rhead;
-    memset(x, 0, offsetof(struct exchange, req));
-    memset(&x->req, 0, offsetof(struct http_head, headers));
-    memset(&x->resp, 0, offsetof(struct http_head, headers));
-    x->head_bytes = hb;
-    x->head_cap = hcap;
-    x->rhead = rh;
-    buf_reset(&x->rhead);
-    return x;
+    static const char *const names[X_N] = {"new", "connecting", "sending", "responding", "done"};
+    log_debug("conn", "exchange id=%s %s -> %s", x->reqid, names[x->state], names[s]);
+    x->state = s;
 }
 
-static void exchange_free(struct exchange *x)
+/* Recycles one exchange: its references go, its memory is kept for the next
+ * request (with the head copy and the response head buffer) or freed. */
+static void exchange_recycle(struct conn_worker *cw, struct exchange *x)
 {
     buf_dispose(&x->out_head);
-    shadow_primary_failed(x->cmp, NULL); /* no-op once the primary is done */
-    shadow_release(x->cmp);
     pool_set_unref(x->pools);
     config_unref(x->cfg);
-    struct worker *w = x->w;
-    if (w->stopped || w->n_spare_exchanges >= SPARE_EXCHANGES) {
+    x->pools = NULL;
+    x->cfg = NULL;
+    if (cw->closed || cw->n_spares >= SPARE_EXCHANGES) {
         buf_dispose(&x->rhead);
         free(x->head_bytes);
         free(x);
@@ -603,26 +619,107 @@ static void exchange_free(struct exchange *x)
         x->head_bytes = NULL;
         x->head_cap = 0;
     }
-    x->next_spare = w->spare_exchanges;
-    w->spare_exchanges = x;
-    w->n_spare_exchanges++;
+    x->next = cw->spares;
+    cw->spares = x;
+    cw->n_spares++;
 }
 
-void conn_worker_dispose(struct worker *w)
+static void reap(struct conn_worker *cw)
 {
-    while (w->spare_exchanges != NULL) {
-        struct exchange *x = w->spare_exchanges;
-        w->spare_exchanges = x->next_spare;
+    while (cw->retired != NULL) {
+        struct exchange *x = cw->retired;
+        cw->retired = x->next;
+        exchange_recycle(cw, x);
+    }
+}
+
+static void on_reaper(uv_check_t *h)
+{
+    struct conn_worker *cw = h->data;
+    reap(cw);
+    uv_check_stop(h);
+    cw->reaper_on = false;
+}
+
+/* An exchange for a new request: every field set here by name; the storage a
+ * spare keeps (head_bytes, rhead) stays. NULL when out of memory. */
+static struct exchange *exchange_get(struct conn_worker *cw, struct conn *c)
+{
+    struct exchange *x = cw->spares;
+    if (x != NULL) {
+        cw->spares = x->next;
+        cw->n_spares--;
+    } else if ((x = calloc(1, sizeof(*x))) == NULL) {
+        return NULL;
+    }
+    struct worker *w = cw->w;
+    x->state = X_NEW;
+    x->c = c;
+    x->w = w;
+    x->cfg = config_ref(w->cfg);
+    x->pools = w->pools;
+    pool_set_ref(x->pools);
+    x->rt = NULL;
+    x->backend = -1;
+    x->backend_role = "-";
+    x->t0 = io_now_us();
+    memset(&x->reqbody, 0, sizeof(x->reqbody));
+    x->req_bytes = 0;
+    x->req_done = false;
+    x->chunked_up = false;
+    x->fell_back = false;
+    x->keep_alive = false;
+    x->attempts = 0;
+    memset(&x->wait, 0, sizeof(x->wait));
+    x->up = NULL;
+    memset(&x->uc, 0, sizeof(x->uc));
+    x->cmp = NULL;
+    x->up_error = NULL;
+    buf_reset(&x->rhead);
+    buf_init(&x->out_head, 0);
+    x->chunked_down = false;
+    x->up_reusable = false;
+    x->status = 0;
+    x->resp_bytes = 0;
+    x->reqid[0] = '-';
+    x->reqid[1] = '\0';
+    x->next = NULL;
+    /* The heads are filled by http1_parse_head, which sets every field it
+     * keeps; a response head is parsed before anything reads it. */
+    return x;
+}
+
+struct conn_worker *conn_worker_new(struct worker *w)
+{
+    struct conn_worker *cw = calloc(1, sizeof(*cw));
+    if (cw == NULL)
+        return NULL;
+    cw->w = w;
+    list_init(&cw->conns);
+    uv_check_init(&w->loop, &cw->reaper);
+    cw->reaper.data = cw;
+    return cw;
+}
+
+void conn_worker_free(struct conn_worker *cw)
+{
+    if (cw == NULL)
+        return;
+    reap(cw);
+    while (cw->spares != NULL) {
+        struct exchange *x = cw->spares;
+        cw->spares = x->next;
         buf_dispose(&x->rhead);
         free(x->head_bytes);
         free(x);
     }
-    w->n_spare_exchanges = 0;
+    free(cw);
 }
 
 static void exchange_release_upstream(struct exchange *x, bool reusable)
 {
     upstream_cancel(&x->wait);
+    upclient_stop(&x->uc);
     if (x->up != NULL) {
         struct upconn *u = x->up;
         x->up = NULL;
@@ -630,13 +727,39 @@ static void exchange_release_upstream(struct exchange *x, bool reusable)
     }
 }
 
+/* Ends the exchange: detached from its connection, every outside resource
+ * given back, its memory recycled once the loop turn's callbacks are done. */
+static void exchange_retire(struct exchange *x)
+{
+    if (x->state == X_DONE)
+        return;
+    exchange_release_upstream(x, x->up_reusable);
+    shadow_primary_failed(x->cmp, NULL); /* a no-op once the primary is done */
+    shadow_release(x->cmp);
+    x->cmp = NULL;
+    if (x->c != NULL && x->c->x == x)
+        x->c->x = NULL;
+    x->c = NULL;
+    x_set_state(x, X_DONE);
+    struct conn_worker *cw = x->w->conns;
+    x->next = cw->retired;
+    cw->retired = x;
+    if (cw->closed) {
+        reap(cw);
+    } else if (!cw->reaper_on) {
+        cw->reaper_on = true;
+        uv_check_start(&cw->reaper, on_reaper);
+    }
+}
+
 /* The client connection went away: drop everything of the exchange. */
 static void exchange_abort(struct exchange *x)
 {
-    x->c->x = NULL;
-    exchange_release_upstream(x, false);
-    exchange_free(x);
+    x->up_reusable = false;
+    exchange_retire(x);
 }
+
+/* ---- access log ------------------------------------------------------------------- */
 
 /* The client's SNI made safe for a log line (it is the client's bytes). */
 static void sni_text(const struct conn *c, char *out, size_t len)
@@ -693,11 +816,20 @@ static void access_log(struct exchange *x)
                     x->status, x->resp_bytes, (double)(io_now_us() - x->t0) / 1000.0, x->reqid);
 }
 
-/* Ends the exchange once both directions are complete. */
-static void exchange_maybe_finish(struct exchange *x)
+/* ---- exchanges: the end ------------------------------------------------------------- */
+
+/* Has a byte of the response gone to the client? (The head waits in out_head
+ * for the first body bytes; until it leaves, a clean error can still replace
+ * it.) */
+static bool x_client_got_bytes(const struct exchange *x)
 {
-    if (!x->resp_done)
-        return;
+    return x->state == X_RESPONDING && x->out_head.len == 0;
+}
+
+/* Ends the exchange once the response is complete: counts it, logs it, and
+ * the connection goes on with the next request or closes. */
+static void exchange_finish(struct exchange *x)
+{
     struct conn *c = x->c;
     if (!x->req_done) {
         /* The response came before the whole request body: the rest of the
@@ -710,10 +842,8 @@ static void exchange_maybe_finish(struct exchange *x)
         state_count_request(&x->rt->state->counters[x->w->id],
                             x->backend == x->rt->new_ && x->backend != x->rt->legacy, x->status,
                             io_now_us() - x->t0);
-    exchange_release_upstream(x, x->up_reusable);
     bool keep = x->keep_alive && !c->w->draining;
-    c->x = NULL;
-    exchange_free(x);
+    exchange_retire(x);
     if (!keep) {
         c->close_after_flush = true;
         if (c->writes_pending == 0)
@@ -727,18 +857,17 @@ static void exchange_maybe_finish(struct exchange *x)
  * exchange; the upstream connection is not reused. */
 static void exchange_fail(struct exchange *x, int status, const char *msg)
 {
+    if (x->state == X_DONE)
+        return;
     struct conn *c = x->c;
+    x->up_reusable = false;
     exchange_release_upstream(x, false);
-    if (x->resp_started && x->out_head.len > 0) {
-        /* The head is still ours: nothing reached the client, so it gets a clean error. */
-        buf_reset(&x->out_head);
-        x->resp_started = false;
-    }
-    if (x->resp_started) {
+    if (x_client_got_bytes(x)) {
         /* Part of a response went out: the client must see it cut short. */
         conn_close(c);
         return;
     }
+    buf_reset(&x->out_head); /* a head still waiting is replaced by the error */
     shadow_primary_failed(x->cmp, status >= 500 ? (x->up_error ? x->up_error : "reset") : NULL);
     x->status = status;
     x->keep_alive = x->keep_alive && x->req_done && status < 500;
@@ -747,11 +876,9 @@ static void exchange_fail(struct exchange *x, int status, const char *msg)
     if (http1_write_error(&b, status, msg, x->keep_alive) == 0)
         conn_write_buf(c, &b);
     buf_dispose(&b);
-    x->resp_started = true;
-    x->resp_done = true;
     x->req_done = true; /* whatever body is left is not read */
     log_debug("conn", "exchange failed status=%d reason=\"%s\" id=%s", status, msg, x->reqid);
-    exchange_maybe_finish(x);
+    exchange_finish(x);
 }
 
 /* ---- request body ------------------------------------------------------------------ */
@@ -808,8 +935,6 @@ static void send_body_up(struct exchange *x, struct rbuf *rb, const char *p, siz
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
 {
     size_t off = 0;
-    struct conn *c = x->c;
-    uint32_t gen = c->gen;
     while (off < len && !x->req_done) {
         size_t doff, dlen;
         int64_t n = http1_body_step(&x->reqbody, p + off, len - off, &doff, &dlen);
@@ -825,7 +950,7 @@ static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const c
             }
             shadow_request_body(x->cmp, p + off + doff, dlen);
             send_body_up(x, rb, p + off + doff, dlen);
-            if (!live(c, gen))
+            if (x->state == X_DONE)
                 return len;
         }
         off += (size_t)n;
@@ -835,23 +960,19 @@ static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const c
             if (x->chunked_up) {
                 uv_buf_t last = uv_buf_init("0\r\n\r\n", 5);
                 write_up(x, &last, 1, NULL, NULL);
-                if (!live(c, gen))
+                if (x->state == X_DONE)
                     return len;
             }
         }
         if (n == 0)
             break;
     }
-    if (live(c, gen)) {
-        /* A backend still being sent the request is not late: its deadline
-         * counts from the last body byte. */
-        if (off > 0 && x->up != NULL && !x->resp_done)
-            upstream_timeout(x->up, x->cfg->upstream_ms);
-        if (x->req_done)
-            exchange_maybe_finish(x);
-        else if (x->up != NULL && upstream_queued(x->up) >= WRITE_HIGH_WATER)
-            conn_update_reading(c); /* pauses until the backend drains */
-    }
+    /* A backend still being sent the request is not late: its deadline
+     * counts from the last body byte. */
+    if (off > 0 && (x->state == X_SENDING || x->state == X_RESPONDING))
+        upclient_deadline(&x->uc, UPCLIENT_IDLE, x->cfg->upstream_ms);
+    if (!x->req_done && x->up != NULL && upstream_queued(x->up) >= WRITE_HIGH_WATER)
+        conn_update_reading(x->c); /* pauses until the backend drains */
     return off;
 }
 
@@ -893,8 +1014,72 @@ static void flush_head(struct exchange *x)
         conn_write_buf(x->c, &x->out_head);
 }
 
-static void response_done(struct exchange *x)
+/* The response head for the client, from the backend's (x->resp): written with
+ * the first body bytes (send_body_down) or by flush_head. */
+static int response_head(struct exchange *x)
 {
+    const struct http_head *r = &x->resp;
+    x->status = r->status;
+    shadow_primary_head(x->cmp, x->rhead.data, x->rhead.len);
+    bool has_body = http1_response_has_body(x->req.is_head, r->status);
+    int64_t out_len;
+    if (!has_body)
+        out_len = -2;
+    else if (r->chunked)
+        out_len = -1;
+    else if (r->content_length >= 0)
+        out_len = r->content_length;
+    else
+        out_len = -1;
+    if (!x->req_done)
+        x->keep_alive = false;
+    if (out_len == -1 && x->req.version_minor == 0) {
+        /* HTTP/1.0 has no chunked coding: the close ends the body. */
+        x->keep_alive = false;
+        out_len = -3;
+    }
+    x->chunked_down = out_len == -1;
+    int rc = http1_write_response_head(&x->out_head, r, out_len == -3 ? -2 : out_len,
+                                       x->keep_alive && !x->w->draining);
+    if (x->w->draining)
+        x->keep_alive = false;
+    return rc;
+}
+
+static void invalid_response(struct exchange *x)
+{
+    log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role, x->reqid);
+    x->up_error = "invalid_response";
+    exchange_fail(x, 502, "invalid upstream response");
+}
+
+static bool up_on_head(void *ctx, const struct http_head *h, const char *raw, size_t len)
+{
+    (void)h;
+    (void)raw;
+    (void)len;
+    struct exchange *x = ctx;
+    if (x->resp.status >= 500 && try_fallback(x, FALLBACK_5XX))
+        return false; /* legacy answers instead: this response is dropped */
+    x_set_state(x, X_RESPONDING);
+    if (response_head(x) != 0) {
+        invalid_response(x);
+        return false;
+    }
+    return true;
+}
+
+static bool up_on_body(void *ctx, struct rbuf *rb, const char *p, size_t n)
+{
+    struct exchange *x = ctx;
+    send_body_down(x, rb, p, n);
+    return x->state == X_RESPONDING;
+}
+
+static void up_on_done(void *ctx, bool reusable)
+{
+    struct exchange *x = ctx;
+    x->up_reusable = reusable;
     if (x->chunked_down) {
         if (x->out_head.len > 0) {
             buf_puts(&x->out_head, "0\r\n\r\n");
@@ -904,165 +1089,8 @@ static void response_done(struct exchange *x)
         }
     }
     flush_head(x);
-    x->resp_done = true;
     shadow_primary_done(x->cmp, x->resp_bytes);
-    if (x->up != NULL)
-        upstream_timeout(x->up, 0);
-    exchange_maybe_finish(x);
-}
-
-/* The response head is complete in x->rhead: check it and send it on. */
-static int response_head(struct exchange *x)
-{
-    struct http_head *r = &x->resp;
-    if (http1_parse_head(r, x->rhead.data, x->rhead.len, false) != 0)
-        return FICUS_EBADRESP;
-    if (r->status < 200)
-        return 1; /* an interim response: ficus answers 100-continue itself */
-    if (r->status >= 500 && try_fallback(x, FALLBACK_5XX))
-        return 2;
-    x->status = r->status;
-    shadow_primary_head(x->cmp, x->rhead.data, x->rhead.len);
-    bool has_body = http1_response_has_body(x->req.is_head, r->status);
-    int64_t out_len;
-    if (!has_body) {
-        http1_body_init(&x->respbody, BODY_NONE, 0);
-        out_len = -2;
-    } else if (r->chunked) {
-        http1_body_init(&x->respbody, BODY_CHUNKED, 0);
-        out_len = -1;
-    } else if (r->content_length >= 0) {
-        http1_body_init(&x->respbody, BODY_LENGTH, (uint64_t)r->content_length);
-        out_len = r->content_length;
-    } else {
-        http1_body_init(&x->respbody, BODY_EOF, 0);
-        out_len = -1;
-    }
-    x->up_reusable = r->keep_alive && x->respbody.kind != BODY_EOF;
-    if (!x->req_done)
-        x->keep_alive = false;
-    if (out_len == -1 && x->req.version_minor == 0) {
-        /* HTTP/1.0 has no chunked coding: the close ends the body. */
-        x->keep_alive = false;
-        out_len = -3;
-    }
-    x->chunked_down = out_len == -1;
-    /* Written with the first body bytes (send_body_down) or by flush_head. */
-    int rc = http1_write_response_head(&x->out_head, r, out_len == -3 ? -2 : out_len,
-                                       x->keep_alive && !x->w->draining);
-    if (x->w->draining)
-        x->keep_alive = false;
-    x->resp_started = true;
-    return rc;
-}
-
-static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
-
-static void up_on_read(void *ctx, struct rbuf *rb, const char *p, size_t len)
-{
-    struct exchange *x = ctx;
-    struct conn *c = x->c;
-    uint32_t gen = c->gen;
-    up_on_read_body(x, rb, p, len);
-    /* A head whose body has not started yet goes out on its own. */
-    if (live(c, gen))
-        flush_head(c->x);
-}
-
-static void up_on_read_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
-{
-    struct conn *c = x->c;
-    uint32_t gen = c->gen;
-    upstream_timeout(x->up, x->cfg->upstream_ms);
-    size_t off = 0;
-    while (!x->resp_head_done) {
-        int r;
-        if (x->rhead.len == 0) {
-            /* Usually the whole head is in one read: it is scanned where it
-             * lies and only its bytes are kept, not the body after it. */
-            r = http1_scan_head(&x->rscan, p + off, len - off, x->cfg->max_header_bytes);
-            size_t take = r == 1 ? x->rscan.pos : len - off;
-            if (r >= 0 && buf_append(&x->rhead, p + off, take) != 0) {
-                exchange_fail(x, 502, "upstream response head too large");
-                return;
-            }
-            if (r == 0)
-                return;
-            if (r == 1)
-                off += take;
-        } else {
-            size_t before = x->rscan.pos;
-            /* Heads are small: they are gathered whole, then parsed. */
-            if (buf_append(&x->rhead, p + off, len - off) != 0) {
-                exchange_fail(x, 502, "upstream response head too large");
-                return;
-            }
-            r = http1_scan_head(&x->rscan, x->rhead.data, x->rhead.len, x->cfg->max_header_bytes);
-            if (r == 0)
-                return;
-            if (r == 1) {
-                off += x->rscan.pos - before;
-                x->rhead.len = x->rscan.pos; /* bytes after the head are still at p + off */
-            }
-        }
-        if (r < 0) {
-            log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
-                     x->reqid);
-            x->up_error = "invalid_response";
-            exchange_fail(x, 502, "invalid upstream response");
-            return;
-        }
-        int hr = response_head(x);
-        if (hr < 0) {
-            log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role,
-                     x->reqid);
-            x->up_error = "invalid_response";
-            exchange_fail(x, 502, "invalid upstream response");
-            return;
-        }
-        if (hr == 2)
-            return; /* fell back to legacy: this response is dropped */
-        buf_reset(&x->rhead);
-        memset(&x->rscan, 0, sizeof(x->rscan));
-        if (hr == 1)
-            continue; /* skip an interim 1xx */
-        x->resp_head_done = true;
-        if (!live(c, gen))
-            return;
-        if (x->respbody.done) {
-            if (off < len)
-                x->up_reusable = false; /* bytes nobody asked for */
-            response_done(x);
-            return;
-        }
-        if (off == len)
-            return;
-        break;
-    }
-    while (off < len) {
-        size_t doff, dlen;
-        int64_t n = http1_body_step(&x->respbody, p + off, len - off, &doff, &dlen);
-        if (n < 0) {
-            log_warn("conn", "invalid upstream chunked body backend=%s id=%s", x->backend_role,
-                     x->reqid);
-            x->up_error = "invalid_response";
-            exchange_fail(x, 502, "invalid upstream response");
-            return;
-        }
-        if (dlen > 0)
-            send_body_down(x, rb, p + off + doff, dlen);
-        if (!live(c, gen))
-            return;
-        off += (size_t)n;
-        if (x->respbody.done) {
-            if (off < len)
-                x->up_reusable = false;
-            response_done(x);
-            return;
-        }
-        if (n == 0)
-            break;
-    }
+    exchange_finish(x);
 }
 
 static void exchange_connect(struct exchange *x);
@@ -1073,7 +1101,7 @@ static bool is_idempotent(const struct http_head *req);
 static bool try_fallback(struct exchange *x, unsigned why)
 {
     const struct route_cfg *rt = x->rt;
-    if (rt == NULL || !(rt->fallback & why) || x->fell_back || x->resp_started ||
+    if (rt == NULL || !(rt->fallback & why) || x->fell_back || x->state == X_RESPONDING ||
         x->backend != rt->new_ || rt->legacy == rt->new_ || !is_idempotent(&x->req) ||
         x->reqbody.kind != BODY_NONE)
         return false;
@@ -1094,11 +1122,8 @@ static bool try_fallback(struct exchange *x, unsigned why)
     shadow_release(x->cmp);
     x->cmp = NULL;
     x->fell_back = true;
-    x->up_ready = false;
     x->backend = rt->legacy;
     x->backend_role = "legacy";
-    buf_reset(&x->rhead);
-    memset(&x->rscan, 0, sizeof(x->rscan));
     exchange_connect(x);
     return true;
 }
@@ -1116,18 +1141,16 @@ static bool is_idempotent(const struct http_head *req)
 static void up_on_error(void *ctx, int err)
 {
     struct exchange *x = ctx;
-    if (err == UV_EOF && x->resp_head_done && x->respbody.kind == BODY_EOF) {
-        x->up_reusable = false;
-        response_done(x); /* a body delimited by the close */
+    bool nothing_back = !upclient_got_any(&x->uc);
+    if (err == FICUS_EBADRESP) {
+        invalid_response(x);
         return;
     }
-    bool nothing_back = !x->resp_head_done && x->rhead.len == 0;
     if (nothing_back && err != FICUS_ETIMEOUT && upstream_reused(x->up) && x->attempts < 2 &&
         is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE) {
         /* A pooled connection the backend closed while idle: try a fresh one. */
         log_debug("conn", "retrying on a new connection id=%s", x->reqid);
         exchange_release_upstream(x, false);
-        x->up_ready = false;
         exchange_connect(x);
         return;
     }
@@ -1150,10 +1173,19 @@ static void up_on_drain(void *ctx)
     conn_update_reading(x->c);
 }
 
-static const struct upstream_handlers exchange_handlers = {
-    .on_read = up_on_read,
+/* A head whose body has not started in this read goes out on its own. */
+static void up_on_read_end(void *ctx)
+{
+    flush_head(ctx);
+}
+
+static const struct upclient_handlers exchange_handlers = {
+    .on_head = up_on_head,
+    .on_body = up_on_body,
+    .on_done = up_on_done,
     .on_error = up_on_error,
     .on_drain = up_on_drain,
+    .on_read_end = up_on_read_end,
 };
 
 /* What the rewritten request head needs to know, for the primary or the shadow. */
@@ -1193,7 +1225,8 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
     }
     x->up = u;
     x->attempts++;
-    upstream_attach(u, &exchange_handlers, x);
+    upclient_start(&x->uc, u, &exchange_handlers, x, &x->rhead, &x->resp, x->req.is_head,
+                   x->cfg->max_header_bytes, UPCLIENT_IDLE, x->cfg->upstream_ms);
 
     struct forward_info fi;
     forward_info(x, &fi, false);
@@ -1211,8 +1244,7 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
         exchange_fail(x, 502, "upstream write failed");
         return;
     }
-    upstream_timeout(u, x->cfg->upstream_ms);
-    x->up_ready = true;
+    x_set_state(x, X_SENDING);
     if (x->req.expect_continue && !x->req_done && c->in.len == 0) {
         uv_buf_t cont = uv_buf_init("HTTP/1.1 100 Continue\r\n\r\n", 25);
         conn_write(c, &cont, 1, NULL, NULL);
@@ -1227,6 +1259,7 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
 
 static void exchange_connect(struct exchange *x)
 {
+    x_set_state(x, X_CONNECTING);
     /* A request that would be retried on a fresh connection anyway needs no
      * check that a pooled one is still alive. */
     x->wait.check_idle = !(is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE);
@@ -1283,8 +1316,9 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
                            size_t rest_len)
 {
     struct worker *w = c->w;
+    struct conn_worker *cw = w->conns;
     atomic_fetch_add_explicit(&w->counters.requests, 1, memory_order_relaxed);
-    struct exchange *x = exchange_get(w);
+    struct exchange *x = exchange_get(cw, c);
     if (x != NULL && x->head_cap < head_len) {
         char *bigger = realloc(x->head_bytes, head_len);
         if (bigger != NULL) {
@@ -1294,28 +1328,20 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     }
     if (x == NULL || x->head_cap < head_len) {
         if (x != NULL) {
-            buf_dispose(&x->rhead);
-            free(x->head_bytes);
+            x->next = cw->spares; /* back where it came from, unused */
+            cw->spares = x;
+            cw->n_spares++;
+            pool_set_unref(x->pools);
+            config_unref(x->cfg);
         }
-        free(x);
         conn_reject(c, 500, "out of memory");
         return;
     }
     char *copy = x->head_bytes;
     memcpy(copy, head, head_len);
-    x->c = c;
-    x->gen = ++c->gen;
-    x->w = w;
-    x->cfg = config_ref(w->cfg);
-    x->pools = w->pools;
-    pool_set_ref(x->pools);
-    x->t0 = io_now_us();
-    x->backend_role = "-";
     c->x = x;
     conn_no_deadline(c);
     c->head_timer = false;
-    x->reqid[0] = '-';
-    x->reqid[1] = '\0';
 
     if (http1_parse_head(&x->req, copy, head_len, true) != 0) {
         x->keep_alive = false;
@@ -1400,10 +1426,7 @@ void conn_accept(struct worker *w, uv_stream_t *listener, struct tls_ctx *tls)
     /* Room for one read past a head; on TLS a read can also finish a record
      * begun in the read before it. */
     buf_init(&c->in, w->cfg->max_header_bytes + (tls != NULL ? 2 * RBUF_SIZE : RBUF_SIZE));
-    c->next = w->conns;
-    if (w->conns != NULL)
-        w->conns->prev = c;
-    w->conns = c;
+    list_push(&w->conns->conns, &c->node);
     atomic_fetch_add_explicit(&w->counters.conns_active, 1, memory_order_relaxed);
     long total = atomic_fetch_add_explicit(&w->srv->conns_total, 1, memory_order_relaxed) + 1;
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
@@ -1432,23 +1455,39 @@ void conn_accept(struct worker *w, uv_stream_t *listener, struct tls_ctx *tls)
 
 void conn_drain(struct worker *w)
 {
-    struct conn *c = w->conns;
-    while (c != NULL) {
-        struct conn *next = c->next;
+    struct list *head = &w->conns->conns;
+    for (struct list *n = head->next, *next; n != head; n = next) {
+        next = n->next;
+        struct conn *c = container_of(n, struct conn, node);
         if (c->x == NULL && c->in.len == 0 && c->writes_pending == 0)
             conn_close(c);
         else if (c->x == NULL)
             c->close_after_flush = true;
-        c = next;
     }
+}
+
+bool conn_none_open(const struct worker *w)
+{
+    return list_empty(&w->conns->conns);
+}
+
+static void on_reaper_closed(uv_handle_t *h)
+{
+    (void)h;
 }
 
 void conn_close_all(struct worker *w)
 {
-    struct conn *c = w->conns;
-    while (c != NULL) {
-        struct conn *next = c->next;
-        conn_close(c);
-        c = next;
+    struct conn_worker *cw = w->conns;
+    struct list *head = &cw->conns;
+    for (struct list *n = head->next, *next; n != head; n = next) {
+        next = n->next;
+        conn_close(container_of(n, struct conn, node));
+    }
+    /* No more loop turns to wait for: what retires from now on is recycled at once. */
+    reap(cw);
+    if (!cw->closed) {
+        cw->closed = true;
+        uv_close((uv_handle_t *)&cw->reaper, on_reaper_closed);
     }
 }

@@ -1,17 +1,14 @@
 /* The control thread's once-a-second work: sample counters, and for each
  * route run the guard (roll back when divergence or errors of new pass their
  * limits) and the ramp (raise new_percent step by step while the guard holds). */
+#include "ficus/control.h"
 #include "ficus/common.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
-#include "ficus/server.h"
 #include "ficus/state.h"
+#include "ficus/worker.h"
 
 #include <stdio.h>
-
-void control_tick(struct server *srv);
-void admin_rollback(struct server *srv, const struct route_cfg *rt, const char *reason,
-                    const char *detail);
 
 static void guard_check(struct server *srv, const struct route_cfg *rt)
 {
@@ -26,7 +23,7 @@ static void guard_check(struct server *srv, const struct route_cfg *rt)
         if (r > rt->guard_max_divergence_rate) {
             snprintf(detail, sizeof(detail), "divergence rate %.4f > %.4f over %llu comparisons", r,
                      rt->guard_max_divergence_rate, w.comparisons);
-            admin_rollback(srv, rt, "guard", detail);
+            state_rollback(srv->state, rs, "guard", detail);
             return;
         }
     }
@@ -35,7 +32,7 @@ static void guard_check(struct server *srv, const struct route_cfg *rt)
         if (r > rt->guard_max_error_rate) {
             snprintf(detail, sizeof(detail), "new error rate %.4f > %.4f over %llu requests", r,
                      rt->guard_max_error_rate, w.new_requests);
-            admin_rollback(srv, rt, "guard", detail);
+            state_rollback(srv->state, rs, "guard", detail);
         }
     }
 }

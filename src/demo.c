@@ -8,6 +8,7 @@
  * answer with a generated_at timestamp that differs on every call (noise). */
 #include "ficus/buf.h"
 #include "ficus/common.h"
+#include "ficus/demo.h"
 #include "ficus/http1.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
@@ -24,8 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
-
-int demo_main(int port);
 
 #define DEMO_DEFAULT_PORT  8080
 #define DEMO_MAX_HEAD      (16 * 1024)

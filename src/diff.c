@@ -87,6 +87,8 @@ const char *diff_kind_name(enum diff_kind k)
         return "body";
     case DIFF_ERROR:
         return "error";
+    case DIFF_KIND_N:
+        break;
     }
     return "unknown";
 }

@@ -1,7 +1,7 @@
 #include "ficus/divlog.h"
 #include "ficus/diff.h"
 #include "ficus/log.h"
-#include "ficus/server.h"
+#include "ficus/worker.h"
 #include "ficus/state.h"
 
 #include <errno.h>
@@ -194,7 +194,7 @@ static void handle(struct divlog *d, struct divrec *rec)
         st += strlen(st) + 1;
         if (k == DIVREC_NOISE)
             count_path(d, rec->route, path, "json", true, rec->id);
-        else if (k < DIFF_KINDS)
+        else if (k < DIFF_KIND_N)
             count_path(d, rec->route, k == DIFF_BODY ? "" : path, diff_kind_name((enum diff_kind)k),
                        false, rec->id);
     }

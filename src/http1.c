@@ -21,14 +21,6 @@ enum scan_state {
     SC_END_CR,         /* saw CR of the empty line; LF must follow */
 };
 
-static bool is_tchar(unsigned char c)
-{
-    /* RFC 9110 5.6.2 token characters (ALPHA, DIGIT and !#$%&'*+-.^_`|~) as a
-     * bitmap: the check runs for every byte of every header name. */
-    static const uint64_t tchar[4] = {0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0, 0};
-    return (tchar[c >> 6] >> (c & 63)) & 1;
-}
-
 /* field-content: VCHAR, obs-text, SP and HTAB; no other control byte. As a
  * table (32 bytes a row), because the scan runs over every byte of every head. */
 static const unsigned char field_byte[256] = {
@@ -301,7 +293,11 @@ static int check_request(struct http_head *h)
 int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_request)
 {
     const int bad = is_request ? FICUS_EBADREQ : FICUS_EBADRESP;
-    memset(h, 0, offsetof(struct http_head, headers));
+    /* Every field but the header slots, by name: a reused head keeps nothing
+     * of the message it held before. */
+    h->method = h->target = h->path = h->query = h->host = h->reason = (struct span){NULL, 0};
+    h->status = 0;
+    h->version_minor = 0;
     h->n_headers = 0;
     h->content_length = -1;
     h->chunked = false;

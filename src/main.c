@@ -1,5 +1,6 @@
 /* The command line: run, check, demo, --version, --help. */
 #include "ficus/config.h"
+#include "ficus/demo.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
 #include "ficus/state.h"
@@ -17,8 +18,6 @@ static const char usage[] =
     "options:\n"
     "  -c, --config FILE     configuration file\n"
     "  -l, --log-level LVL   debug, info, warn, error (default info; or FICUS_LOG_LEVEL)\n";
-
-int demo_main(int port);
 
 static int cmd_check(const char *path)
 {

@@ -2,7 +2,7 @@
 #include "ficus/common.h"
 #include "ficus/divlog.h"
 #include "ficus/log.h"
-#include "ficus/server.h"
+#include "ficus/worker.h"
 #include "ficus/upstream.h"
 
 #include <dirent.h>
@@ -224,7 +224,7 @@ static void render_route(struct route_state *rs, void *arg)
         buf_printf(out, "} %llu\n", t.comparisons);
         break;
     case 4:
-        for (int k = 0; k < DIFF_KINDS; k++) {
+        for (int k = 0; k < DIFF_KIND_N; k++) {
             buf_puts(out, "ficus_divergences_total");
             LABEL_ROUTE();
             buf_printf(out, ",kind=\"%s\"} %llu\n", diff_kind_name((enum diff_kind)k),

@@ -4,6 +4,7 @@
 #include "ficus/server.h"
 #include "ficus/common.h"
 #include "ficus/conn.h"
+#include "ficus/control.h"
 #include "ficus/log.h"
 #include "ficus/upstream.h"
 #include "ficus/admin.h"
@@ -24,12 +25,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ACCESS_FLUSH_MS    200
-#define ACCESS_FLUSH_BYTES (32 * 1024)
-#define DRAIN_CHECK_MS     20
-#define TICK_MS            1000
-
-void control_tick(struct server *srv);
+#define ACCESS_FLUSH_MS 200
+#define DRAIN_CHECK_MS  20
+#define TICK_MS         1000
 
 /* ---- configuration ------------------------------------------------------------ */
 
@@ -74,33 +72,6 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
 }
 
 /* ---- workers -------------------------------------------------------------------- */
-
-uint64_t worker_random(struct worker *w)
-{
-    return xorshift64s(&w->rng); /* per worker: no lock, no sharing */
-}
-
-static void worker_flush_access(struct worker *w)
-{
-    int fd = w->srv->access_fd;
-    size_t off = 0;
-    while (fd >= 0 && off < w->access_buf.len) {
-        ssize_t n = write(fd, w->access_buf.data + off, w->access_buf.len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break; /* a broken log must not stop the proxy */
-        off += (size_t)n;
-    }
-    buf_reset(&w->access_buf);
-}
-
-void worker_access_log(struct worker *w, const char *line, size_t len)
-{
-    buf_append(&w->access_buf, line, len);
-    if (w->access_buf.len >= ACCESS_FLUSH_BYTES)
-        worker_flush_access(w);
-}
 
 static void on_handle_closed_noop(uv_handle_t *h)
 {
@@ -152,18 +123,21 @@ static void on_flush_timer(uv_timer_t *t)
 {
     struct worker *w = t->data;
     worker_flush_access(w);
-    if (w->draining && w->conns == NULL)
+    if (w->draining && conn_none_open(w))
         worker_finish(w); /* every in-flight request is done */
 }
 
 static void worker_swap_config(struct worker *w, struct config *cfg)
 {
-    struct pool_set *ps = pool_set_new(w, cfg);
+    struct pool_set *ps =
+        pool_set_new(&w->loop, &w->rbufs, cfg, cfg->backends, cfg->n_backends, cfg->workers);
     if (ps == NULL) {
         log_error("server", "reload: out of memory worker=%d", w->id);
         config_unref(cfg);
         return;
     }
+    if (w->draining)
+        pool_set_drain(ps);
     /* In-flight exchanges keep their own references to the old snapshot. */
     pool_set_unref(w->pools);
     config_unref(w->cfg);
@@ -190,7 +164,7 @@ static void on_worker_async(uv_async_t *a)
     } else if (stop == 1 && !w->draining) {
         w->draining = true;
         worker_close_listeners(w);
-        pool_set_close_idle(w->pools);
+        pool_set_drain(w->pools);
         conn_drain(w);
         uv_timer_start(&w->flush_timer, on_flush_timer, 0, DRAIN_CHECK_MS);
     }
@@ -239,8 +213,9 @@ static int worker_init(struct server *srv, struct worker *w, int id, struct conf
     rbuf_pool_init(&w->rbufs, 64);
     buf_init(&w->access_buf, 0);
     w->cfg = config_ref(cfg);
-    w->pools = pool_set_new(w, cfg);
-    if (w->pools == NULL)
+    w->pools = pool_set_new(&w->loop, &w->rbufs, cfg, cfg->backends, cfg->n_backends, cfg->workers);
+    w->conns = conn_worker_new(w);
+    if (w->pools == NULL || w->conns == NULL)
         return FICUS_ENOMEM;
     w->listeners = calloc(cfg->n_listens, sizeof(uv_tcp_t));
     if (w->listeners == NULL)
@@ -276,6 +251,8 @@ static void worker_dispose(struct worker *w)
     if (!w->stopped) {
         w->stopped = true;
         worker_close_listeners(w);
+        if (w->conns != NULL)
+            conn_close_all(w);
         uv_close((uv_handle_t *)&w->flush_timer, on_handle_closed_noop);
         uv_close((uv_handle_t *)&w->async, on_handle_closed_noop);
     }
@@ -285,8 +262,9 @@ static void worker_dispose(struct worker *w)
     if (uv_loop_close(&w->loop) != 0)
         log_warn("server", "worker loop had open handles worker=%d", w->id);
     free(w->listeners);
+    conn_worker_free(w->conns);
+    w->conns = NULL;
     rbuf_pool_dispose(&w->rbufs);
-    conn_worker_dispose(w);
     buf_dispose(&w->access_buf);
     config_unref(w->cfg);
     config_unref(w->pending_cfg);
@@ -436,6 +414,7 @@ int server_run(const char *path)
     }
     srv->config_path = path;
     srv->cfg = cfg;
+    srv->reload = server_reload;
     srv->loop = uv_default_loop();
     srv->started_at = (int64_t)time(NULL);
     srv->state = state_table_new(cfg->workers, cfg->state_file);

@@ -4,9 +4,10 @@
 #include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/noise.h"
-#include "ficus/server.h"
 #include "ficus/state.h"
+#include "ficus/upclient.h"
 #include "ficus/upstream.h"
+#include "ficus/worker.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -33,9 +34,7 @@ struct probe {
     int backend;
     struct upstream_wait wait;
     struct upconn *up;
-    struct head_scan scan;
-    struct body_framer framer;
-    bool head_done;
+    struct upclient uc; /* reads the response into cap */
     bool started;
     bool finished;
     bool is_shadow; /* counts against shadow.max_inflight */
@@ -46,7 +45,8 @@ struct probe {
 
 struct comparison {
     int refs;
-    struct comparison *prev, *next; /* the worker's list */
+    struct list node;        /* in the worker's list of running comparisons */
+    struct comparison *next; /* the worker's free list */
     struct worker *w;
     struct config *cfg;
     struct pool_set *ps;
@@ -79,7 +79,7 @@ struct comparison {
     struct divrec *record; /* NULL, or the record for the control thread */
     bool skipped;
     bool divergent;
-    unsigned long long kinds[DIFF_KINDS];
+    unsigned long long kinds[DIFF_KIND_N];
     unsigned long long n_noise;
 };
 
@@ -91,7 +91,9 @@ struct comparison {
  * while the previous one runs. */
 struct shadow_worker {
     struct worker *w;
-    uv_idle_t idle; /* submits the queue at the end of a loop turn when no batch runs */
+    struct list comparisons; /* running, for shutdown */
+    int diff_jobs;           /* comparisons waiting for or in a diff batch */
+    uv_idle_t idle;          /* submits the queue at the end of a loop turn when no batch runs */
     bool idle_active;
     bool closing; /* shadow_abort_all ran: no more loop turns to wait for */
     bool handle_closed;
@@ -172,12 +174,7 @@ static struct shadow_worker *shadow_worker_get(struct worker *w);
 static void comparison_free(struct comparison *c)
 {
     struct worker *w = c->w;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else if (w->comparisons == c)
-        w->comparisons = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    list_remove(&c->node);
     if (c->twin != NULL) {
         capture_dispose(&c->twin->cap);
         free(c->twin);
@@ -231,6 +228,7 @@ static void probe_finish(struct probe *p, const char *error, bool reusable)
     p->finished = true;
     struct comparison *c = p->c;
     upstream_cancel(&p->wait);
+    upclient_stop(&p->uc);
     if (p->up != NULL) {
         struct upconn *u = p->up;
         p->up = NULL;
@@ -247,98 +245,32 @@ static void probe_finish(struct probe *p, const char *error, bool reusable)
     shadow_release(c);
 }
 
-static void probe_on_read(void *ctx, struct rbuf *rb, const char *data, size_t len)
+static bool probe_on_head(void *ctx, const struct http_head *h, const char *raw, size_t len)
+{
+    (void)h;
+    (void)raw;
+    (void)len;
+    struct probe *p = ctx;
+    p->cap.parsed = p->cap.head_mem; /* upclient parsed it there, from cap.head */
+    return true;
+}
+
+static bool probe_on_body(void *ctx, struct rbuf *rb, const char *data, size_t len)
 {
     (void)rb;
     struct probe *p = ctx;
-    struct comparison *c = p->c;
-    size_t off = 0;
-    /* shadow.timeout_ms bounds the whole exchange: a trickling backend is not
-     * given more time for every byte it sends. */
-    while (!p->head_done) {
-        int r;
-        if (p->cap.head.len == 0) {
-            /* Usually the whole head is in one read: scanned where it lies,
-             * only its bytes are kept. */
-            r = http1_scan_head(&p->scan, data + off, len - off, c->cfg->max_header_bytes);
-            size_t take = r == 1 ? p->scan.pos : len - off;
-            if (r >= 0 && buf_append(&p->cap.head, data + off, take) != 0) {
-                probe_finish(p, "invalid_response", false);
-                return;
-            }
-            if (r == 1)
-                off += take;
-        } else {
-            size_t before = p->scan.pos;
-            if (buf_append(&p->cap.head, data + off, len - off) != 0) {
-                probe_finish(p, "invalid_response", false);
-                return;
-            }
-            r = http1_scan_head(&p->scan, p->cap.head.data, p->cap.head.len,
-                                c->cfg->max_header_bytes);
-            if (r == 1) {
-                off += p->scan.pos - before;
-                p->cap.head.len = p->scan.pos;
-            }
-        }
-        if (r == 0)
-            return;
-        if (r < 0) {
-            probe_finish(p, "invalid_response", false);
-            return;
-        }
-        if (p->cap.head_mem == NULL &&
-            (p->cap.head_mem = malloc(sizeof(struct http_head))) == NULL) {
-            probe_finish(p, "invalid_response", false);
-            return;
-        }
-        if (http1_parse_head(p->cap.head_mem, p->cap.head.data, p->cap.head.len, false) != 0) {
-            probe_finish(p, "invalid_response", false);
-            return;
-        }
-        struct http_head *h = p->cap.parsed = p->cap.head_mem;
-        if (h->status < 200) {
-            buf_reset(&p->cap.head);
-            memset(&p->scan, 0, sizeof(p->scan));
-            continue;
-        }
-        p->head_done = true;
-        if (!http1_response_has_body(c->is_head, h->status))
-            http1_body_init(&p->framer, BODY_NONE, 0);
-        else if (h->chunked)
-            http1_body_init(&p->framer, BODY_CHUNKED, 0);
-        else if (h->content_length >= 0)
-            http1_body_init(&p->framer, BODY_LENGTH, (uint64_t)h->content_length);
-        else
-            http1_body_init(&p->framer, BODY_EOF, 0);
-        if (p->framer.done) {
-            probe_finish(p, NULL, off == len && h->keep_alive);
-            return;
-        }
-    }
-    while (off < len) {
-        size_t doff, dlen;
-        int64_t n = http1_body_step(&p->framer, data + off, len - off, &doff, &dlen);
-        if (n < 0) {
-            probe_finish(p, "invalid_response", false);
-            return;
-        }
-        if (dlen > 0) {
-            p->cap.bytes += (int64_t)dlen;
-            if (buf_append(&p->cap.body, data + off + doff, dlen) != 0) {
-                p->cap.over_cap = true;
-                probe_finish(p, NULL, false);
-                return;
-            }
-        }
-        off += (size_t)n;
-        if (p->framer.done) {
-            probe_finish(p, NULL, off == len && p->cap.parsed->keep_alive);
-            return;
-        }
-        if (n == 0)
-            break;
-    }
+    p->cap.bytes += (int64_t)len;
+    if (buf_append(&p->cap.body, data, len) == 0)
+        return true;
+    p->cap.over_cap = true;
+    upclient_stop(&p->uc);
+    probe_finish(p, NULL, false); /* may free p */
+    return false;
+}
+
+static void probe_on_done(void *ctx, bool reusable)
+{
+    probe_finish(ctx, NULL, reusable);
 }
 
 static void probe_on_ready(void *ctx, struct upconn *u, int status);
@@ -357,11 +289,7 @@ static bool probe_idempotent(const struct comparison *c)
 static void probe_on_error(void *ctx, int err)
 {
     struct probe *p = ctx;
-    if (err == UV_EOF && p->head_done && p->framer.kind == BODY_EOF) {
-        probe_finish(p, NULL, false);
-        return;
-    }
-    if (err != FICUS_ETIMEOUT && !p->retried && p->cap.head.len == 0 && p->up != NULL &&
+    if (err != FICUS_ETIMEOUT && !p->retried && !upclient_got_any(&p->uc) && p->up != NULL &&
         upstream_reused(p->up) && probe_idempotent(p->c)) {
         /* A pooled connection the backend closed while it sat idle: once more
          * on another (idempotent requests skip the liveness peek for this). */
@@ -374,11 +302,17 @@ static void probe_on_error(void *ctx, int err)
             probe_finish(p, "connect_error", false);
         return;
     }
-    probe_finish(p, err == FICUS_ETIMEOUT ? "timeout" : "reset", false);
+    probe_finish(p,
+                 err == FICUS_ETIMEOUT   ? "timeout"
+                 : err == FICUS_EBADRESP ? "invalid_response"
+                                         : "reset",
+                 false);
 }
 
-static const struct upstream_handlers probe_handlers = {
-    .on_read = probe_on_read,
+static const struct upclient_handlers probe_handlers = {
+    .on_head = probe_on_head,
+    .on_body = probe_on_body,
+    .on_done = probe_on_done,
     .on_error = probe_on_error,
     .on_drain = NULL,
 };
@@ -392,7 +326,14 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
         return;
     }
     p->up = u;
-    upstream_attach(u, &probe_handlers, p);
+    if (p->cap.head_mem == NULL && (p->cap.head_mem = malloc(sizeof(struct http_head))) == NULL) {
+        probe_finish(p, "connect_error", false);
+        return;
+    }
+    /* shadow.timeout_ms bounds the whole exchange: a trickling backend is not
+     * given more time for every byte it sends. */
+    upclient_start(&p->uc, u, &probe_handlers, p, &p->cap.head, p->cap.head_mem, c->is_head,
+                   c->cfg->max_header_bytes, UPCLIENT_TOTAL, c->rt->shadow_timeout_ms);
     /* The head and the body are copied per probe: a write owns what it sends. */
     size_t blen = c->req_body.len;
     char hdr[24] = "";
@@ -413,11 +354,8 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
         memcpy(out + c->req_head.len + hl, c->req_body.data, blen);
     memcpy(out + c->req_head.len + hl + blen, tail, tl);
     uv_buf_t b = uv_buf_init(out, (unsigned)total);
-    if (upstream_write(u, &b, 1, NULL, out) != 0) {
+    if (upstream_write(u, &b, 1, NULL, out) != 0)
         probe_finish(p, "reset", false);
-        return;
-    }
-    upstream_timeout(u, c->rt->shadow_timeout_ms);
 }
 
 static void probe_start(struct comparison *c, struct probe *p)
@@ -720,7 +658,7 @@ static void on_batch_work(uv_work_t *req)
 static void finish_one(struct comparison *c, int status, struct divrec **recs, size_t *n_recs)
 {
     struct worker *w = c->w;
-    w->diff_jobs--;
+    w->shadow->diff_jobs--;
     struct route_counters *rc = &c->rs->counters[w->id];
     if (status != 0 || c->skipped) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
@@ -731,7 +669,7 @@ static void finish_one(struct comparison *c, int status, struct divrec **recs, s
                      : strcmp(err, "timeout") == 0 ? SHADOW_TIMEOUT
                                                    : SHADOW_ERROR);
     counter_add(&rc->comparisons, 1);
-    for (int k = 0; k < DIFF_KINDS; k++) {
+    for (int k = 0; k < DIFF_KIND_N; k++) {
         if (c->kinds[k])
             counter_add(&rc->divergences[k], c->kinds[k]);
     }
@@ -810,7 +748,7 @@ static void submit_batch(struct shadow_worker *sw)
         while (c != NULL) {
             struct comparison *next = c->next_job;
             c->next_job = NULL;
-            sw->w->diff_jobs--;
+            sw->diff_jobs--;
             count_outcome(c, SHADOW_SKIPPED_QUEUE);
             shadow_release(c);
             c = next;
@@ -843,6 +781,7 @@ static struct shadow_worker *shadow_worker_get(struct worker *w)
     if (sw == NULL)
         return NULL;
     sw->w = w;
+    list_init(&sw->comparisons);
     sw->queue_tail = &sw->queue;
     uv_idle_init(&w->loop, &sw->idle);
     sw->idle.data = sw;
@@ -858,13 +797,13 @@ static void maybe_compare(struct comparison *c)
     if (c->aborted)
         return;
     struct worker *w = c->w;
-    struct shadow_worker *sw = shadow_worker_get(w);
-    if (w->diff_jobs >= SHADOW_MAX_JOBS || sw == NULL) {
+    struct shadow_worker *sw = w->shadow; /* made by shadow_begin */
+    if (sw->diff_jobs >= SHADOW_MAX_JOBS) {
         count_outcome(c, SHADOW_SKIPPED_QUEUE);
         return;
     }
     c->refs++;
-    w->diff_jobs++;
+    sw->diff_jobs++;
     c->next_job = NULL;
     *sw->queue_tail = c;
     sw->queue_tail = &c->next_job;
@@ -893,7 +832,8 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         buf_dispose(head);
         return NULL;
     }
-    if (w->diff_jobs >= SHADOW_MAX_JOBS) {
+    struct shadow_worker *sw = shadow_worker_get(w);
+    if (sw == NULL || sw->diff_jobs >= SHADOW_MAX_JOBS) {
         counter_add(&rc->shadow[SHADOW_SKIPPED_QUEUE], 1);
         buf_dispose(head);
         return NULL;
@@ -955,10 +895,7 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
     if (c->method == NULL || c->target == NULL) {
         c->aborted = true;
     }
-    c->next = w->comparisons;
-    if (w->comparisons != NULL)
-        w->comparisons->prev = c;
-    w->comparisons = c;
+    list_push(&sw->comparisons, &c->node);
     if (body_known) {
         c->req_complete = true;
         launch(c);
@@ -1057,9 +994,13 @@ void shadow_primary_failed(struct comparison *c, const char *error)
 
 void shadow_abort_all(struct worker *w)
 {
-    struct comparison *c = w->comparisons;
-    while (c != NULL) {
-        struct comparison *next = c->next;
+    struct shadow_worker *sw = w->shadow;
+    if (sw == NULL)
+        return;
+    struct list *head = &sw->comparisons;
+    for (struct list *n = head->next, *next; n != head; n = next) {
+        next = n->next;
+        struct comparison *c = container_of(n, struct comparison, node);
         c->refs++;
         c->aborted = true;
         if (c->shadow.started)
@@ -1067,10 +1008,8 @@ void shadow_abort_all(struct worker *w)
         if (c->twin != NULL && c->twin->started)
             probe_finish(c->twin, "reset", false);
         shadow_release(c);
-        c = next;
     }
-    struct shadow_worker *sw = w->shadow;
-    if (sw != NULL && !sw->closing) {
+    if (!sw->closing) {
         /* The loop ends once every handle is closed: what is queued goes now,
          * and the batch machinery frees itself when its last batch is back. */
         sw->closing = true;

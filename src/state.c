@@ -335,7 +335,7 @@ void state_totals(const struct state_table *t, const struct route_state *rs,
         }
         for (int k = 0; k < SHADOW_N; k++)
             SUM(shadow[k]);
-        for (int k = 0; k < DIFF_KINDS; k++)
+        for (int k = 0; k < DIFF_KIND_N; k++)
             SUM(divergences[k]);
         SUM(comparisons);
         SUM(divergent);
@@ -402,4 +402,26 @@ void state_count_request(struct route_counters *c, int backend_is_new, int statu
         k++;
     counter_add(&c->hist[b][k], 1);
     counter_add(&c->latency_us_sum[b], latency_us);
+}
+
+void state_rollback(struct state_table *t, struct route_state *rs, const char *reason,
+                    const char *detail)
+{
+    rs->ramp_stopped = true;
+    if (strcmp(reason, "guard") == 0)
+        rs->rollbacks_guard++;
+    else
+        rs->rollbacks_manual++;
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(rs->last_rollback, sizeof(rs->last_rollback), "%s %s: %s", ts, reason, detail);
+    /* The percentage drops even when the state file cannot be written. */
+    if (state_set(t, rs, 0, -1) != 0) {
+        atomic_store(&rs->new_percent, 0.0);
+        rs->overridden = true;
+    }
+    log_warn("state", "rollback route=%s reason=%s detail=\"%s\"", rs->name, reason, detail);
 }

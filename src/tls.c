@@ -514,6 +514,16 @@ char *tls_take_output(struct tls *t, size_t *len)
     return p;
 }
 
+int tls_flush(struct tls *t, tls_send_fn send, void *ctx)
+{
+    size_t len;
+    char *ct = tls_take_output(t, &len);
+    if (ct == NULL)
+        return 0;
+    uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
+    return send(ctx, &ub, ct);
+}
+
 const char *tls_reason(const struct tls *t)
 {
     return t->reason;

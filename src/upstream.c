@@ -2,7 +2,6 @@
 #include "ficus/common.h"
 #include "ficus/config.h"
 #include "ficus/log.h"
-#include "ficus/server.h"
 #include "ficus/tls.h"
 
 #include <errno.h>
@@ -30,8 +29,10 @@ struct pool {
 };
 
 struct pool_set {
-    struct worker *w;
+    uv_loop_t *loop;
+    struct rbuf_pool *rbufs;
     struct config *cfg;
+    bool draining; /* released connections are closed, not pooled */
     int refs;
     int live_conns; /* connections not yet closed */
     size_t n_pools;
@@ -62,22 +63,24 @@ static void pool_dispatch(struct pool *p);
 
 /* ---- pool sets ------------------------------------------------------------- */
 
-struct pool_set *pool_set_new(struct worker *w, struct config *cfg)
+struct pool_set *pool_set_new(uv_loop_t *loop, struct rbuf_pool *rbufs, struct config *cfg,
+                              const struct backend_cfg *backends, size_t n, int share)
 {
-    struct pool_set *ps = calloc(1, sizeof(*ps) + cfg->n_backends * sizeof(struct pool));
+    struct pool_set *ps = calloc(1, sizeof(*ps) + n * sizeof(struct pool));
     if (ps == NULL)
         return NULL;
-    ps->w = w;
+    ps->loop = loop;
+    ps->rbufs = rbufs;
     ps->cfg = config_ref(cfg);
     ps->refs = 1;
-    ps->n_pools = cfg->n_backends;
-    for (size_t i = 0; i < cfg->n_backends; i++) {
+    ps->n_pools = n;
+    for (size_t i = 0; i < n; i++) {
         struct pool *p = &ps->pools[i];
         p->ps = ps;
         p->backend = (int)i;
-        p->be = &cfg->backends[i];
-        /* max_connections is per backend; each worker gets its share. */
-        p->max = cfg->backends[i].max_connections / cfg->workers;
+        p->be = &backends[i];
+        /* max_connections is per backend; each sharer (worker) gets its share. */
+        p->max = backends[i].max_connections / (share > 0 ? share : 1);
         if (p->max < 1)
             p->max = 1;
     }
@@ -104,6 +107,12 @@ void pool_set_close_idle(struct pool_set *ps)
         while (p->idle != NULL)
             up_close(p->idle); /* unlinks itself */
     }
+}
+
+void pool_set_drain(struct pool_set *ps)
+{
+    ps->draining = true;
+    pool_set_close_idle(ps);
 }
 
 void pool_set_unref(struct pool_set *ps)
@@ -221,7 +230,7 @@ static void up_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
 {
     (void)suggested;
     struct upconn *u = handle->data;
-    struct rbuf *rb = rbuf_get(&u->pool->ps->w->rbufs);
+    struct rbuf *rb = rbuf_get(u->pool->ps->rbufs);
     *out = rb ? uv_buf_init(rb->data, RBUF_SIZE) : uv_buf_init(NULL, 0);
 }
 
@@ -230,18 +239,19 @@ static void up_established(struct upconn *u);
 static void up_connect_failed(struct upconn *u, int status);
 static void up_handshake_failed(struct upconn *u, const char *reason);
 
+static int up_send_tls(void *ctx, const uv_buf_t *buf, void *owned)
+{
+    struct upconn *u = ctx;
+    int rc =
+        io_write(u->pool->ps->rbufs, (uv_stream_t *)&u->tcp, buf, 1, NULL, owned, up_on_written, u);
+    return rc == IO_WRITTEN ? 0 : rc;
+}
+
 /* Sends what TLS has waiting (handshake messages, alerts, records). A write
  * that fails shows up as a read error. */
 static int up_flush_tls(struct upconn *u)
 {
-    size_t len;
-    char *ct = tls_take_output(u->t, &len);
-    if (ct == NULL)
-        return 0;
-    uv_buf_t ub = uv_buf_init(ct, (unsigned)len);
-    int rc = io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, &ub, 1, NULL, ct,
-                      up_on_written, u);
-    return rc == IO_WRITTEN ? 0 : rc;
+    return tls_flush(u->t, up_send_tls, u);
 }
 
 /* Ciphertext from an https backend: first the handshake, then records
@@ -249,7 +259,7 @@ static int up_flush_tls(struct upconn *u)
  * would be (the borrower takes everything it is given). */
 static void up_tls_input(struct upconn *u, const char *p, size_t len)
 {
-    struct rbuf_pool *pool = &u->pool->ps->w->rbufs;
+    struct rbuf_pool *pool = u->pool->ps->rbufs;
     if (tls_feed(u->t, p, len) != 0) {
         if (u->state == UP_CONNECTING)
             up_connect_failed(u, FICUS_ENOMEM);
@@ -309,7 +319,7 @@ static void up_tls_input(struct upconn *u, const char *p, size_t len)
 static void up_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct upconn *u = stream->data;
-    struct rbuf_pool *pool = &u->pool->ps->w->rbufs;
+    struct rbuf_pool *pool = u->pool->ps->rbufs;
     struct rbuf *rb = buf->base ? rbuf_of(buf->base) : NULL;
     if (nread == 0 || u->state == UP_CLOSING) {
         rbuf_unref(pool, rb);
@@ -457,19 +467,18 @@ static void up_on_connect(uv_connect_t *req, int status)
 
 static int up_connect(struct pool *p, struct upstream_wait *w)
 {
-    struct worker *wk = p->ps->w;
     struct upconn *u = calloc(1, sizeof(*u));
     if (u == NULL)
         return FICUS_ENOMEM;
     u->pool = p;
     u->state = UP_CONNECTING;
     u->owner = w;
-    int rc = uv_tcp_init(&wk->loop, &u->tcp);
+    int rc = uv_tcp_init(p->ps->loop, &u->tcp);
     if (rc != 0) {
         free(u);
         return rc;
     }
-    uv_timer_init(&wk->loop, &u->timer);
+    uv_timer_init(p->ps->loop, &u->timer);
     u->tcp.data = u;
     u->timer.data = u;
     u->creq.data = u;
@@ -606,8 +615,8 @@ int upstream_write(struct upconn *u, const uv_buf_t *bufs, unsigned n, struct rb
         free(owned); /* the plaintext is copied into records */
         return rc != 0 ? rc : up_flush_tls(u);
     }
-    int rc = io_write(&u->pool->ps->w->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned,
-                      up_on_written, u);
+    int rc =
+        io_write(u->pool->ps->rbufs, (uv_stream_t *)&u->tcp, bufs, n, rb, owned, up_on_written, u);
     return rc == IO_WRITTEN ? 0 : rc;
 }
 
@@ -631,7 +640,7 @@ void upstream_release(struct upconn *u, bool reusable)
     struct pool *p = u->pool;
     u->h = NULL;
     u->ctx = NULL;
-    if (!reusable || p->ps->refs == 0 || p->ps->w->draining || u->state != UP_ACTIVE) {
+    if (!reusable || p->ps->refs == 0 || p->ps->draining || u->state != UP_ACTIVE) {
         up_close(u);
         return;
     }

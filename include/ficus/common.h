@@ -63,4 +63,64 @@ size_t utf8_len(const unsigned char *p, size_t avail);
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Is c an RFC 9110 token character (ALPHA, DIGIT and !#$%&'*+-.^_`|~), what
+ * methods and header names are made of? A bitmap: it runs for every byte of
+ * every header name. */
+static inline bool is_tchar(unsigned char c)
+{
+    static const uint64_t tchar[4] = {0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0, 0};
+    return (tchar[c >> 6] >> (c & 63)) & 1;
+}
+
+/* The struct that holds member at ptr (the kernel's container_of). */
+#define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* An intrusive, circular, doubly-linked list (libuv's queue, the kernel's
+ * list_head): each member embeds a node, and the head is a node of its own, so
+ * insertion and removal need no allocation and no search. */
+struct list {
+    struct list *prev, *next;
+};
+
+static inline void list_init(struct list *head)
+{
+    head->prev = head->next = head;
+}
+
+static inline bool list_empty(const struct list *head)
+{
+    return head->next == head;
+}
+
+/* Inserts node at the front of the list at head. */
+static inline void list_push(struct list *head, struct list *node)
+{
+    node->next = head->next;
+    node->prev = head;
+    head->next->prev = node;
+    head->next = node;
+}
+
+/* Unlinks node from its list (it must be in one) and leaves it self-linked. */
+static inline void list_remove(struct list *node)
+{
+    node->prev->next = node->next;
+    node->next->prev = node->prev;
+    node->prev = node->next = node;
+}
+
+/* FNV-1a over n bytes at p, from seed (FNV_SEED for a fresh hash): fast, not
+ * for secrets; hash tables of paths, keys and member names. */
+#define FNV_SEED 0xcbf29ce484222325ULL
+static inline uint64_t hash_fnv1a(const void *p, size_t n, uint64_t seed)
+{
+    const unsigned char *b = p;
+    uint64_t h = seed;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
 #endif

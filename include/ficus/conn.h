@@ -8,6 +8,13 @@
 
 struct worker;
 struct tls_ctx;
+struct conn_worker;
+
+/* conn.c's part of worker w (its connections and recycled exchanges), made
+ * before the worker's loop runs and freed after it ended (conn_worker_free
+ * accepts NULL). NULL when out of memory. */
+struct conn_worker *conn_worker_new(struct worker *w);
+void conn_worker_free(struct conn_worker *cw);
 
 /* Accepts one pending connection on listener (a worker's). tls is the
  * listener's TLS context, NULL for plain TCP. */
@@ -17,10 +24,11 @@ void conn_accept(struct worker *w, uv_stream_t *listener, struct tls_ctx *tls);
  * current response (graceful drain). */
 void conn_drain(struct worker *w);
 
-/* Closes every client connection now (the drain deadline passed). */
-void conn_close_all(struct worker *w);
+/* Is no client connection of w open any more (the drain is over)? */
+bool conn_none_open(const struct worker *w);
 
-/* Frees the worker's spare exchanges; once its loop has ended. */
-void conn_worker_dispose(struct worker *w);
+/* Closes every client connection now (the drain deadline passed, or shutdown);
+ * the worker's loop can end after this. */
+void conn_close_all(struct worker *w);
 
 #endif

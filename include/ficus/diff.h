@@ -60,6 +60,7 @@ enum diff_kind {
     DIFF_REMOVED,
     DIFF_BODY,
     DIFF_ERROR,
+    DIFF_KIND_N /* how many kinds; not a kind */
 };
 
 /* One difference. path is a JSON Pointer for json/added/removed, the header

@@ -59,8 +59,9 @@ int http1_scan_head(struct head_scan *scan, const char *data, size_t len, size_t
  * off) and checks framing: Content-Length digits only and single-valued,
  * Transfer-Encoding only a final "chunked" (and only on HTTP/1.1), never both,
  * requests need exactly one Host, an absolute-form target must agree with it.
- * is_request selects the message type; for responses, request_was_head tells
- * that the response has no body. Returns 0 or FICUS_EBADREQ / FICUS_EBADRESP. */
+ * is_request selects the message type (whether a response has a body depends
+ * on the request too: see http1_response_has_body). Returns 0 or
+ * FICUS_EBADREQ / FICUS_EBADRESP; every field of h is set either way. */
 int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_request);
 
 /* Returns the first header named name (any case), or NULL. */

@@ -27,7 +27,6 @@ enum shadow_outcome {
     SHADOW_SKIPPED_QUEUE, /* the comparison queue or a capture cap was full */
     SHADOW_N
 };
-#define DIFF_KINDS 7
 
 /* The upper bounds of the latency histogram, in seconds. */
 extern const double state_hist_bounds[STATE_HIST_BUCKETS - 1];
@@ -41,8 +40,8 @@ struct route_counters {
     atomic_ullong latency_us_sum[2];
     atomic_ullong shadow[SHADOW_N];
     atomic_ullong comparisons;
-    atomic_ullong divergences[DIFF_KINDS]; /* by enum diff_kind */
-    atomic_ullong divergent;               /* comparisons with at least one diff */
+    atomic_ullong divergences[DIFF_KIND_N]; /* by enum diff_kind */
+    atomic_ullong divergent;                /* comparisons with at least one diff */
     atomic_ullong noise;
     atomic_ullong fallbacks;
 } __attribute__((aligned(64)));
@@ -73,7 +72,7 @@ struct route_totals {
     unsigned long long latency_us_sum[2];
     unsigned long long shadow[SHADOW_N];
     unsigned long long comparisons;
-    unsigned long long divergences[DIFF_KINDS];
+    unsigned long long divergences[DIFF_KIND_N];
     unsigned long long divergent;
     unsigned long long noise;
     unsigned long long fallbacks;
@@ -105,6 +104,13 @@ struct route_state *state_find(struct state_table *t, const char *name);
  * the state file could not be written (the change is then not applied). */
 int state_set(struct state_table *t, struct route_state *rs, double new_percent,
               double shadow_percent);
+
+/* Rolls a route back: new_percent to 0 at once (even when the state file cannot
+ * be written), its ramp stopped, the rollback counted and described in
+ * last_rollback ("TIME reason: detail"). reason is "manual" or "guard". Control
+ * thread only. */
+void state_rollback(struct state_table *t, struct route_state *rs, const char *reason,
+                    const char *detail);
 
 /* Writes every overridden route to the state file atomically (temp file,
  * fsync, rename, fsync of the directory). 0 without a state file. */

@@ -51,6 +51,13 @@ void tls_goodbye(struct tls *t, uv_stream_t *stream);
  * NULL (and *len 0) when there is none or memory ran out. */
 char *tls_take_output(struct tls *t, size_t *len);
 
+/* Writes one block of ciphertext: buf describes owned (malloc'd), which the
+ * function takes over whatever it returns. Returns 0 or an error. */
+typedef int (*tls_send_fn)(void *ctx, const uv_buf_t *buf, void *owned);
+/* Hands what tls_take_output would return (handshake messages, alerts,
+ * records) to send. Returns 0 when nothing waits, else what send returns. */
+int tls_flush(struct tls *t, tls_send_fn send, void *ctx);
+
 /* Why the handshake or a record failed, for logs ("" when it did not). */
 const char *tls_reason(const struct tls *t);
 /* The server name the client asked for (listener side), or NULL. */

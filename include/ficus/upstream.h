@@ -1,6 +1,8 @@
-/* Upstream connections: per worker, per configuration snapshot, one pool of
- * keep-alive connections per backend. A connection is lent to one exchange at
- * a time; idle ones keep reading so that a backend's close is noticed. */
+/* Upstream connections: per loop (a worker's, the control thread's, replay's),
+ * per configuration snapshot, one pool of keep-alive connections per backend.
+ * A connection is lent to one borrower at a time; idle ones keep reading so
+ * that a backend's close is noticed. Single-threaded: a set is used on its
+ * loop only. */
 #ifndef FICUS_UPSTREAM_H
 #define FICUS_UPSTREAM_H
 
@@ -8,8 +10,8 @@
 #include <stdbool.h>
 #include <uv.h>
 
-struct worker;
 struct config;
+struct backend_cfg;
 struct pool_set;
 struct upconn;
 
@@ -36,17 +38,25 @@ struct upstream_wait {
                         alive (for requests that cannot be retried) */
 };
 
-/* Creates the pools for cfg's backends (cfg must be resolved). Returns NULL
- * when out of memory. The set holds a reference on cfg. */
-struct pool_set *pool_set_new(struct worker *w, struct config *cfg);
+/* Creates one pool for each of the n backends at backends (resolved, and living
+ * as long as cfg: the set holds a reference on cfg) on loop, reading into
+ * buffers of rbufs. Each pool opens at most max_connections / share
+ * connections (share: how many sets divide a backend's connections, e.g. the
+ * workers). The connect deadline is cfg->connect_ms. Returns NULL when out of
+ * memory. */
+struct pool_set *pool_set_new(uv_loop_t *loop, struct rbuf_pool *rbufs, struct config *cfg,
+                              const struct backend_cfg *backends, size_t n, int share);
 void pool_set_ref(struct pool_set *ps);
 /* Drops a reference; the last one closes the idle connections and frees the
  * set once its connections are closed. */
 void pool_set_unref(struct pool_set *ps);
-/* Closes every idle connection now (drain, reload). */
+/* Closes every idle connection now (reload, shutdown). */
 void pool_set_close_idle(struct pool_set *ps);
+/* Closes the idle connections and pools none from now on: a connection given
+ * back is closed (graceful drain). */
+void pool_set_drain(struct pool_set *ps);
 
-/* Lends a connection to backend (an index into the set's cfg->backends): an
+/* Lends a connection to backend (an index into the set's backends): an
  * idle one, a new one, or the next one released when the pool is full. cb runs
  * later (never before this returns) with the connection or an error
  * (FICUS_ETIMEOUT for a connect timeout, a libuv error for a refused connect).

@@ -470,6 +470,36 @@ class Limits(FicusTestCase):
                          .status, 200)
         self.assertEqual(len(be.requests), 1)
 
+    def test_trickled_head_is_scanned_once(self):
+        """A head that arrives a byte at a time is examined once, not again from its first
+        byte on every read: the scan work is the head's length (linear), for 16 KiB as for
+        60 KiB. ficus logs, at debug level, the bytes it examined per head and the reads
+        that brought them."""
+        be = self.backend()
+        fx = self.ficus(be, be, log_level="debug")
+        scanned = {}
+        for kib in (16, 60):
+            # A few large headers (at most 128 fit) make a head of exactly kib KiB.
+            head = request_bytes("GET", "/trickle%d" % kib,
+                                 headers=[("X-Pad%d" % i, "p" * (kib * 200)) for i in range(4)])
+            head = head[:-2] + b"X-Fill: "
+            head += b"f" * (kib * 1024 - len(head) - 4) + b"\r\n\r\n"
+            self.assertEqual(len(head), kib * 1024)
+            with fx.connect() as c:
+                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(len(head)):
+                    c.send(head[i:i + 1])
+                self.assertEqual(c.read_response(timeout=20).status, 200)
+            lines = wait_until(lambda: fx.log_lines(r"request head .* bytes=%d " % len(head)),
+                               10, what="the head's debug line")
+            m = re.search(r"bytes=(\d+) scanned=(\d+) reads=(\d+)", lines[-1])
+            n, work, reads = int(m.group(1)), int(m.group(2)), int(m.group(3))
+            self.assertGreater(reads, 100, "the head did not trickle in: %s" % lines[-1])
+            self.assertEqual(work, n, "bytes examined for a %d-byte head in %d reads"
+                             % (n, reads))
+            scanned[kib] = work
+        self.assertEqual(scanned[60] * 16, scanned[16] * 60)
+
     def test_413_body_too_large(self):
         be = self.backend()
         fx = self.ficus(be, be, config={"limits": {"max_request_body_bytes": 1000}})

@@ -334,7 +334,9 @@ class GuardSeesNewFailures(RoutingCase):
     """The guard rolls back on new's error rate; a fallback must not hide new's errors
     from it (else a new backend answering only 503 is never rolled back)."""
 
-    GUARD = {"max_divergence_rate": 0.5, "max_error_rate": 0.1, "min_comparisons": 20,
+    # min_comparisons equals the requests sent: the guard cannot trip before the last
+    # of them reached new, however slowly a loaded machine sends them.
+    GUARD = {"max_divergence_rate": 0.5, "max_error_rate": 0.1, "min_comparisons": 40,
              "window_ms": 60000}
 
     def run_guard(self, fallback):
