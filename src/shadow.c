@@ -144,28 +144,62 @@ static void buf_recycle(struct buf *b, size_t max)
     b->max = max;
 }
 
-/* A comparison from the worker's free list, or a new one; zeroed but for the
- * kept storage. */
-static struct comparison *comparison_get(struct worker *w)
+/* A capture ready for a new response: every field by name, the storage
+ * (head and body buffers, head_mem) kept. */
+static void capture_reuse(struct capture *cap)
 {
-    struct shadow_worker *sw = w->shadow;
-    if (sw == NULL || sw->free_list == NULL)
-        return calloc(1, sizeof(struct comparison));
+    cap->error = NULL;
+    buf_reset(&cap->head);
+    cap->parsed = NULL;
+    buf_reset(&cap->body);
+    cap->over_cap = false;
+    cap->done = false;
+    cap->ms = 0;
+    cap->bytes = 0;
+}
+
+static void probe_reuse(struct probe *p, struct comparison *c)
+{
+    p->c = c;
+    p->backend = -1;
+    memset(&p->wait, 0, sizeof(p->wait));
+    p->up = NULL;
+    memset(&p->uc, 0, sizeof(p->uc));
+    p->started = false;
+    p->finished = false;
+    p->is_shadow = false;
+    p->retried = false;
+    p->t0 = 0;
+    capture_reuse(&p->cap);
+}
+
+/* A comparison from the worker's free list, or a new one, with every field set
+ * by name here or by shadow_begin; the storage of its buffers is kept. */
+static struct comparison *comparison_get(struct shadow_worker *sw)
+{
     struct comparison *c = sw->free_list;
+    if (c == NULL)
+        return calloc(1, sizeof(struct comparison));
     sw->free_list = c->next;
     sw->n_free--;
-    struct buf ph = c->primary.head, pb = c->primary.body, sh = c->shadow.cap.head,
-               sb = c->shadow.cap.body, rb = c->req_body, tx = c->text;
-    struct http_head *pm = c->primary.head_mem, *sm = c->shadow.cap.head_mem;
-    memset(c, 0, sizeof(*c));
-    c->primary.head = ph;
-    c->primary.body = pb;
-    c->primary.head_mem = pm;
-    c->shadow.cap.head = sh;
-    c->shadow.cap.body = sb;
-    c->shadow.cap.head_mem = sm;
-    c->req_body = rb;
-    c->text = tx;
+    c->next = NULL;
+    c->method = c->target = NULL;
+    buf_reset(&c->text);
+    buf_init(&c->req_head, 0);
+    buf_reset(&c->req_body);
+    c->req_complete = false;
+    c->launched = false;
+    capture_reuse(&c->primary);
+    probe_reuse(&c->shadow, c);
+    c->twin = NULL;
+    c->aborted = false;
+    c->queued = false;
+    c->next_job = NULL;
+    c->record = NULL;
+    c->skipped = false;
+    c->divergent = false;
+    memset(c->kinds, 0, sizeof(c->kinds));
+    c->n_noise = 0;
     return c;
 }
 
@@ -845,7 +879,7 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         buf_dispose(head);
         return NULL;
     }
-    struct comparison *c = comparison_get(w);
+    struct comparison *c = comparison_get(sw);
     if (c == NULL) {
         atomic_fetch_sub_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
         buf_dispose(head);
