@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,7 +135,9 @@ static const unsigned char json_plain[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
-int buf_json_string(struct buf *b, const char *s, size_t n)
+/* The one string writer: lossy writes a byte that is not part of a UTF-8
+ * sequence as the text \xNN (JSON "\\xNN") instead of failing. */
+static int json_string(struct buf *b, const char *s, size_t n, bool lossy)
 {
     static const char short_esc[0x20] = {
         ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'};
@@ -161,21 +164,26 @@ int buf_json_string(struct buf *b, const char *s, size_t n)
         if (i == n)
             break;
         unsigned char ch = u[i];
+        char esc[6] = {'\\', (char)ch};
+        size_t el = 2;
         if (ch >= 0x80) {
             size_t k = utf8_len(u + i, n - i);
-            if (k == 0) {
+            if (k == 0 && !lossy) {
                 rc = -EINVAL;
                 break;
             }
-            memcpy(o, s + i, k);
-            o += k;
-            i += k;
-            continue;
-        }
-        /* jansson's short escapes; other control characters as \u00XX. */
-        char esc[6] = {'\\', (char)ch};
-        size_t el = 2;
-        if (ch < 0x20 && short_esc[ch] != 0) {
+            if (k > 0) {
+                memcpy(o, s + i, k);
+                o += k;
+                i += k;
+                continue;
+            }
+            memcpy(esc, "\\\\x", 3);
+            esc[3] = hex[ch >> 4];
+            esc[4] = hex[ch & 15];
+            el = 5;
+        } else if (ch < 0x20 && short_esc[ch] != 0) {
+            /* jansson's short escapes; other control characters as \u00XX. */
             esc[1] = short_esc[ch];
         } else if (ch < 0x20) {
             memcpy(esc, "\\u00", 4);
@@ -204,6 +212,16 @@ int buf_json_string(struct buf *b, const char *s, size_t n)
     *o = '\0';
     b->len = (size_t)(o - b->data);
     return 0;
+}
+
+int buf_json_string(struct buf *b, const char *s, size_t n)
+{
+    return json_string(b, s, n, false);
+}
+
+int buf_json_text(struct buf *b, const char *s, size_t n)
+{
+    return json_string(b, s, n, true);
 }
 
 /* 10^0 .. 10^15: exact doubles. */

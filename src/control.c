@@ -3,6 +3,7 @@
  * limits) and the ramp (raise new_percent step by step while the guard holds). */
 #include "ficus/control.h"
 #include "ficus/common.h"
+#include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
@@ -73,6 +74,8 @@ static void ramp_step(struct server *srv, const struct route_cfg *rt)
 void control_tick(struct server *srv)
 {
     metrics_sample(srv);
+    if (srv->divlog != NULL)
+        divlog_tick(srv->divlog);
     if (srv->draining)
         return;
     for (size_t i = 0; i < srv->cfg->n_routes; i++) {

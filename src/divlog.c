@@ -35,7 +35,8 @@ struct divlog {
     uv_mutex_t lock;  /* guards the queue only; held for a push or a swap */
     struct divrec **queue;
     size_t qlen;
-    unsigned long long dropped; /* under lock */
+    unsigned long long dropped;        /* under lock */
+    unsigned long long dropped_logged; /* control thread: dropped when divlog_tick last logged */
 
     FILE *f;
     long long size;
@@ -338,6 +339,24 @@ void divlog_push_many(struct divlog *d, struct divrec **recs, size_t n)
     if (taken > 0 &&
         (before == 0 || (before < DIVLOG_QUEUE_MAX / 2 && after >= DIVLOG_QUEUE_MAX / 2)))
         uv_async_send(&d->async);
+}
+
+void divlog_lost(struct divlog *d, size_t n)
+{
+    uv_mutex_lock(&d->lock);
+    d->dropped += n;
+    uv_mutex_unlock(&d->lock);
+}
+
+void divlog_tick(struct divlog *d)
+{
+    unsigned long long now = divlog_dropped(d);
+    if (now > d->dropped_logged)
+        log_warn("divlog",
+                 "divergence records dropped count=%llu total=%llu (the record queue "
+                 "was full or memory ran out; see ficus_divergence_records_dropped_total)",
+                 now - d->dropped_logged, now);
+    d->dropped_logged = now;
 }
 
 unsigned long long divlog_dropped(const struct divlog *d)

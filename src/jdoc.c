@@ -673,7 +673,7 @@ static int write_value(struct buf *b, const struct jv *v, int precision)
             if (i > 0)
                 rc = buf_append(b, ",", 1);
             if (rc == 0)
-                rc = buf_json_string(b, m->key, m->key_len);
+                rc = buf_json_text(b, m->key, m->key_len);
             if (rc == 0)
                 rc = buf_append(b, ":", 1);
             if (rc == 0)
@@ -690,7 +690,7 @@ static int write_value(struct buf *b, const struct jv *v, int precision)
         }
         return rc != 0 ? rc : buf_append(b, "]", 1);
     case JV_STRING:
-        return buf_json_string(b, v->u.s, v->n);
+        return buf_json_text(b, v->u.s, v->n);
     case JV_INT:
         return buf_put_int(b, v->u.i);
     case JV_REAL:

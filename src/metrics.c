@@ -337,6 +337,11 @@ void metrics_render(struct server *srv, struct buf *out)
     buf_printf(out, "ficus_connections{state=\"active\"} %llu\n", active - idle);
     buf_printf(out, "ficus_connections{state=\"idle\"} %llu\n", idle);
 
+    head(out, "ficus_divergence_records_dropped_total", "counter",
+         "Divergence records lost: the record queue was full or memory ran out.");
+    buf_printf(out, "ficus_divergence_records_dropped_total %llu\n",
+               srv->divlog != NULL ? divlog_dropped(srv->divlog) : 0ULL);
+
     head(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
     buf_printf(out, "process_resident_memory_bytes %ld\n", resident_bytes());
     head(out, "process_open_fds", "gauge", "Number of open file descriptors.");

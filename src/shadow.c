@@ -77,6 +77,7 @@ struct comparison {
     struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
     struct divrec *record; /* NULL, or the record for the control thread */
+    bool record_lost;      /* divergent, but no record could be made (out of memory) */
     bool skipped;
     bool divergent;
     unsigned long long kinds[DIFF_KIND_N];
@@ -196,6 +197,7 @@ static struct comparison *comparison_get(struct shadow_worker *sw)
     c->queued = false;
     c->next_job = NULL;
     c->record = NULL;
+    c->record_lost = false;
     c->skipped = false;
     c->divergent = false;
     memset(c->kinds, 0, sizeof(c->kinds));
@@ -512,7 +514,8 @@ static void format_ts(struct shadow_worker *sw, const struct timespec *t, char *
     out[n + 5] = '\0';
 }
 
-/* Appends "name":"value" (with a leading comma unless first). */
+/* Appends "name":"value" (with a leading comma unless first); value's bytes
+ * that are not UTF-8 are escaped. */
 static int member_str(struct buf *out, const char *name, const char *value, bool first)
 {
     int rc = first ? buf_append(out, "\"", 1) : buf_append(out, ",\"", 2);
@@ -520,7 +523,7 @@ static int member_str(struct buf *out, const char *name, const char *value, bool
         rc = buf_puts(out, name);
     if (rc == 0)
         rc = buf_append(out, "\":", 2);
-    return rc != 0 ? rc : buf_json_string(out, value, strlen(value));
+    return rc != 0 ? rc : buf_json_text(out, value, strlen(value));
 }
 
 /* One diff item, {"kind":..,"path":..,"legacy":..,"new":..}; a redacted header
@@ -548,7 +551,9 @@ static int diff_item_json(struct buf *out, const struct diff_item *it, bool reda
 }
 
 /* The record line, SPEC's format: the members in this order, "truncated" only
- * when set. Fails (-EINVAL) when a string is not UTF-8: no record then. */
+ * when set. Bytes that are not UTF-8 (a Latin-1 query string, say) are escaped
+ * as \xNN: a record is never refused for the client's bytes. Fails only when
+ * memory runs out. */
 static int record_json(struct buf *out, const struct comparison *c, const char *ts,
                        const struct capture *legacy, const struct capture *newc,
                        const struct buf *diffs, const struct buf *noise, bool truncated)
@@ -646,16 +651,18 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
         if (is_noise) {
             c->n_noise++;
             if (rc == 0)
-                rc = buf_json_string(to, it->path, strlen(it->path));
+                rc = buf_json_text(to, it->path, strlen(it->path));
         } else {
             c->kinds[it->kind]++;
+            c->divergent = true;
             bool redact =
                 it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
             if (rc == 0)
                 rc = diff_item_json(to, it, redact);
         }
-        /* An item that cannot be written (a path that is not UTF-8) is left
-         * out of the record and of the path statistics, as before. */
+        /* An item that cannot be written (out of memory: bytes that are not
+         * UTF-8 are escaped) is left out of the record and of the path
+         * statistics; the comparison still counts as divergent. */
         if (rc == 0)
             rc = divrec_add_stat(stats, is_noise ? DIVREC_NOISE : (int)it->kind, it->path);
         if (rc != 0) {
@@ -669,13 +676,13 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
             n_diffs++;
     }
     uv_mutex_unlock(&rs->noise_lock);
-    c->divergent = n_diffs > 0;
     if (c->divergent || n_noise_items > 0) {
         buf_reset(&sw->line);
         char ts[96];
         format_ts(sw, &c->ts, ts, sizeof(ts));
         if (record_json(&sw->line, c, ts, legacy, newc, diffs, noise, res[0].truncated) == 0)
             c->record = divrec_new(rt->name, c->reqid, c->divergent, &sw->line, stats, n_stats);
+        c->record_lost = c->record == NULL && c->divergent;
     }
     diff_result_dispose(&res[0]);
     diff_result_dispose(&res[1]);
@@ -714,6 +721,8 @@ static void finish_one(struct comparison *c, int status, struct divrec **recs, s
     if (c->record != NULL && w->srv->divlog != NULL) {
         recs[(*n_recs)++] = c->record;
         c->record = NULL;
+    } else if (c->record_lost && w->srv->divlog != NULL) {
+        divlog_lost(w->srv->divlog, 1); /* counted and logged like a full queue's */
     }
 }
 

@@ -43,6 +43,12 @@ void buf_dispose(struct buf *b);
  * on error nothing is appended. */
 /* A JSON string of the n bytes at s (NUL bytes allowed, written as \u0000). */
 int buf_json_string(struct buf *b, const char *s, size_t n);
+/* The same for bytes that need not be UTF-8 (a request target, a header value,
+ * a body): a byte that is not part of a UTF-8 sequence is written as the text
+ * \xNN, as the body diff shows them, so that the result is always valid JSON
+ * text and nothing is refused for its bytes. Returns 0 or FICUS_ENOMEM /
+ * FICUS_ETOOBIG. */
+int buf_json_text(struct buf *b, const char *s, size_t n);
 /* A JSON real. */
 int buf_json_real(struct buf *b, double v, int precision);
 

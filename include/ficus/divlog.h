@@ -59,8 +59,15 @@ void divlog_push_many(struct divlog *d, struct divrec **recs, size_t n);
 /* Reopens the file (SIGUSR1, logrotate). */
 void divlog_reopen(struct divlog *d);
 
-/* Records dropped because the queue was full. */
+/* Counts n records that could not be made (out of memory) as dropped; any thread. */
+void divlog_lost(struct divlog *d, size_t n);
+
+/* Records dropped because the queue was full or memory ran out; any thread. */
 unsigned long long divlog_dropped(const struct divlog *d);
+
+/* Logs the records dropped since the last call, if any: called once a second
+ * by the control thread, so a flood of drops is one line a second. */
+void divlog_tick(struct divlog *d);
 
 /* {"divergences": [...]} newest first; route NULL for all. */
 json_t *divlog_recent(struct divlog *d, const char *route, int limit);

@@ -162,6 +162,28 @@ class Divergences(ShadowCase):
                           (None, 0.0), kind)
         self.assertEqual(metric(m, "ficus_shadow_total", route="items", outcome="compared"), 20)
 
+    def test_target_that_is_not_utf8_still_gets_its_record(self):
+        """A divergent request whose target holds bytes that are not UTF-8 (a Latin-1
+        query string) gets its record, with those bytes written as \\xNN: a client cannot
+        hide its divergences behind its bytes. Nothing is counted as dropped."""
+        legacy = self.backend(json_app("L"), name="legacy")
+        new = self.backend(json_app("N", mutate=price_differs({4, 6})), name="new")
+        f = self.shadow_ficus(legacy, new, [route(prefix="/shop")])
+        targets = {4: b"/shop/item/4?q=caf\xe9&x=\xfe", 6: b"/shop/item/6?ok=1"}
+        for n, t in targets.items():
+            with Client(f.port) as c:
+                c.send(b"GET " + t + b" HTTP/1.1\r\nHost: x\r\nx-request-id: latin-%d\r\n"
+                       b"Connection: close\r\n\r\n" % n)
+                self.assertEqual(c.read_response().status, 200)
+        self.assertEqual(f.wait_metric("ficus_comparisons_total", 2, route="items"), 2)
+        recs = {r["id"]: r for r in self.wait_records(f, 2)}
+        self.assertEqual(set(recs), {"latin-4", "latin-6"})
+        self.assertEqual(recs["latin-4"]["target"], "/shop/item/4?q=caf\\xE9&x=\\xFE")
+        self.assertEqual(diff_set(recs["latin-4"]), {("json", "/price")})
+        api = f.api("/api/v1/divergences?route=items")["divergences"]
+        self.assertIn("/shop/item/4?q=caf\\xE9&x=\\xFE", [r["target"] for r in api])
+        self.assertEqual(f.metric("ficus_divergence_records_dropped_total"), 0)
+
     def test_status_and_header_differences(self):
         """New answers 503 for one id and another x-version for another: one status diff
         and one header diff. A header that is not compared (x-other) and a compared but

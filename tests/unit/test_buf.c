@@ -203,6 +203,58 @@ static void test_random_bytes_agree_on_utf8(void **state)
     buf_dispose(&b);
 }
 
+/* The lossy writer: the same text as buf_json_string for UTF-8 input; for any
+ * other input a valid JSON string whose text is the input with every byte that
+ * is not part of a UTF-8 sequence written as \xNN. */
+static void test_text_escapes_what_is_not_utf8(void **state)
+{
+    (void)state;
+    srand(11);
+    struct buf a, b;
+    buf_init(&a, 0);
+    buf_init(&b, 0);
+    for (int i = 0; i < 50000; i++) {
+        unsigned char s[12];
+        size_t n = (size_t)(rand() % 12);
+        for (size_t k = 0; k < n; k++)
+            s[k] = (unsigned char)(rand() % 4 == 0 ? rand() % 0x80 : 0x80 + rand() % 0x80);
+        buf_reset(&a);
+        buf_reset(&b);
+        assert_int_equal(buf_json_text(&b, (const char *)s, n), 0);
+        json_error_t je;
+        json_t *j = json_loadb(b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+        assert_non_null(j); /* always valid JSON text */
+        /* The decoded text: UTF-8 sequences as they were, other bytes as \xNN. */
+        char want[12 * 4 + 1];
+        size_t w = 0;
+        for (size_t k = 0; k < n;) {
+            size_t l = utf8_len(s + k, n - k);
+            if (l == 0) {
+                w += (size_t)snprintf(want + w, sizeof(want) - w, "\\x%02X", s[k]);
+                k++;
+            } else {
+                memcpy(want + w, s + k, l);
+                w += l;
+                k += l;
+            }
+        }
+        assert_int_equal(json_string_length(j), w);
+        assert_memory_equal(json_string_value(j), want, w);
+        if (buf_json_string(&a, (const char *)s, n) == 0) {
+            assert_int_equal(a.len, b.len);
+            assert_memory_equal(a.data, b.data, a.len);
+        }
+        json_decref(j);
+    }
+    /* A Latin-1 query string, as a client may send it. */
+    buf_reset(&b);
+    const char *latin1 = "/x?a=\xfe&b=caf\xe9";
+    assert_int_equal(buf_json_text(&b, latin1, strlen(latin1)), 0);
+    assert_string_equal(b.data, "\"/x?a=\\\\xFE&b=caf\\\\xE9\"");
+    buf_dispose(&a);
+    buf_dispose(&b);
+}
+
 static void test_containers_keep_insertion_order(void **state)
 {
     (void)state;
@@ -263,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_integers_and_literals_match_jansson),
         cmocka_unit_test(test_strings_match_jansson),
         cmocka_unit_test(test_random_bytes_agree_on_utf8),
+        cmocka_unit_test(test_text_escapes_what_is_not_utf8),
         cmocka_unit_test(test_containers_keep_insertion_order),
         cmocka_unit_test(test_errors_append_nothing),
     };
