@@ -105,6 +105,7 @@ struct exchange {
     bool chunked_up; /* the request body goes up chunked */
     bool fell_back;  /* new failed and legacy took over */
     bool keep_alive; /* the connection serves another request after this one */
+    bool accounted;  /* logged and counted (exchange_account) */
     int attempts;    /* connections the request was sent on */
 
     struct upstream_wait wait;
@@ -143,6 +144,7 @@ static void conn_close(struct conn *c);
 static void conn_update_reading(struct conn *c);
 static void conn_resume_input(struct conn *c);
 static void exchange_abort(struct exchange *x);
+static void exchange_account(struct exchange *x, int intr);
 static void exchange_fail(struct exchange *x, int status, const char *msg);
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
 static bool try_fallback(struct exchange *x, unsigned why);
@@ -291,13 +293,13 @@ static int conn_write_buf(struct conn *c, struct buf *b)
 
 static void access_log_line(struct conn *c, struct span method, struct span target,
                             const char *route, const char *backend, int status, int64_t bytes,
-                            double ms, const char *id);
+                            double ms, const char *id, const char *outcome);
 
 /* The access log line of a head refused before it became an exchange (bad
  * bytes, too large, too slow): every answer ficus gives is logged. */
 static void access_log_reject(struct conn *c, int status)
 {
-    access_log_line(c, SPAN_LIT("-"), SPAN_LIT("-"), "-", "-", status, 0, 0.0, "-");
+    access_log_line(c, SPAN_LIT("-"), SPAN_LIT("-"), "-", "-", status, 0, 0.0, "-", NULL);
 }
 
 /* Answers with a small JSON error outside any exchange and closes. */
@@ -669,6 +671,7 @@ static struct exchange *exchange_get(struct conn_worker *cw, struct conn *c)
     x->chunked_up = false;
     x->fell_back = false;
     x->keep_alive = false;
+    x->accounted = false;
     x->attempts = 0;
     memset(&x->wait, 0, sizeof(x->wait));
     x->up = NULL;
@@ -752,9 +755,14 @@ static void exchange_retire(struct exchange *x)
     }
 }
 
-/* The client connection went away: drop everything of the exchange. */
+/* The client connection went away (or the drain deadline closed it): the
+ * request is accounted for as a 499 and everything of the exchange dropped. */
 static void exchange_abort(struct exchange *x)
 {
+    if (!x->accounted) {
+        x->status = 499; /* nginx's "client closed request" */
+        exchange_account(x, x->w->stopped ? INTR_SHUTDOWN : INTR_CLIENT_ABORT);
+    }
     x->up_reusable = false;
     exchange_retire(x);
 }
@@ -779,10 +787,11 @@ static void sni_text(const struct conn *c, char *out, size_t len)
 }
 
 /* One access log line; every answer ficus gives goes through here. TLS
- * connections also say which version and which name (SNI) they asked for. */
+ * connections also say which version and which name (SNI) they asked for; a
+ * response that did not end whole says how it ended (outcome=...). */
 static void access_log_line(struct conn *c, struct span method, struct span target,
                             const char *route, const char *backend, int status, int64_t bytes,
-                            double ms, const char *id)
+                            double ms, const char *id, const char *outcome)
 {
     if (c->w->srv->access_fd < 0)
         return;
@@ -797,23 +806,44 @@ static void access_log_line(struct conn *c, struct span method, struct span targ
         sni_text(c, sni, sizeof(sni));
         snprintf(tls, sizeof(tls), " tls=%s sni=%s", tls_version(c->t), sni);
     }
-    int n = snprintf(line, sizeof(line),
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
-                     "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s\n",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000, c->ip, (int)method.len, method.p,
-                     (int)(target.len > 512 ? 512 : target.len), target.p, route, backend, status,
-                     (long long)bytes, ms, id, tls);
+    int n =
+        snprintf(line, sizeof(line),
+                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
+                 "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s%s%s\n",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 ts.tv_nsec / 1000000, c->ip, (int)method.len, method.p,
+                 (int)(target.len > 512 ? 512 : target.len), target.p, route, backend, status,
+                 (long long)bytes, ms, id, tls, outcome ? " outcome=" : "", outcome ? outcome : "");
     if (n > 0)
         worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-static void access_log(struct exchange *x)
+static const char *const interrupt_names[INTR_N] = {"upstream_reset", "upstream_timeout",
+                                                    "client_abort", "shutdown"};
+
+/* Accounts for the exchange once, however it ends: the access log line, the
+ * request counters and the latency histogram. A response that did not end
+ * whole (intr < INTR_N) is also counted by how it ended. */
+static void exchange_account(struct exchange *x, int intr)
 {
-    if (x->w->srv->access_fd < 0)
-        return; /* no clock read on the request path when the log is off */
-    access_log_line(x->c, x->req.method, x->req.target, x->rt ? x->rt->name : "-", x->backend_role,
-                    x->status, x->resp_bytes, (double)(io_now_us() - x->t0) / 1000.0, x->reqid);
+    if (x->accounted)
+        return;
+    x->accounted = true;
+    uint64_t us = io_now_us() - x->t0;
+    if (x->w->srv->access_fd >= 0) /* no clock read on the request path when the log is off */
+        access_log_line(x->c, x->req.method, x->req.target, x->rt ? x->rt->name : "-",
+                        x->backend_role, x->status, x->resp_bytes, (double)us / 1000.0, x->reqid,
+                        intr < INTR_N ? interrupt_names[intr] : NULL);
+    if (x->rt == NULL || x->rt->state == NULL || x->backend < 0)
+        return;
+    struct route_counters *rc = &x->rt->state->counters[x->w->id];
+    int is_new = x->backend == x->rt->new_ && x->backend != x->rt->legacy;
+    /* A response the backend cut is its error (the guard counts it); a client
+     * that left is a 499. */
+    int status = intr == INTR_UPSTREAM_RESET || intr == INTR_UPSTREAM_TIMEOUT ? 0 : x->status;
+    state_count_request(rc, is_new, status, us);
+    if (intr < INTR_N)
+        counter_add(&rc->interrupted[is_new][intr], 1);
 }
 
 /* ---- exchanges: the end ------------------------------------------------------------- */
@@ -837,11 +867,7 @@ static void exchange_finish(struct exchange *x)
         x->keep_alive = false;
         x->up_reusable = false;
     }
-    access_log(x);
-    if (x->rt != NULL && x->rt->state != NULL)
-        state_count_request(&x->rt->state->counters[x->w->id],
-                            x->backend == x->rt->new_ && x->backend != x->rt->legacy, x->status,
-                            io_now_us() - x->t0);
+    exchange_account(x, INTR_N);
     bool keep = x->keep_alive && !c->w->draining;
     exchange_retire(x);
     if (!keep) {
@@ -863,7 +889,10 @@ static void exchange_fail(struct exchange *x, int status, const char *msg)
     x->up_reusable = false;
     exchange_release_upstream(x, false);
     if (x_client_got_bytes(x)) {
-        /* Part of a response went out: the client must see it cut short. */
+        /* Part of a response went out: the client must see it cut short, and
+         * the request is accounted for as the backend's failure. */
+        x->status = status;
+        exchange_account(x, status == 504 ? INTR_UPSTREAM_TIMEOUT : INTR_UPSTREAM_RESET);
         conn_close(c);
         return;
     }

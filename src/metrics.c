@@ -163,6 +163,8 @@ struct render_ctx {
 
 static const char *const roles[2] = {"legacy", "new"};
 static const char *const classes[CODE_N] = {"2xx", "3xx", "4xx", "5xx", "error"};
+static const char *const interrupts[INTR_N] = {"upstream_reset", "upstream_timeout", "client_abort",
+                                               "shutdown"};
 static const char *const outcomes[SHADOW_N] = {"compared",       "skipped_inflight", "skipped_body",
                                                "skipped_method", "timeout",          "error",
                                                "skipped_queue"};
@@ -254,6 +256,16 @@ static void render_route(struct route_state *rs, void *arg)
         LABEL_ROUTE();
         buf_printf(out, ",reason=\"guard\"} %llu\n", rs->rollbacks_guard);
         break;
+    case 9:
+        for (int b = 0; b < 2; b++) {
+            for (int k = 0; k < INTR_N; k++) {
+                buf_puts(out, "ficus_requests_interrupted_total");
+                LABEL_ROUTE();
+                buf_printf(out, ",backend=\"%s\",outcome=\"%s\"} %llu\n", roles[b], interrupts[k],
+                           t.interrupted[b][k]);
+            }
+        }
+        break;
     default:
         break;
     }
@@ -298,6 +310,8 @@ void metrics_render(struct server *srv, struct buf *out)
         {"ficus_fallbacks_total", "counter", "Requests retried on legacy after new failed."},
         {"ficus_route_new_percent", "gauge", "Share of keys routed to new."},
         {"ficus_rollbacks_total", "counter", "Rollbacks of new_percent to 0, by reason."},
+        {"ficus_requests_interrupted_total", "counter",
+         "Requests whose response did not end whole (also counted in ficus_requests_total)."},
     };
     struct render_ctx rc = {.srv = srv, .out = out};
     for (size_t i = 0; i < ARRAY_SIZE(fams); i++) {

@@ -329,6 +329,8 @@ void state_totals(const struct state_table *t, const struct route_state *rs,
         for (int b = 0; b < 2; b++) {
             for (int k = 0; k < CODE_N; k++)
                 SUM(requests[b][k]);
+            for (int k = 0; k < INTR_N; k++)
+                SUM(interrupted[b][k]);
             for (int k = 0; k < STATE_HIST_BUCKETS; k++)
                 SUM(hist[b][k]);
             SUM(latency_us_sum[b]);

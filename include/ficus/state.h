@@ -28,6 +28,17 @@ enum shadow_outcome {
     SHADOW_N
 };
 
+/* How a request ended that did not end with its whole response: counted once,
+ * beside its code class (the response cut by the backend is code "error", a
+ * client that left is a 499, a 4xx). */
+enum interrupt_kind {
+    INTR_UPSTREAM_RESET,   /* the backend closed, reset or sent bad framing mid-response */
+    INTR_UPSTREAM_TIMEOUT, /* the backend stalled mid-response */
+    INTR_CLIENT_ABORT,     /* the client left before its response was complete */
+    INTR_SHUTDOWN,         /* cut by the drain deadline */
+    INTR_N
+};
+
 /* The upper bounds of the latency histogram, in seconds. */
 extern const double state_hist_bounds[STATE_HIST_BUCKETS - 1];
 
@@ -36,6 +47,7 @@ extern const double state_hist_bounds[STATE_HIST_BUCKETS - 1];
  * cache line. */
 struct route_counters {
     atomic_ullong requests[2][CODE_N]; /* [legacy=0/new=1][class] */
+    atomic_ullong interrupted[2][INTR_N];
     atomic_ullong hist[2][STATE_HIST_BUCKETS];
     atomic_ullong latency_us_sum[2];
     atomic_ullong shadow[SHADOW_N];
@@ -68,6 +80,7 @@ struct route_state {
 /* Sums of a route's counters over every worker. */
 struct route_totals {
     unsigned long long requests[2][CODE_N];
+    unsigned long long interrupted[2][INTR_N];
     unsigned long long hist[2][STATE_HIST_BUCKETS];
     unsigned long long latency_us_sum[2];
     unsigned long long shadow[SHADOW_N];

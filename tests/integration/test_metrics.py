@@ -8,7 +8,12 @@ import shutil
 import subprocess
 import unittest
 
-from harness import FicusTestCase, sanitized, wait_until
+import socket
+import time
+
+import harness
+from harness import (Client, FicusTestCase, IncompleteResponse, request_bytes, sanitized,
+                     wait_until)
 from harness_admin import AdminFicus, metric, refused_url
 
 REQUESTS = 70
@@ -213,6 +218,108 @@ class Metrics(FicusTestCase):
             with f.admin() as a:
                 return a.get("/readyz")[0] == 200
         wait_until(ready, 15, what="/readyz 200")
+
+
+class EveryRequestCounted(FicusTestCase):
+    """Every request is counted exactly once whatever happens after its head: a response
+    the backend cuts mid-body is code "error" (and an error of that backend for the
+    guard), with an interruption outcome, a histogram sample and an access-log line
+    saying how it ended and what was sent; a client that leaves early is a 499."""
+
+    WATCHDOG_SECONDS = 120 if sanitized() else 60
+
+    def counted(self, f, backend, code, outcome, n=1):
+        """Waits until the request is counted, then checks every counter of it."""
+        with f.admin() as a:
+            wait_until(lambda: metric(a.metrics(), "ficus_requests_total", route="all",
+                                      backend=backend, code=code) == n, 10,
+                       what="%s %s counted" % (backend, code))
+            m = a.metrics()
+        for c in ("2xx", "3xx", "4xx", "5xx", "error"):
+            self.assertEqual(metric(m, "ficus_requests_total", route="all", backend=backend,
+                                    code=c), n if c == code else 0, "code %s" % c)
+        for o in ("upstream_reset", "upstream_timeout", "client_abort", "shutdown"):
+            self.assertEqual(metric(m, "ficus_requests_interrupted_total", route="all",
+                                    backend=backend, outcome=o), n if o == outcome else 0, o)
+        self.assertEqual(metric(m, "ficus_request_duration_seconds_count", route="all",
+                                backend=backend), n)
+        return m
+
+    def access_line(self, f, outcome):
+        lines = wait_until(lambda: [l for l in f.stdout().splitlines()
+                                    if "outcome=%s" % outcome in l], 5,
+                           what="the access log line with outcome=%s" % outcome)
+        self.assertEqual(len(lines), 1, lines)
+        return lines[0]
+
+    def cut_mid_body(self, handler, outcome, status, read_timeout=10):
+        be = self.backend(handler, name="legacy")
+        f = AdminFicus(be, be, config={"timeouts": {"upstream_ms": 1000}})
+        self._ficuses.append(f)
+        f.start()
+        with f.connect() as c:
+            c.send(request_bytes("GET", "/cut"))
+            with self.assertRaises(IncompleteResponse) as cm:
+                c.read_response(timeout=read_timeout)
+            self.assertEqual(cm.exception.response.status, 200)
+            got = cm.exception.response.body_len
+        self.counted(f, "legacy", "error", outcome)
+        line = self.access_line(f, outcome)
+        self.assertIn(" status=%d " % status, line)
+        m = re.search(r" bytes=(\d+) ", line)
+        self.assertEqual(int(m.group(1)), got, "bytes sent to the client: %s" % line)
+
+    def test_backend_closes_mid_length_body(self):
+        self.cut_mid_body(harness.close_mid_length(body_sent=300, total=1000),
+                          "upstream_reset", 502)
+
+    def test_backend_closes_mid_chunked_body(self):
+        self.cut_mid_body(harness.close_mid_chunked(), "upstream_reset", 502)
+
+    def test_backend_resets_mid_body(self):
+        self.cut_mid_body(harness.reset_mid_response(body_sent=1000, total=100000),
+                          "upstream_reset", 502)
+
+    def test_backend_stalls_mid_body(self):
+        def stall_mid_body(req, out):
+            out.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"s" * 200)
+            out.backend.stopping.wait(30)
+            return "close"
+        self.cut_mid_body(stall_mid_body, "upstream_timeout", 504)
+
+    def client_leaves(self, leave):
+        def slow(req, out):
+            out.backend.stopping.wait(1.0)
+            out.respond(200, [("Content-Type", "text/plain")], b"late")
+        be = self.backend(slow, name="legacy")
+        f = AdminFicus(be, be)
+        self._ficuses.append(f)
+        f.start()
+        c = Client(f.port)
+        leave(c, be)
+        m = self.counted(f, "legacy", "4xx", "client_abort")
+        line = self.access_line(f, "client_abort")
+        self.assertIn(" status=499 ", line)
+        self.assertIn(" bytes=0 ", line)
+        self.assertEqual(metric(m, "ficus_requests_total", route="all", backend="legacy",
+                                code="error"), 0)
+
+    def test_client_resetting_while_waiting_is_a_499(self):
+        def leave(c, be):
+            c.send(request_bytes("GET", "/leave"))
+            wait_until(lambda: be.requests, 5, what="the request at the backend")
+            c.abort()
+        self.client_leaves(leave)
+
+    def test_client_closing_mid_request_body_is_a_499(self):
+        # A FIN after a whole request is a half-close that still wants its answer;
+        # a FIN in the middle of the body is a client that left.
+        def leave(c, be):
+            c.send(b"POST /leave HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" +
+                   b"b" * 10)
+            wait_until(lambda: be.bytes_received > 0, 5, what="the head at the backend")
+            c.close()
+        self.client_leaves(leave)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import socket
 import subprocess
 import unittest
 
-from harness import Client, FicusTestCase, ficus_bin, sanitized, wait_until
+import harness
+from harness import (Client, FicusTestCase, IncompleteResponse, ficus_bin, request_bytes, sanitized,
+                     wait_until)
 from harness_admin import (AdminClient, AdminFicus, KeepAlive, LoadGenerator, metric, named_backend,
                            refused_url, run_users, slow, status_backend)
 
@@ -365,6 +367,27 @@ class GuardSeesNewFailures(RoutingCase):
 
     def test_guard_rolls_back_on_new_errors_hidden_by_fallback(self):
         self.run_guard(fallback=True)
+
+    def test_guard_rolls_back_when_new_breaks_mid_body(self):
+        """A new backend that sends 200 and then cuts the body: the client saw a 200
+        head, but the request is new's error and the guard rolls the route back."""
+        legacy = self.backend(named_backend, name="legacy")
+        new = self.backend(harness.close_mid_length(body_sent=10, total=1000), name="new")
+        route = dict(STICKY_ROUTE, new_percent=100, guard=self.GUARD)
+        f = self.admin_ficus(legacy, new, config={"routes": [route]})
+        for i in range(40):
+            with Client(f.port) as c:
+                c.send(request_bytes("GET", "/g/%d" % i, headers=[("x-user-id", "u%d" % i)]))
+                with self.assertRaises(IncompleteResponse):
+                    c.read_response()
+        self.assertEqual(len(new.requests), 40)
+        with f.admin() as a:
+            wait_until(lambda: a.route("all")["new_percent"] == 0, 10,
+                       what="the guard's rollback (new cut 40 of 40 bodies)")
+            m = a.metrics()
+            self.assertEqual(metric(m, "ficus_rollbacks_total", route="all", reason="guard"), 1)
+            self.assertEqual(metric(m, "ficus_requests_total", route="all", backend="new",
+                                    code="error"), 40)
 
 
 # ---------------------------------------------------------------------------------------
