@@ -31,8 +31,8 @@
 #define ADMIN_SEND_MS 10000
 /* A refused request's body is read and dropped so that its client, which
  * may send the whole body before reading, gets the 413 rather than a reset:
- * up to 32 MiB (a 20 MiB upload is answered) and 5 s (nginx's lingering
- * close waits 5 s between reads). */
+ * up to 32 MiB (a 20 MiB upload is answered) and 5 s in all (nginx's
+ * lingering close gives up after 5 s without a read). */
 #define ADMIN_DRAIN_MS    5000
 #define ADMIN_DRAIN_BYTES (32 * 1024 * 1024)
 /* The dashboard opens up to 6 connections per browser. */

@@ -18,14 +18,15 @@ The deadlines below mirror the constants in src/admin.c.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
+import harness
 from harness import (Client, FicusTestCase, SANITIZER_RE, _watchdog, ficus_bin, free_port,
                      make_workdir, sanitized, wait_until)
 from harness_admin import AdminFicus, named_backend, slow
@@ -310,6 +311,8 @@ class DemoBackends(unittest.TestCase):
         if cls.proc.poll() is None:
             cls.proc.kill()
             cls.proc.wait(10)
+        if cls.workdir in harness._workdirs:  # a temporary directory, not the test output
+            shutil.rmtree(cls.workdir, ignore_errors=True)
 
     @classmethod
     def stderr(cls):
