@@ -1,10 +1,11 @@
-/* The admin server: a small HTTP/1.1 server on the control loop. It reuses the
- * strict head scanner of the data path, takes bodies of at most 64 KiB with a
- * Content-Length, and answers JSON. */
+/* The admin server: the small HTTP/1.1 server of httpserv on the control
+ * loop, with the strict head scanner of the data path, bodies of at most
+ * 64 KiB with a Content-Length, and JSON answers. */
 #include "ficus/admin.h"
 #include "ficus/buf.h"
 #include "ficus/common.h"
 #include "ficus/http1.h"
+#include "ficus/httpserv.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
@@ -19,32 +20,30 @@
 
 #define ADMIN_MAX_BODY (64 * 1024)
 #define ADMIN_MAX_HEAD (16 * 1024)
-#define ADMIN_IDLE_MS  30000
+/* Operators' tools and the dashboard send a request in one write on a local
+ * network: a head still incomplete after a few seconds is a stuck or hostile
+ * client, not a slow one. */
+#define ADMIN_HEAD_MS 5000
+#define ADMIN_BODY_MS 10000
+/* A keep-alive connection without a request: the dashboard polls every 2 s,
+ * so its connections stay; anything else is let go (Apache's default is 5 s). */
+#define ADMIN_IDLE_MS 10000
+#define ADMIN_SEND_MS 10000
+/* A refused request's body is read and dropped so that its client, which
+ * may send the whole body before reading, gets the 413 rather than a reset:
+ * up to 32 MiB (a 20 MiB upload is answered) and 5 s in all (nginx's
+ * lingering close gives up after 5 s without a read). */
+#define ADMIN_DRAIN_MS    5000
+#define ADMIN_DRAIN_BYTES (32 * 1024 * 1024)
+/* The dashboard opens up to 6 connections per browser. */
+#define ADMIN_MAX_CONNS 256
 
 extern const unsigned char dashboard_html[];
 extern const size_t dashboard_html_len;
 
-struct admin_conn;
-
 struct admin {
     struct server *srv;
-    uv_tcp_t listener;
-    struct admin_conn *conns;
-    int open_handles;
-    bool stopping;
-};
-
-struct admin_conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    struct admin *a;
-    struct admin_conn *prev, *next;
-    struct buf in;
-    struct head_scan scan;
-    int open_handles;
-    bool closing;
-    bool close_after_write;
-    int writes;
+    struct httpserv *http;
 };
 
 /* What a handler answers. */
@@ -71,93 +70,6 @@ static void reply_json(struct reply *r, int status, json_t *j)
 static void reply_error(struct reply *r, int status, const char *msg)
 {
     reply_json(r, status, json_pack("{s:s}", "error", msg));
-}
-
-/* ---- connections ------------------------------------------------------------------ */
-
-static void admin_maybe_free(struct admin *a)
-{
-    if (a->stopping && a->open_handles == 0 && a->conns == NULL)
-        free(a);
-}
-
-static void on_admin_conn_closed(uv_handle_t *h)
-{
-    struct admin_conn *c = h->data;
-    if (--c->open_handles > 0)
-        return;
-    struct admin *a = c->a;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        a->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    buf_dispose(&c->in);
-    free(c);
-    admin_maybe_free(a);
-}
-
-static void admin_conn_close(struct admin_conn *c)
-{
-    if (c->closing)
-        return;
-    c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, on_admin_conn_closed);
-    uv_close((uv_handle_t *)&c->timer, on_admin_conn_closed);
-}
-
-struct admin_wreq {
-    uv_write_t req;
-    struct admin_conn *c;
-    char *data;
-};
-
-static void on_admin_written(uv_write_t *req, int status)
-{
-    struct admin_wreq *w = (struct admin_wreq *)req;
-    struct admin_conn *c = w->c;
-    free(w->data);
-    free(w);
-    c->writes--;
-    if (status != 0 || (c->close_after_write && c->writes == 0))
-        admin_conn_close(c);
-}
-
-static void admin_send(struct admin_conn *c, struct reply *r, bool keep_alive)
-{
-    struct buf out;
-    buf_init(&out, 0);
-    buf_printf(&out,
-               "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n"
-               "cache-control: no-store\r\nx-content-type-options: nosniff\r\n",
-               r->status, http1_reason(r->status), r->ctype ? r->ctype : "application/json",
-               r->body.len);
-    if (r->allow != NULL)
-        buf_printf(&out, "allow: %s\r\n", r->allow);
-    if (!keep_alive)
-        buf_puts(&out, "connection: close\r\n");
-    buf_puts(&out, "\r\n");
-    buf_append(&out, r->body.data, r->body.len);
-    struct admin_wreq *w = malloc(sizeof(*w));
-    if (w == NULL || out.data == NULL) {
-        free(w);
-        buf_dispose(&out);
-        admin_conn_close(c);
-        return;
-    }
-    w->c = c;
-    w->data = out.data;
-    uv_buf_t ub = uv_buf_init(out.data, (unsigned)out.len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_admin_written) != 0) {
-        free(out.data);
-        free(w);
-        admin_conn_close(c);
-        return;
-    }
-    c->writes++;
-    if (!keep_alive)
-        c->close_after_write = true;
 }
 
 /* ---- handlers ------------------------------------------------------------------------ */
@@ -522,123 +434,18 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
 
 /* ---- input ------------------------------------------------------------------------------ */
 
-/* Handles every complete request in c->in. */
-static void admin_process(struct admin_conn *c)
+static void on_admin_request(void *ctx, const struct http_head *h, struct span body,
+                             struct httpserv_reply *out)
 {
-    while (!c->closing && !c->close_after_write && c->in.len > 0) {
-        int rs = http1_scan_head(&c->scan, c->in.data, c->in.len, ADMIN_MAX_HEAD);
-        if (rs == 0)
-            return;
-        struct reply r = {0};
-        buf_init(&r.body, 0);
-        if (rs < 0) {
-            reply_error(&r, rs == FICUS_EHEADTOOBIG ? 431 : 400, "bad request");
-            admin_send(c, &r, false);
-            buf_dispose(&r.body);
-            return;
-        }
-        size_t head_len = c->scan.pos;
-        struct http_head *h = malloc(sizeof(*h));
-        if (h == NULL || http1_parse_head(h, c->in.data, head_len, true) != 0 || h->chunked) {
-            reply_error(&r, 400, h && h->chunked ? "send a content-length" : "bad request");
-            admin_send(c, &r, false);
-            buf_dispose(&r.body);
-            free(h);
-            return;
-        }
-        int64_t cl = h->content_length > 0 ? h->content_length : 0;
-        if (cl > ADMIN_MAX_BODY) {
-            reply_error(&r, 413, "body over 64 KiB");
-            admin_send(c, &r, false);
-            buf_dispose(&r.body);
-            free(h);
-            return;
-        }
-        if (c->in.len < head_len + (size_t)cl) {
-            free(h);
-            return; /* the body is still coming; the head is scanned again then */
-        }
-        dispatch(c->a, h, c->in.data + head_len, (size_t)cl, &r);
-        if (h->is_head)
-            r.body.len = 0;
-        bool keep = h->keep_alive && !c->a->stopping;
-        admin_send(c, &r, keep);
-        buf_dispose(&r.body);
-        free(h);
-        buf_consume(&c->in, head_len + (size_t)cl);
-        memset(&c->scan, 0, sizeof(c->scan));
-    }
-}
-
-static void admin_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
-{
-    (void)h;
-    (void)suggested;
-    static char slab[16384]; /* the control thread reads one connection at a time */
-    *out = uv_buf_init(slab, sizeof(slab));
-}
-
-static void on_admin_timer(uv_timer_t *t)
-{
-    admin_conn_close(t->data);
-}
-
-static void on_admin_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
-{
-    struct admin_conn *c = s->data;
-    if (nread < 0) {
-        admin_conn_close(c);
-        return;
-    }
-    if (nread == 0 || c->closing)
-        return;
-    uv_timer_start(&c->timer, on_admin_timer, ADMIN_IDLE_MS, 0);
-    if (buf_append(&c->in, ub->base, (size_t)nread) != 0) {
-        struct reply r = {0};
-        buf_init(&r.body, 0);
-        reply_error(&r, 413, "request too large");
-        admin_send(c, &r, false);
-        buf_dispose(&r.body);
-        uv_read_stop(s);
-        return;
-    }
-    /* A partial head is scanned again from its start with the new bytes. */
-    memset(&c->scan, 0, sizeof(c->scan));
-    admin_process(c);
-}
-
-static void on_admin_connection(uv_stream_t *listener, int status)
-{
-    struct admin *a = listener->data;
-    if (status != 0)
-        return;
-    struct admin_conn *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
-    c->a = a;
-    uv_tcp_init(listener->loop, &c->tcp);
-    uv_timer_init(listener->loop, &c->timer);
-    c->tcp.data = c;
-    c->timer.data = c;
-    c->open_handles = 2;
-    buf_init(&c->in, ADMIN_MAX_HEAD + ADMIN_MAX_BODY);
-    c->next = a->conns;
-    if (a->conns != NULL)
-        a->conns->prev = c;
-    a->conns = c;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-        admin_conn_close(c);
-        return;
-    }
-    uv_timer_start(&c->timer, on_admin_timer, ADMIN_IDLE_MS, 0);
-    uv_read_start((uv_stream_t *)&c->tcp, admin_alloc, on_admin_read);
-}
-
-static void on_admin_listener_closed(uv_handle_t *h)
-{
-    struct admin *a = h->data;
-    a->open_handles--;
-    admin_maybe_free(a);
+    struct reply r = {0};
+    buf_init(&r.body, 0);
+    dispatch(ctx, h, body.p, body.len, &r);
+    out->status = r.status;
+    out->ctype = r.ctype;
+    if (r.allow != NULL)
+        httpserv_reply_header(out, "allow", r.allow);
+    buf_dispose(&out->body);
+    out->body = r.body; /* the server sends and frees it */
 }
 
 int admin_start(struct server *srv, uv_loop_t *loop, struct admin **out)
@@ -647,16 +454,25 @@ int admin_start(struct server *srv, uv_loop_t *loop, struct admin **out)
     if (a == NULL)
         return UV_ENOMEM;
     a->srv = srv;
-    uv_tcp_init(loop, &a->listener);
-    a->listener.data = a;
-    a->open_handles = 1;
+    const struct httpserv_opts o = {
+        .name = "admin",
+        .headers = "cache-control: no-store\r\nx-content-type-options: nosniff\r\n",
+        .max_head = ADMIN_MAX_HEAD,
+        .max_body = ADMIN_MAX_BODY,
+        .max_conns = ADMIN_MAX_CONNS,
+        .idle_ms = ADMIN_IDLE_MS,
+        .head_ms = ADMIN_HEAD_MS,
+        .body_ms = ADMIN_BODY_MS,
+        .send_ms = ADMIN_SEND_MS,
+        .drain_ms = ADMIN_DRAIN_MS,
+        .drain_bytes = ADMIN_DRAIN_BYTES,
+        .on_request = on_admin_request,
+        .ctx = a,
+    };
     const struct config_addr *addr = &srv->cfg->admin_addr;
-    int rc = uv_tcp_bind(&a->listener, (const struct sockaddr *)&addr->ss, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&a->listener, 128, on_admin_connection);
+    int rc = httpserv_start(loop, (const struct sockaddr *)&addr->ss, &o, &a->http);
     if (rc != 0) {
-        a->stopping = true;
-        uv_close((uv_handle_t *)&a->listener, on_admin_listener_closed);
+        free(a);
         return rc;
     }
     log_info("admin", "listening address=%s", addr->text);
@@ -666,10 +482,8 @@ int admin_start(struct server *srv, uv_loop_t *loop, struct admin **out)
 
 void admin_stop(struct admin *a)
 {
-    if (a == NULL || a->stopping)
+    if (a == NULL)
         return;
-    a->stopping = true;
-    uv_close((uv_handle_t *)&a->listener, on_admin_listener_closed);
-    for (struct admin_conn *c = a->conns; c != NULL; c = c->next)
-        admin_conn_close(c);
+    httpserv_stop(a->http); /* calls no handler after this */
+    free(a);
 }

@@ -10,6 +10,7 @@
 #include "ficus/common.h"
 #include "ficus/demo.h"
 #include "ficus/http1.h"
+#include "ficus/httpserv.h"
 #include "ficus/log.h"
 #include "ficus/server.h"
 
@@ -35,30 +36,26 @@
 #define DEMO_TICK_MS       250  /* one request per tick: four a second */
 #define DEMO_FIRST_TICK_MS 500  /* gives ficus time to listen */
 #define DEMO_ANSWER_MS     5000 /* a request unanswered this long ends the connection */
+/* The backends' deadlines. ficus closes its idle upstream connections after
+ * 30 s, so the backends wait longer and ficus is the one that closes. */
+#define DEMO_IDLE_MS       60000
+#define DEMO_REQUEST_MS    10000 /* for a head, and for a body after its head */
+#define DEMO_SEND_MS       30000
+#define DEMO_DRAIN_MS      2000
+#define DEMO_DRAIN_BYTES   (1024 * 1024)
+#define DEMO_MAX_CONNS     1024
 #define DEMO_TOKEN_ENV     "FICUS_ADMIN_TOKEN"
 #define DEMO_DEFAULT_TOKEN "demo"
 
 struct demo;
 
-/* One demo backend: a listener and its role. */
+/* One demo backend: an HTTP server and its role. */
 struct demo_backend {
     struct demo *d;
     const char *name;
     bool is_new;
-    uv_tcp_t listener;
+    struct httpserv *http; /* NULL until started and once stopped */
     int port;
-};
-
-/* A connection accepted by a demo backend. Freed in its close callback. */
-struct demo_sconn {
-    uv_tcp_t tcp;
-    struct demo_backend *be;
-    struct demo_sconn *prev, *next;
-    struct buf in;
-    struct head_scan scan;
-    int writes; /* uv_write requests in flight */
-    bool closing;
-    bool close_after_write;
 };
 
 struct demo_wreq {
@@ -97,7 +94,6 @@ struct demo {
     uv_thread_t thread;
     uv_async_t stop;
     struct demo_backend legacy, new_;
-    struct demo_sconn *conns;
     struct demo_client client;
     uint64_t rng;
     bool stopping;
@@ -188,24 +184,25 @@ static void demo_order_json(struct buf *out, unsigned id, bool is_new)
     buf_puts(out, "]}");
 }
 
-/* Builds the whole response to one request into out. */
-static void demo_respond(struct demo_backend *be, const struct http_head *req, struct buf *out,
-                         bool keep_alive)
+/* Answers one request of a demo backend (an httpserv handler; ctx is the backend). */
+static void demo_respond(void *ctx, const struct http_head *req, struct span req_body,
+                         struct httpserv_reply *r)
 {
     static const char prefix[] = "/api/orders/";
-    struct buf body;
-    buf_init(&body, DEMO_MAX_RESPONSE);
+    struct demo_backend *be = ctx;
+    struct buf *body = &r->body;
     int status = 200;
     char ts[48];
+    (void)req_body;
     demo_timestamp(ts, sizeof(ts));
     struct span path = req->path;
     bool get = span_eq(req->method, "GET") || span_eq(req->method, "HEAD");
 
     if (!get) {
         status = 405;
-        buf_puts(&body, "{\"error\":\"method not allowed\"}");
+        buf_puts(body, "{\"error\":\"method not allowed\"}");
     } else if (span_eq(path, "/healthz")) {
-        buf_puts(&body, "{\"status\":\"ok\"}");
+        buf_puts(body, "{\"status\":\"ok\"}");
     } else if (span_eq(path, "/api/orders") || span_eq(path, "/api/orders/")) {
         long limit = 10;
         struct span ls = demo_query_param(req->query, "limit");
@@ -216,200 +213,66 @@ static void demo_respond(struct demo_backend *be, const struct http_head *req, s
         }
         if (limit < 0) {
             status = 400;
-            buf_puts(&body, "{\"error\":\"limit must be a number from 1 to 50\"}");
+            buf_puts(body, "{\"error\":\"limit must be a number from 1 to 50\"}");
         } else {
-            buf_puts(&body, "{\"orders\":[");
+            buf_puts(body, "{\"orders\":[");
             for (long i = 1; i <= limit; i++) {
                 if (i > 1)
-                    buf_puts(&body, ",");
-                demo_order_json(&body, (unsigned)i, be->is_new);
+                    buf_puts(body, ",");
+                demo_order_json(body, (unsigned)i, be->is_new);
             }
-            buf_printf(&body, "],\"count\":%ld,\"generated_at\":\"%s\"}", limit, ts);
+            buf_printf(body, "],\"count\":%ld,\"generated_at\":\"%s\"}", limit, ts);
         }
     } else if (path.len > sizeof(prefix) - 1 && memcmp(path.p, prefix, sizeof(prefix) - 1) == 0) {
         long id = demo_parse_uint(
             (struct span){path.p + sizeof(prefix) - 1, path.len - (sizeof(prefix) - 1)});
         if (id < 1 || id > 100000) {
             status = 404;
-            buf_puts(&body, "{\"error\":\"no such order\"}");
+            buf_puts(body, "{\"error\":\"no such order\"}");
         } else {
-            demo_order_json(&body, (unsigned)id, be->is_new);
+            demo_order_json(body, (unsigned)id, be->is_new);
             /* Put generated_at inside the object: drop the closing brace first. */
-            body.len--;
-            buf_printf(&body, ",\"generated_at\":\"%s\"}", ts);
+            body->len--;
+            buf_printf(body, ",\"generated_at\":\"%s\"}", ts);
         }
     } else {
         status = 404;
-        buf_puts(&body, "{\"error\":\"not found\"}");
+        buf_puts(body, "{\"error\":\"not found\"}");
     }
-
-    buf_printf(out,
-               "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
-               "server: %s\r\ncache-control: no-store\r\n%s\r\n",
-               status, http1_reason(status), body.len, be->is_new ? "orders-v2/2.0" : "orders/1.4",
-               keep_alive ? "" : "connection: close\r\n");
-    if (!req->is_head)
-        buf_append(out, body.data, body.len);
-    buf_dispose(&body);
+    r->status = status;
+    r->ctype = "application/json";
 }
 
-/* ---- backend connections -------------------------------------------------------------------- */
-
-static void on_sconn_closed(uv_handle_t *h)
-{
-    struct demo_sconn *c = h->data;
-    struct demo *d = c->be->d;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        d->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    buf_dispose(&c->in);
-    free(c);
-}
-
-static void demo_sconn_close(struct demo_sconn *c)
-{
-    if (c->closing)
-        return;
-    c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, on_sconn_closed);
-}
-
-static void on_sconn_written(uv_write_t *req, int status)
-{
-    struct demo_wreq *w = (struct demo_wreq *)req;
-    struct demo_sconn *c = req->data;
-    free(w->data);
-    free(w);
-    c->writes--;
-    if (status != 0 || (c->close_after_write && c->writes == 0))
-        demo_sconn_close(c);
-}
-
-/* Sends out's bytes and takes them over. */
-static void demo_sconn_send(struct demo_sconn *c, struct buf *out)
-{
-    struct demo_wreq *w = malloc(sizeof(*w));
-    if (w == NULL || out->data == NULL) {
-        free(w);
-        buf_dispose(out);
-        demo_sconn_close(c);
-        return;
-    }
-    w->data = out->data;
-    w->req.data = c;
-    uv_buf_t ub = uv_buf_init(out->data, (unsigned)out->len);
-    buf_init(out, 0); /* the bytes belong to the write request now */
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_sconn_written) != 0) {
-        free(w->data);
-        free(w);
-        demo_sconn_close(c);
-        return;
-    }
-    c->writes++;
-}
-
-/* Answers every complete request buffered on c. */
-static void demo_sconn_process(struct demo_sconn *c)
-{
-    struct http_head *h = malloc(sizeof(*h));
-    if (h == NULL) {
-        demo_sconn_close(c);
-        return;
-    }
-    while (!c->closing && !c->close_after_write && c->in.len > 0) {
-        int rs = http1_scan_head(&c->scan, c->in.data, c->in.len, DEMO_MAX_HEAD);
-        if (rs == 0)
-            break;
-        struct buf out;
-        buf_init(&out, 0);
-        if (rs < 0 || http1_parse_head(h, c->in.data, c->scan.pos, true) != 0 || h->chunked ||
-            h->content_length > DEMO_MAX_BODY) {
-            http1_write_error(&out, 400, "bad request", false);
-            c->close_after_write = true;
-            demo_sconn_send(c, &out);
-            break;
-        }
-        size_t need = c->scan.pos + (size_t)(h->content_length > 0 ? h->content_length : 0);
-        if (c->in.len < need)
-            break; /* the body is still coming; the head is scanned again then */
-        demo_respond(c->be, h, &out, h->keep_alive);
-        if (!h->keep_alive)
-            c->close_after_write = true;
-        demo_sconn_send(c, &out);
-        buf_consume(&c->in, need);
-        memset(&c->scan, 0, sizeof(c->scan));
-    }
-    free(h);
-}
-
-static void on_sconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
-{
-    struct demo_sconn *c = s->data;
-    if (nread < 0) {
-        demo_sconn_close(c);
-        return;
-    }
-    if (nread == 0 || c->closing)
-        return;
-    if (buf_append(&c->in, ub->base, (size_t)nread) != 0) {
-        demo_sconn_close(c);
-        return;
-    }
-    /* A partial head is scanned again from its start with the new bytes. */
-    memset(&c->scan, 0, sizeof(c->scan));
-    demo_sconn_process(c);
-}
-
-static void on_backend_connection(uv_stream_t *listener, int status)
-{
-    struct demo_backend *be = listener->data;
-    struct demo *d = be->d;
-    if (status != 0 || d->stopping)
-        return;
-    struct demo_sconn *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
-    c->be = be;
-    buf_init(&c->in, DEMO_MAX_HEAD + DEMO_MAX_BODY);
-    uv_tcp_init(&d->loop, &c->tcp);
-    c->tcp.data = c;
-    c->next = d->conns;
-    if (d->conns != NULL)
-        d->conns->prev = c;
-    d->conns = c;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
-        uv_read_start((uv_stream_t *)&c->tcp, demo_alloc, on_sconn_read) != 0) {
-        demo_sconn_close(c);
-        return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1);
-}
-
-/* Binds be to an ephemeral loopback port and listens. Returns 0 or a libuv error. */
+/* Starts be on an ephemeral loopback port. Returns 0 or a libuv error. */
 static int demo_backend_start(struct demo *d, struct demo_backend *be, const char *name,
                               bool is_new)
 {
     be->d = d;
     be->name = name;
     be->is_new = is_new;
-    uv_tcp_init(&d->loop, &be->listener);
-    be->listener.data = be;
+    const struct httpserv_opts o = {
+        .name = "demo",
+        /* Static strings: the server keeps the pointer. */
+        .headers = is_new ? "server: orders-v2/2.0\r\ncache-control: no-store\r\n"
+                          : "server: orders/1.4\r\ncache-control: no-store\r\n",
+        .max_head = DEMO_MAX_HEAD,
+        .max_body = DEMO_MAX_BODY,
+        .max_conns = DEMO_MAX_CONNS,
+        .idle_ms = DEMO_IDLE_MS,
+        .head_ms = DEMO_REQUEST_MS,
+        .body_ms = DEMO_REQUEST_MS,
+        .send_ms = DEMO_SEND_MS,
+        .drain_ms = DEMO_DRAIN_MS,
+        .drain_bytes = DEMO_DRAIN_BYTES,
+        .on_request = demo_respond,
+        .ctx = be,
+    };
     struct sockaddr_in addr;
     uv_ip4_addr("127.0.0.1", 0, &addr);
-    int rc = uv_tcp_bind(&be->listener, (const struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&be->listener, 128, on_backend_connection);
+    int rc = httpserv_start(&d->loop, (const struct sockaddr *)&addr, &o, &be->http);
     if (rc != 0)
         return rc;
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    rc = uv_tcp_getsockname(&be->listener, (struct sockaddr *)&ss, &len);
-    if (rc != 0)
-        return rc;
-    be->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    be->port = httpserv_port(be->http);
     return 0;
 }
 
@@ -607,10 +470,10 @@ static void on_demo_stop(uv_async_t *a)
 {
     struct demo *d = a->data;
     d->stopping = true;
-    uv_close((uv_handle_t *)&d->legacy.listener, NULL);
-    uv_close((uv_handle_t *)&d->new_.listener, NULL);
-    for (struct demo_sconn *c = d->conns; c != NULL; c = c->next)
-        demo_sconn_close(c);
+    httpserv_stop(d->legacy.http);
+    d->legacy.http = NULL;
+    httpserv_stop(d->new_.http);
+    d->new_.http = NULL;
     demo_client_close(&d->client);
     uv_close((uv_handle_t *)&d->client.timer, NULL);
     uv_close((uv_handle_t *)&d->stop, NULL);
@@ -634,6 +497,11 @@ static void on_walk_close(uv_handle_t *h, void *arg)
 /* Closes whatever is still open (only after a failed start) and the loop. */
 static void demo_loop_dispose(struct demo *d)
 {
+    /* The servers free themselves in their close callbacks, run below. */
+    httpserv_stop(d->legacy.http);
+    d->legacy.http = NULL;
+    httpserv_stop(d->new_.http);
+    d->new_.http = NULL;
     if (uv_loop_close(&d->loop) == UV_EBUSY) {
         uv_walk(&d->loop, on_walk_close, NULL);
         uv_run(&d->loop, UV_RUN_DEFAULT);
