@@ -36,7 +36,7 @@ struct hconn {
     uv_timer_t timer;
     uv_shutdown_t shutdown;
     struct httpserv *s;
-    struct hconn *prev, *next;
+    struct list node; /* in the server's list */
     enum hconn_state state;
     int open_handles; /* tcp and timer: freed when both are closed */
     struct buf in;    /* bytes of requests not yet answered, from in_off */
@@ -59,7 +59,7 @@ struct httpserv {
     bool listener_open;
     bool stopping;
     struct httpserv_opts o;
-    struct hconn *conns;
+    struct list conns; /* every open connection */
     int n_conns;
     unsigned long long refused_conns; /* over max_conns */
     uint64_t warned_at;
@@ -82,7 +82,7 @@ static void hconn_read_start(struct hconn *c);
 
 static void httpserv_maybe_free(struct httpserv *s)
 {
-    if (s->stopping && !s->listener_open && s->conns == NULL)
+    if (s->stopping && !s->listener_open && list_empty(&s->conns))
         free(s);
 }
 
@@ -108,12 +108,7 @@ static void on_hconn_closed(uv_handle_t *h)
     if (--c->open_handles > 0)
         return;
     struct httpserv *s = c->s;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
+    list_remove(&c->node);
     s->n_conns--;
     buf_dispose(&c->in);
     free(c);
@@ -522,10 +517,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->open_handles = 2;
     c->state = HCONN_IDLE;
     buf_init(&c->in, s->o.max_head + s->o.max_body + HTTPSERV_READ_SIZE);
-    c->next = s->conns;
-    if (s->conns != NULL)
-        s->conns->prev = c;
-    s->conns = c;
+    list_push(&s->conns, &c->node);
     s->n_conns++;
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
         hconn_close(c, "accept failed");
@@ -558,6 +550,7 @@ int httpserv_start(uv_loop_t *loop, const struct sockaddr *addr, const struct ht
     if (s == NULL)
         return UV_ENOMEM;
     s->o = *o;
+    list_init(&s->conns);
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
     s->listener_open = true;
@@ -590,8 +583,11 @@ void httpserv_stop(struct httpserv *s)
         return;
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-    for (struct hconn *c = s->conns; c != NULL; c = c->next)
-        hconn_close(c, "server stopping");
+    struct list *head = &s->conns;
+    for (struct list *n = head->next, *next; n != head; n = next) {
+        next = n->next; /* a close only begins here: the node stays until its callback */
+        hconn_close(container_of(n, struct hconn, node), "server stopping");
+    }
 }
 
 void httpserv_reply_error(struct httpserv_reply *r, int status, const char *msg)
