@@ -29,8 +29,16 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <time.h>
+
+/* A refused request's body may still be on its way: before closing, ficus
+ * sends its FIN and reads and drops what the client still sends, for at most
+ * this long and this many bytes (nginx's lingering close), so that the client
+ * reads the refusal instead of a reset. */
+#define LINGER_MS        5000
+#define LINGER_MAX_BYTES (16 * 1024 * 1024)
 
 /* Above this many queued bytes the reading side pauses; below LOW it resumes. */
 #define WRITE_HIGH_WATER (256 * 1024)
@@ -44,7 +52,11 @@
 /* A spare's buffers larger than this are freed rather than kept. */
 #define SPARE_KEEP_BYTES (16 * 1024)
 
-enum conn_state { CONN_OPEN, CONN_CLOSING };
+enum conn_state {
+    CONN_OPEN,    /* reading requests, answering them */
+    CONN_LINGER,  /* answered and shut for writing: what the client still sends is dropped */
+    CONN_CLOSING, /* handles closing; freed in their close callback */
+};
 
 /* An exchange's life, changed only by x_set_state. The request body's
  * progress (req_done) runs beside it: a response may begin before the body
@@ -74,6 +86,7 @@ struct conn {
     bool counted_idle;
     bool peer_eof;     /* the client half-closed after a complete request */
     bool write_failed; /* a write failed at once; the close waits for the next loop turn */
+    bool linger;       /* a refused request may still be sending: linger before the close */
     int writes_pending;
     struct head_scan scan;    /* the next request head; keeps its place between reads */
     size_t head_scanned;      /* bytes the scan examined for this head (linear: its length) */
@@ -82,6 +95,7 @@ struct conn {
     struct deadline deadline; /* enforced by timer */
     struct buf in;            /* bytes read but not yet used (partial head, pipelined requests) */
     struct exchange *x;
+    size_t lingered; /* bytes dropped while lingering */
     char ip[INET6_ADDRSTRLEN];
 };
 
@@ -141,6 +155,10 @@ struct conn_worker {
 };
 
 static void conn_close(struct conn *c);
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out);
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub);
+static void conn_end(struct conn *c);
+static void conn_close_or_linger(struct conn *c);
 static void conn_update_reading(struct conn *c);
 static void conn_resume_input(struct conn *c);
 static void exchange_abort(struct exchange *x);
@@ -200,7 +218,7 @@ static void on_conn_written(void *ctx, int status)
         return;
     }
     if (c->close_after_flush && c->writes_pending == 0) {
-        conn_close(c);
+        conn_close_or_linger(c);
         return;
     }
     struct exchange *x = c->x;
@@ -311,10 +329,43 @@ static void conn_reject(struct conn *c, int status, const char *msg)
     if (http1_write_error(&b, status, msg, false) == 0)
         conn_write_buf(c, &b);
     buf_dispose(&b);
+    c->linger = true; /* whatever else the client sends is not read */
+    conn_end(c);
+    log_debug("conn", "rejected client=%s status=%d reason=\"%s\"", c->ip, status, msg);
+}
+
+/* Closes the connection once what is queued is written. */
+static void conn_end(struct conn *c)
+{
     c->close_after_flush = true;
     if (c->writes_pending == 0)
+        conn_close_or_linger(c);
+}
+
+/* Every answer is written: close, or first linger when a refused request may
+ * still be sending (its bytes would make the close a reset, and a reset can
+ * destroy the answer before the client read it). */
+static void conn_close_or_linger(struct conn *c)
+{
+    if (c->state != CONN_OPEN || !c->linger || c->write_failed || c->peer_eof) {
         conn_close(c);
-    log_debug("conn", "rejected client=%s status=%d reason=\"%s\"", c->ip, status, msg);
+        return;
+    }
+    c->state = CONN_LINGER;
+    conn_set_idle(c, false);
+    buf_dispose(&c->in); /* nothing of it will be answered */
+    if (c->t != NULL)
+        tls_goodbye(c->t, (uv_stream_t *)&c->tcp);
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingered = 0;
+    conn_deadline(c, LINGER_MS);
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) == 0)
+        c->reading = true;
+    log_debug("conn", "lingering client=%s", c->ip);
 }
 
 static void on_conn_timer(uv_timer_t *t)
@@ -322,6 +373,10 @@ static void on_conn_timer(uv_timer_t *t)
     struct conn *c = t->data;
     if (c->state == CONN_CLOSING || !deadline_expired(&c->deadline, t, on_conn_timer))
         return;
+    if (c->state == CONN_LINGER) {
+        conn_close(c);
+        return;
+    }
     if (c->write_failed) {
         conn_close(c);
         return;
@@ -544,6 +599,12 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *ub)
 {
     struct conn *c = s->data;
     struct rbuf *rb = ub->base ? rbuf_of(ub->base) : NULL;
+    if (c->state == CONN_LINGER) {
+        rbuf_unref(&c->w->rbufs, rb);
+        if (nread < 0 || (c->lingered += (size_t)nread) > LINGER_MAX_BYTES)
+            conn_close(c); /* the client is done, or sends more than a refusal is worth */
+        return;
+    }
     if (nread < 0) {
         rbuf_unref(&c->w->rbufs, rb);
         if (nread == UV_EOF)
@@ -869,11 +930,11 @@ static void exchange_finish(struct exchange *x)
     }
     exchange_account(x, INTR_N);
     bool keep = x->keep_alive && !c->w->draining;
+    bool unread = !x->req_done;
     exchange_retire(x);
     if (!keep) {
-        c->close_after_flush = true;
-        if (c->writes_pending == 0)
-            conn_close(c);
+        c->linger = c->linger || unread;
+        conn_end(c);
         return;
     }
     conn_resume_input(c);
@@ -900,6 +961,8 @@ static void exchange_fail(struct exchange *x, int status, const char *msg)
     shadow_primary_failed(x->cmp, status >= 500 ? (x->up_error ? x->up_error : "reset") : NULL);
     x->status = status;
     x->keep_alive = x->keep_alive && x->req_done && status < 500;
+    /* The rest of the body is not read: the client may still be sending it. */
+    c->linger = c->linger || !x->req_done;
     struct buf b;
     buf_init(&b, 0);
     if (http1_write_error(&b, status, msg, x->keep_alive) == 0)
@@ -1373,6 +1436,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     c->head_timer = false;
 
     if (http1_parse_head(&x->req, copy, head_len, true) != 0) {
+        c->linger = true; /* the body, if any, is not read */
         x->keep_alive = false;
         x->req_done = true;
         exchange_fail(x, 400, "bad request");
@@ -1384,6 +1448,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
         http1_body_init(&x->reqbody, BODY_CHUNKED, 0);
     } else if (x->req.content_length > 0) {
         if (x->req.content_length > x->cfg->max_request_body_bytes) {
+            c->linger = true; /* the body, if any, is not read */
             x->req_done = true;
             x->keep_alive = false;
             exchange_fail(x, 413, "request body too large");
@@ -1395,6 +1460,7 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     }
     x->req_done = x->reqbody.done;
     if (x->reqbody.kind == BODY_CHUNKED && !body_prefix_ok(&x->reqbody, rest, rest_len)) {
+        c->linger = true; /* the body, if any, is not read */
         x->req_done = true;
         x->keep_alive = false;
         exchange_fail(x, 400, "bad request body framing");

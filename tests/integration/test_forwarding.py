@@ -500,6 +500,65 @@ class Limits(FicusTestCase):
             scanned[kib] = work
         self.assertEqual(scanned[60] * 16, scanned[16] * 60)
 
+    def refused_while_sending(self, fx, head, total, expect):
+        """Sends head, then total body bytes from a thread while reading the answer.
+        Returns (status, closed cleanly, bytes the sender got out, the sender's error)."""
+        c = fx.connect()
+        c.send(head)
+        sent, err = [0], [None]
+
+        def send_body():
+            block = b"b" * 65536
+            try:
+                while sent[0] < total:
+                    n = min(len(block), total - sent[0])
+                    c.sock.sendall(block[:n])
+                    sent[0] += n
+            except OSError as e:
+                err[0] = e
+        t = threading.Thread(target=send_body, daemon=True)
+        t.start()
+        try:
+            r = c.read_response(timeout=10)
+            self.assertEqual(r.status, expect)
+            closed, extra = c.wait_closed(15)
+            t.join(15)
+            return closed and extra == b"", sent[0], err[0]
+        finally:
+            c.close()
+
+    def test_refusal_lingers_so_the_client_reads_it(self):
+        """A request refused before its body was read (413 by Content-Length, 404 with a
+        body on its way): ficus sends the answer and its FIN, then reads and drops what
+        the client still sends, so a client busy sending its body reads the refusal and
+        a clean close instead of a reset."""
+        be = self.backend()
+        fx = self.ficus(be, be, config={"limits": {"max_request_body_bytes": 1000},
+                                        "routes": [{"name": "all", "new_percent": 0,
+                                                    "match": {"path_prefix": "/in"}}]})
+        total = 4 << 20
+        for target, expect in (("/in", 413), ("/elsewhere", 404)):
+            head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (
+                target.encode(), total if expect == 413 else 900)
+            clean, sent, err = self.refused_while_sending(
+                fx, head, total if expect == 413 else 900, expect)
+            self.assertIsNone(err, "%s: the client's send failed after %d bytes" % (target, sent))
+            self.assertEqual(sent, total if expect == 413 else 900)
+            self.assertTrue(clean, "%s: no clean close after the refusal" % target)
+        self.assertEqual(be.requests, [])
+
+    def test_lingering_is_bounded(self):
+        """A client that never stops sending after a refusal is cut off: ficus drops at
+        most 16 MiB (and waits at most 5 s) before it closes."""
+        be = self.backend()
+        fx = self.ficus(be, be, config={"limits": {"max_request_body_bytes": 1000}})
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 30)
+        t0 = time.monotonic()
+        clean, sent, err = self.refused_while_sending(fx, head, 1 << 30, 413)
+        self.assertLess(time.monotonic() - t0, 12)
+        self.assertIsNotNone(err, "the endless sender was never cut off")
+        self.assertLess(sent, 64 << 20, "ficus read %d bytes after refusing" % sent)
+
     def test_413_body_too_large(self):
         be = self.backend()
         fx = self.ficus(be, be, config={"limits": {"max_request_body_bytes": 1000}})
