@@ -39,6 +39,33 @@ mirror() {
     echo "${m:-http://deb.debian.org/debian}"
 }
 
+# What Debian's own slim images do (debuerreotype): dpkg leaves out documentation, manual
+# pages and translations from then on, apt keeps no package caches, and what is there already
+# goes. Saves about 45 MB in the base and in every apt layer built on it.
+slim() {
+    cat >"$1/etc/dpkg/dpkg.cfg.d/docker-slim" <<'CFG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+CFG
+    cat >"$1/etc/apt/apt.conf.d/docker-clean" <<'CFG'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+CFG
+    find "$1/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    find "$1/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "$1"/usr/share/man/* "$1"/usr/share/groff/* "$1"/usr/share/info/* \
+        "$1"/usr/share/lintian/* "$1"/usr/share/linda/* "$1"/usr/share/locale/* \
+        "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin
+}
+
 base() {
     need buildah podman
     if buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -66,7 +93,7 @@ base() {
     if [ -n "$sites" ]; then
         echo "$sites" | awk '{ print "deb " $1 " " $2 " main" }' >"$dir/etc/apt/sources.list"
     fi
-    rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb
+    slim "$dir"
     tar -C "$dir" -c . | podman import --quiet - "$BASE_IMAGE" >/dev/null
     rm -rf "$dir"
     trap - EXIT INT TERM
