@@ -121,9 +121,9 @@ def inspect_image():
     hc = cfg.get("Healthcheck") or {}
     check(hc.get("Test") == ["CMD", "/usr/libexec/ficus/healthcheck"], "Healthcheck %r" % hc)
     check(cfg.get("Entrypoint") == ["/usr/bin/ficus"], "Entrypoint %r" % cfg.get("Entrypoint"))
-    step("image %s: user %s, ports %s, StopSignal SIGTERM, HEALTHCHECK %s, %.1f MB" % (
-        IMAGE, user, ",".join(sorted(cfg["ExposedPorts"])), hc["Test"][1],
-        info.get("Size", 0) / 1e6 if info.get("Size") else 0))
+    size = buildah("images", "--noheading", "--format", "{{.Size}}", IMAGE).stdout.decode()
+    step("image %s (%s): user %s, ports %s, StopSignal SIGTERM, HEALTHCHECK %s" % (
+        IMAGE, size.strip(), user, ",".join(sorted(cfg["ExposedPorts"])), hc["Test"][1]))
     return user
 
 

@@ -19,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 
 from harness import free_port, source_dir, wait_until
 
@@ -187,15 +187,17 @@ class DemoBackend:
         self.port = free_port()
         e = dict(os.environ)
         e.update(env or {})
+        # A file, not a pipe: a pipe nobody reads would stall the backend once full.
+        self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, repo_path("docker", "demo", "demo.py"), "backend", "--role", role,
              "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=e)
+            stdout=subprocess.DEVNULL, stderr=self.stderr, stdin=subprocess.DEVNULL, env=e)
 
         def listening():
             if self.proc.poll() is not None:
                 raise AssertionError("demo backend %s exited with %d: %s" % (
-                    role, self.proc.returncode, self.proc.stderr.read().decode()))
+                    role, self.proc.returncode, self.errors()))
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return True
@@ -207,6 +209,11 @@ class DemoBackend:
     def url(self):
         return "http://127.0.0.1:%d" % self.port
 
+    def errors(self):
+        """What the backend wrote to stderr so far."""
+        self.stderr.seek(0)
+        return self.stderr.read().decode("utf-8", "replace")
+
     def close(self):
         """SIGTERM (the script exits 0 on it), with a deadline; returns the exit code."""
         if self.proc.poll() is None:
@@ -216,5 +223,5 @@ class DemoBackend:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.proc.stderr.close()
+        self.stderr.close()
         return self.proc.returncode

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -186,9 +185,16 @@ class MetricNames(FicusTestCase):
         f.config = cfg
         self._ficuses.append(f)
         f.start()
+        # The proxy listens first; the admin API comes up on the control thread a moment later.
+        def admin_up():
+            try:
+                with AdminClient(admin_port(cfg)) as a:
+                    return a.get("/healthz")[0] == 200
+            except OSError:
+                return False
+        wait_until(admin_up, slow(10), what="admin API")
         self.admin = AdminClient(admin_port(cfg))
         self.addCleanup(self.admin.close)
-        wait_until(lambda: self.admin.get("/healthz")[0] == 200, slow(10), what="admin API")
         return f
 
     def drive(self, f, n=60):
