@@ -14,12 +14,14 @@ PACKAGES = build-essential cmake pkg-config python3 openssl libuv1-dev libjansso
            libssl-dev libcmocka-dev zlib1g-dev node-llhttp chromium etcd-server etcd-client \
            prometheus libc-ares-dev clang libclang-rt-14-dev python3-yaml systemd
 
-.PHONY: all deps build build-asan test test-plain test-asan demo bench format clean
+.PHONY: all deps build build-asan test test-plain test-asan demo bench format clean \
+        image-deps image image-test
 
 all: build
 
-deps:
-	@missing=$$(for p in $(PACKAGES); do \
+# Installs the Debian packages of $(1) that are missing (as root), or prints the apt-get line.
+define install_packages
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	  done); \
 	if [ -n "$$missing" ]; then \
@@ -30,6 +32,10 @@ deps:
 	    echo "Missing packages. Run:"; echo "  sudo apt-get install -y" $$missing; exit 1; \
 	  fi; \
 	fi
+endef
+
+deps:
+	$(call install_packages,$(PACKAGES))
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -57,6 +63,21 @@ demo: build
 
 bench: build
 	bench/run
+
+# The container image (docker/Dockerfile), built with buildah under --isolation=chroot, so no
+# container runtime is needed; a base image is made with debootstrap when no registry answers.
+# Not part of `make test`: they take minutes and need the image tools (README "Deploying").
+IMAGE          ?= localhost/ficus:latest
+IMAGE_PACKAGES  = podman buildah debootstrap python3
+
+image-deps:
+	$(call install_packages,$(IMAGE_PACKAGES))
+
+image: image-deps
+	IMAGE=$(IMAGE) docker/image.sh build
+
+image-test: image
+	IMAGE=$(IMAGE) python3 docker/image_test.py
 
 format:
 	clang-format -i src/*.c include/ficus/*.h tests/unit/*.c
