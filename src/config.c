@@ -100,6 +100,7 @@ static void defaults_config(struct config *cfg)
     parse_addr(DEFAULT_ADMIN_ADDRESS, &cfg->admin_addr);
     cfg->admin_token_env = NULL;
     cfg->state_file = NULL;
+    cfg->reload_on_change = false;
 
     cfg->divlog_path = NULL;
     cfg->divlog_max_bytes = 100 * MIB;
@@ -1304,8 +1305,8 @@ static void parse_timeouts(struct parser *p, json_t *v)
 static void parse_root(struct parser *p, json_t *root)
 {
     static const char *const keys[] = {
-        "listen",         "workers",    "admin",  "state_file", "backends", "routes",
-        "divergence_log", "access_log", "limits", "timeouts",   NULL};
+        "listen",         "workers",    "admin",  "state_file", "backends",         "routes",
+        "divergence_log", "access_log", "limits", "timeouts",   "reload_on_change", NULL};
     struct config *cfg = p->cfg;
     json_t *v;
 
@@ -1331,6 +1332,7 @@ static void parse_root(struct parser *p, json_t *root)
         check_addr_conflict(p, "admin.address", &cfg->admin_addr, l, &cfg->listens[i].addr);
     }
     field_string(p, root, "", "state_file", false, &cfg->state_file);
+    field_bool(p, root, "", "reload_on_change", &cfg->reload_on_change);
     v = member(p, root, "", "backends", true);
     if (v != NULL)
         parse_backends(p, v);

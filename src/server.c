@@ -286,8 +286,62 @@ static int open_access_log(const struct config *cfg)
     return fd;
 }
 
+/* FNV-1a of the configuration file's bytes (0 when it cannot be read). */
+static uint64_t config_file_hash(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return 0;
+    uint64_t h = FNV_SEED;
+    char b[8192];
+    size_t n;
+    while ((n = fread(b, 1, sizeof(b), f)) > 0)
+        h = hash_fnv1a(b, n, h);
+    fclose(f);
+    return h;
+}
+
+/* reload_on_change: the file (or what its path resolves to: a mounted
+ * ConfigMap changes by an atomic symlink swap, which stat follows) changed;
+ * it is reloaded as on SIGHUP when its bytes differ from the last ones tried. */
+static void on_config_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+                              const uv_stat_t *curr)
+{
+    (void)prev;
+    (void)curr;
+    struct server *srv = h->data;
+    if (status < 0) {
+        log_warn("server",
+                 "configuration file unreadable path=%s err=%s (the running "
+                 "configuration stays)",
+                 srv->config_path, uv_strerror(status));
+        return;
+    }
+    uint64_t hash = config_file_hash(srv->config_path);
+    if (hash == 0 || hash == srv->config_hash)
+        return;
+    log_info("server", "configuration file changed path=%s: reloading", srv->config_path);
+    struct config_errors errs = {0};
+    server_reload(srv, &errs); /* errors are logged; the running configuration stays */
+    config_errors_dispose(&errs);
+}
+
+/* Starts or stops watching the file as the running configuration asks. */
+static void config_watch(struct server *srv)
+{
+    bool want = srv->cfg->reload_on_change && !srv->draining;
+    if (want && !srv->config_polling) {
+        if (uv_fs_poll_start(&srv->config_poll, on_config_changed, srv->config_path, 1000) == 0)
+            srv->config_polling = true;
+    } else if (!want && srv->config_polling) {
+        uv_fs_poll_stop(&srv->config_poll);
+        srv->config_polling = false;
+    }
+}
+
 int server_reload(struct server *srv, struct config_errors *errs)
 {
+    srv->config_hash = config_file_hash(srv->config_path);
     struct config *cfg = server_load_config(srv->config_path, errs);
     if (cfg == NULL) {
         for (size_t i = 0; i < errs->n; i++)
@@ -313,6 +367,7 @@ int server_reload(struct server *srv, struct config_errors *errs)
     }
     config_unref(srv->cfg);
     srv->cfg = cfg;
+    config_watch(srv);
     log_info("server", "configuration reloaded path=%s routes=%zu", cfg->path, cfg->n_routes);
     return 0;
 }
@@ -349,6 +404,7 @@ void server_stop(struct server *srv)
     log_info("server", "stopping: draining for up to %d ms", srv->cfg->drain_ms);
     admin_stop(srv->admin);
     srv->admin = NULL;
+    config_watch(srv); /* draining: no more reloads */
     metrics_probe_stop(srv);
     signal_workers(srv, 1);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
@@ -389,6 +445,7 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&srv->sig_usr1, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     uv_close((uv_handle_t *)&srv->tick_timer, NULL);
+    uv_close((uv_handle_t *)&srv->config_poll, NULL);
     uv_close((uv_handle_t *)&srv->worker_done, NULL);
     divlog_free(srv->divlog); /* after the workers: nothing pushes any more */
     srv->divlog = NULL;
@@ -469,6 +526,10 @@ int server_run(const char *path)
     uv_timer_init(srv->loop, &srv->tick_timer);
     srv->tick_timer.data = srv;
     uv_timer_start(&srv->tick_timer, on_tick, TICK_MS, TICK_MS);
+    uv_fs_poll_init(srv->loop, &srv->config_poll);
+    srv->config_poll.data = srv;
+    srv->config_hash = config_file_hash(path);
+    config_watch(srv);
     metrics_probe_start(srv);
     if (cfg->admin) {
         rc = admin_start(srv, srv->loop, &srv->admin);

@@ -144,6 +144,7 @@ struct config {
     struct config_addr admin_addr; /* default 127.0.0.1:9901 */
     const char *admin_token_env;   /* NULL: mutating calls are refused */
     const char *state_file;        /* NULL: runtime changes in memory only */
+    bool reload_on_change;         /* reload when the file's bytes change (default false) */
 
     struct backend_cfg *backends;
     size_t n_backends;

@@ -69,7 +69,10 @@ struct server {
     int n_workers;
     uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
     uv_timer_t drain_timer;
-    uv_timer_t tick_timer;  /* once a second: sampler, guard, ramp */
+    uv_timer_t tick_timer;    /* once a second: sampler, guard, ramp */
+    uv_fs_poll_t config_poll; /* reload_on_change: the file's stat, once a second */
+    bool config_polling;
+    uint64_t config_hash;   /* of the bytes last loaded or tried, so a touch reloads nothing */
     uv_async_t worker_done; /* a worker's loop ended */
     atomic_int workers_running;
     atomic_long conns_total; /* client connections across workers, for limits.max_connections */

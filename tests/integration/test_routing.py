@@ -12,8 +12,10 @@ client always knows which backend served it.
 import json
 import os
 import random
+import re
 import socket
 import subprocess
+import time
 import unittest
 
 import harness
@@ -531,6 +533,80 @@ class Reload(RoutingCase):
         f.restart()
         self.assert_percent(f, "other", 70, overridden=False)
         self.assert_percent(f, "all", 20, overridden=True)
+
+
+
+class ReloadOnChange(RoutingCase):
+    """reload_on_change: the file is watched and reloaded as on SIGHUP when its bytes
+    change, also when it changes the way a mounted Kubernetes ConfigMap does (the path
+    is a symlink into a "..data" symlink that is swapped atomically to a new directory);
+    a broken file is logged and the running configuration stays."""
+
+    def configmap_swap(self, mount, cfg=None, text=None, n=[0]):
+        """Writes a new ..data_N directory and swaps ..data to it with one rename."""
+        n[0] += 1
+        d = os.path.join(mount, "..data_%d" % n[0])
+        os.mkdir(d)
+        with open(os.path.join(d, "ficus.json"), "w") as f:
+            f.write(text if text is not None else json.dumps(cfg, indent=2))
+        tmp = os.path.join(mount, "..data_tmp")
+        os.symlink(os.path.basename(d), tmp)
+        os.rename(tmp, os.path.join(mount, "..data"))
+
+    def test_configmap_symlink_swap_reloads_and_a_broken_file_is_refused(self):
+        legacy, new = self.two_backends()
+        f = AdminFicus(legacy, new, config={
+            "reload_on_change": True,
+            "routes": [{"name": "a", "match": {"path_prefix": "/a"}, "new_percent": 0}]})
+        self._ficuses.append(f)
+        mount = os.path.join(f.workdir, "configmap")
+        os.mkdir(mount)
+        self.configmap_swap(mount, f.config)
+        os.symlink("..data/ficus.json", os.path.join(mount, "ficus.json"))
+        f.config_path = os.path.join(mount, "ficus.json")
+        f.write_config = lambda *a, **k: None  # the mount is written by configmap_swap only
+        f.start()
+        status, _, _ = KeepAlive(f.port).request("GET", "/b/1")
+        self.assertEqual(status, 404)
+        # A new route arrives by a symlink swap: served without SIGHUP or API call.
+        cfg = json.loads(json.dumps(f.config))
+        cfg["routes"].append({"name": "b", "match": {"path_prefix": "/b"}, "new_percent": 100})
+        self.configmap_swap(mount, cfg)
+
+        def served_by_new():
+            ka = KeepAlive(f.port)
+            try:
+                st, _, body = ka.request("GET", "/b/1")
+            finally:
+                ka.close()
+            return st == 200 and body.decode() == "new"
+        wait_until(served_by_new, 10, what="route b after the ConfigMap swap")
+        self.assertEqual(len(f.log_lines(r"configuration file changed")), 1)
+        # A broken file: logged, the running configuration stays.
+        self.configmap_swap(mount, text='{"routes": [')
+        wait_until(lambda: f.log_lines(r"level=error.*reload rejected"), 10,
+                   what="the rejected reload in the log")
+        self.assertTrue(served_by_new(), "route b still served after a broken file")
+        # The same bytes again (a touch, or a swap to identical content) reload nothing.
+        self.configmap_swap(mount, cfg)
+        wait_until(lambda: len(f.log_lines(r"configuration reloaded")) == 2, 10,
+                   what="the good file reloaded again")
+        self.configmap_swap(mount, cfg)
+        time.sleep(2.5)  # two poll intervals: a reload of unchanged bytes would be logged
+        self.assertEqual(len(f.log_lines(r"configuration reloaded")), 2)
+        f.allow_errors.append(re.compile(r"reload rejected"))
+
+    def test_off_by_default(self):
+        legacy, new = self.two_backends()
+        f = self.admin_ficus(legacy, new, config={
+            "routes": [{"name": "a", "match": {"path_prefix": "/a"}, "new_percent": 0}]})
+        cfg = json.loads(json.dumps(f.config))
+        cfg["routes"].append({"name": "b", "match": {"path_prefix": "/b"}, "new_percent": 100})
+        f.write_config(cfg)
+        time.sleep(2.5)  # two poll intervals of a watcher that must not exist
+        with f.admin() as a:
+            self.assertIsNone(a.route("b"))
+        self.assertEqual(f.log_lines(r"configuration file changed"), [])
 
 
 # ---------------------------------------------------------------------------------------
