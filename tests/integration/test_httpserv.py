@@ -301,6 +301,10 @@ class DemoBackends(unittest.TestCase):
                 r"backends legacy=127\.0\.0\.1:(\d+) new=127\.0\.0\.1:(\d+)", cls.stderr()),
                 slow(15), what="the demo backends' ports")
             cls.legacy, cls.new = int(m.group(1)), int(m.group(2))
+            # The proxy's "listening" line comes after its signal handlers are in place:
+            # a SIGINT before them would end the demo without its clean stop.
+            wait_until(lambda: cls.proc.poll() is None and "mod=server listening" in cls.stderr(),
+                       slow(15), what="the demo's proxy listening")
         except BaseException:
             cls.proc.kill()
             cls.proc.wait(10)
