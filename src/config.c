@@ -882,7 +882,7 @@ static const char *prefix_problem(const char *s)
         char c = s[i];
         if (c == '/' && s[i + 1] == '/')
             return "must not contain \"//\"";
-        if (c != '/' && !(is_host_char(c)))
+        if (c != '/' && !is_host_char(c))
             return "may use only letters, digits, '_', '.', '-' and '/'";
     }
     return NULL;
@@ -924,6 +924,8 @@ static void parse_store_endpoints(struct parser *p, json_t *v, struct state_stor
         b->max_connections = 4; /* a watch, a keepalive and a write at once */
         snprintf(name, sizeof(name), "etcd-%zu", i);
         b->name = arena_strndup(&p->cfg->arena, name, strlen(name));
+        if (b->name == NULL)
+            p->nomem = true;
         json_t *u = json_array_get(v, i);
         if (!json_is_string(u) || json_string_length(u) == 0) {
             fail(p, l, "must be a URL such as \"http://127.0.0.1:2379\"");

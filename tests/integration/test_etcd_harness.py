@@ -8,7 +8,9 @@ import socket
 import time
 import unittest
 
-from harness_etcd import EtcdError, EtcdTestCase, b64, prefix_end, start_etcd, unb64
+from harness import make_workdir
+from harness_etcd import (EtcdCluster, EtcdError, EtcdTestCase, b64, prefix_end, start_etcd,
+                          unb64)
 
 
 def port_closed(port):
@@ -70,6 +72,23 @@ class SingleNode(EtcdTestCase):
         self.assertFalse(m.healthy(timeout=0.3))
         m.thaw()
         c.wait_healthy(timeout=10)
+
+    def test_port_taken_before_start_is_retried(self):
+        """free_port can race with another process: a member that cannot bind makes the
+        cluster start again on new ports."""
+        c = EtcdCluster(make_workdir("etcd"), size=1)
+        self.addCleanup(c.close)
+        m = c.members[0]
+        squatter = socket.socket()
+        squatter.bind(("127.0.0.1", m.client_port))
+        squatter.listen(1)
+        self.addCleanup(squatter.close)
+        taken = m.client_port
+        c.start()
+        self.assertNotEqual(m.client_port, taken)
+        self.assertIn("address already in use", m.log_text())
+        c.put("/t/k", "v")
+        self.assertEqual(c.get("/t/k"), b"v")
 
     def test_close_leaves_nothing(self):
         c = start_etcd(self)
