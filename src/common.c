@@ -33,6 +33,8 @@ const char *ficus_strerror(int err)
         return "out of memory";
     case FICUS_ETLS:
         return "tls error";
+    case FICUS_ESTORE:
+        return "state store error";
     default:
         return uv_strerror(err);
     }

@@ -101,6 +101,10 @@ static void defaults_config(struct config *cfg)
     cfg->admin_token_env = NULL;
     cfg->state_file = NULL;
     cfg->reload_on_change = false;
+    cfg->state_store.type = STATE_STORE_FILE;
+    cfg->state_store.timeout_ms = 5000;
+    cfg->state_store.lease_ttl_s = 10;
+    cfg->state_store.verify = true;
 
     cfg->divlog_path = NULL;
     cfg->divlog_max_bytes = 100 * MIB;
@@ -858,6 +862,175 @@ static void parse_backends(struct parser *p, json_t *v)
     }
 }
 
+/* The state store's key prefix: a directory of its own ("/ficus/prod/"), in
+ * bytes that read the same in logs, etcdctl and JSON. NULL or the reason. */
+static const char *prefix_problem(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 2 || s[0] != '/' || s[n - 1] != '/')
+        return "must start and end with \"/\" and name a directory, as in \"/ficus/prod/\"";
+    if (n > 256)
+        return "must be at most 256 bytes";
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '/' && s[i + 1] == '/')
+            return "must not contain \"//\"";
+        if (c != '/' && !is_host_char(c))
+            return "may use only letters, digits, '_', '.', '-' and '/'";
+    }
+    return NULL;
+}
+
+/* Does the URL (already accepted by parse_url) name its port? */
+static bool url_has_port(const char *url)
+{
+    const char *s = strstr(url, "://") + 3;
+    size_t alen = strcspn(s, "/?#");
+    if (s[0] == '[') {
+        const char *rb = memchr(s, ']', alen);
+        return rb != NULL && rb + 1 < s + alen && rb[1] == ':';
+    }
+    return memchr(s, ':', alen) != NULL;
+}
+
+static void parse_store_endpoints(struct parser *p, json_t *v, struct state_store_cfg *st)
+{
+    const char *loc = "state_store.endpoints";
+    if (!json_is_array(v) || json_array_size(v) == 0 ||
+        json_array_size(v) > STATE_STORE_ENDPOINTS_MAX) {
+        fail(p, loc,
+             "must be an array of 1 to %d URLs of etcd members, as in "
+             "[\"http://127.0.0.1:2379\"]",
+             STATE_STORE_ENDPOINTS_MAX);
+        return;
+    }
+    size_t n = json_array_size(v);
+    struct backend_cfg *eps = alloc_array(p, n, sizeof(*eps));
+    if (eps == NULL)
+        return;
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        struct backend_cfg *b = &eps[i];
+        char l[LOC_MAX], name[32];
+        loc_index(l, loc, i);
+        defaults_backend(b);
+        b->max_connections = 4; /* a watch, a keepalive and a write at once */
+        snprintf(name, sizeof(name), "etcd-%zu", i);
+        b->name = arena_strndup(&p->cfg->arena, name, strlen(name));
+        if (b->name == NULL)
+            p->nomem = true;
+        json_t *u = json_array_get(v, i);
+        if (!json_is_string(u) || json_string_length(u) == 0) {
+            fail(p, l, "must be a URL such as \"http://127.0.0.1:2379\"");
+            ok = false;
+            continue;
+        }
+        b->url = json_string_value(u);
+        const char *why = parse_url(p, b, b->url);
+        if (why != NULL && strncmp(why, "must not contain a path", 23) == 0)
+            why = "must not contain a path: give the member's address only";
+        if (why == NULL && !url_has_port(b->url))
+            why = "must name the port, as in \"http://127.0.0.1:2379\"";
+        if (why != NULL) {
+            fail(p, l, "%s", why);
+            ok = false;
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (eps[j].host == NULL)
+                continue;
+            if (eps[j].tls != b->tls) {
+                fail(p, l, "must use the same scheme as %s[%zu]", loc, j);
+                ok = false;
+            } else if (eps[j].port == b->port && b->host != NULL &&
+                       strcasecmp(eps[j].host, b->host) == 0) {
+                fail(p, l, "same member as %s[%zu]", loc, j);
+                ok = false;
+            }
+        }
+    }
+    if (!ok)
+        return;
+    st->endpoints = eps;
+    st->n_endpoints = n;
+    st->tls = eps[0].tls;
+}
+
+static void parse_state_store(struct parser *p, json_t *v)
+{
+    static const char *const keys[] = {"type",       "endpoints",   "prefix", "tls",
+                                       "timeout_ms", "lease_ttl_s", NULL};
+    static const char *const tls_keys[] = {"verify",   "ca_file",     "cert_file",
+                                           "key_file", "server_name", NULL};
+    const char *loc = "state_store";
+    struct state_store_cfg *st = &p->cfg->state_store;
+    char l[LOC_MAX];
+
+    if (!read_object(p, v, loc, keys))
+        return;
+    json_t *type = member(p, v, loc, "type", true);
+    if (type == NULL)
+        return;
+    const char *t = json_is_string(type) ? json_string_value(type) : "";
+    if (strcmp(t, "file") == 0) {
+        /* The state file alone: nothing else belongs here. */
+        for (size_t i = 1; keys[i] != NULL; i++) {
+            if (json_object_get(v, keys[i]) != NULL)
+                fail(p, loc_key(l, loc, keys[i]), "only with \"type\": \"etcd\"");
+        }
+        return;
+    }
+    if (strcmp(t, "etcd") != 0) {
+        fail(p, "state_store.type", "must be \"file\" or \"etcd\"");
+        return;
+    }
+    st->type = STATE_STORE_ETCD;
+
+    json_t *eps = member(p, v, loc, "endpoints", true);
+    if (eps != NULL)
+        parse_store_endpoints(p, eps, st);
+    json_t *prefix = member(p, v, loc, "prefix", true);
+    if (prefix != NULL) {
+        const char *why = json_is_string(prefix) ? prefix_problem(json_string_value(prefix))
+                                                 : "must be a string such as \"/ficus/prod/\"";
+        if (why != NULL)
+            fail(p, "state_store.prefix", "%s", why);
+        else
+            st->prefix = json_string_value(prefix);
+    }
+    size_t before = p->n_errors;
+    field_int(p, v, loc, "timeout_ms", 100, 60000, &st->timeout_ms);
+    field_int(p, v, loc, "lease_ttl_s", 2, 3600, &st->lease_ttl_s);
+    /* A keepalive runs every third of the TTL; one that times out must leave
+     * time for another before the lease expires. */
+    if (p->n_errors == before && (int64_t)st->timeout_ms * 2 > (int64_t)st->lease_ttl_s * 1000)
+        fail(p, "state_store.timeout_ms",
+             "must be at most half of lease_ttl_s (%d ms), so that a lease outlives a keepalive "
+             "that times out",
+             st->lease_ttl_s * 500);
+
+    json_t *tls = json_object_get(v, "tls");
+    if (tls != NULL && read_object(p, tls, loc_key(l, loc, "tls"), tls_keys)) {
+        if (st->n_endpoints > 0 && !st->tls)
+            fail(p, l, "only allowed with https:// endpoints");
+        field_bool(p, tls, l, "verify", &st->verify);
+        field_string(p, tls, l, "ca_file", false, &st->ca_file);
+        field_string(p, tls, l, "cert_file", false, &st->cert_file);
+        field_string(p, tls, l, "key_file", false, &st->key_file);
+        field_string(p, tls, l, "server_name", false, &st->server_name);
+        char kl[LOC_MAX];
+        if (st->cert_file != NULL && st->key_file == NULL)
+            fail(p, loc_key(kl, l, "key_file"), "is required with cert_file");
+        if (st->key_file != NULL && st->cert_file == NULL)
+            fail(p, loc_key(kl, l, "cert_file"), "is required with key_file");
+    }
+    for (size_t i = 0; i < st->n_endpoints; i++) {
+        st->endpoints[i].verify = st->verify;
+        st->endpoints[i].ca_file = st->ca_file;
+        st->endpoints[i].server_name = st->server_name;
+    }
+}
+
 static void parse_match(struct parser *p, json_t *v, const char *loc, struct route_match *m)
 {
     static const char *const keys[] = {"path_prefix", "methods", "host", "headers", NULL};
@@ -1304,9 +1477,10 @@ static void parse_timeouts(struct parser *p, json_t *v)
 
 static void parse_root(struct parser *p, json_t *root)
 {
-    static const char *const keys[] = {
-        "listen",         "workers",    "admin",  "state_file", "backends",         "routes",
-        "divergence_log", "access_log", "limits", "timeouts",   "reload_on_change", NULL};
+    static const char *const keys[] = {"listen",      "workers",  "admin",    "state_file",
+                                       "state_store", "backends", "routes",   "divergence_log",
+                                       "access_log",  "limits",   "timeouts", "reload_on_change",
+                                       NULL};
     struct config *cfg = p->cfg;
     json_t *v;
 
@@ -1333,6 +1507,9 @@ static void parse_root(struct parser *p, json_t *root)
     }
     field_string(p, root, "", "state_file", false, &cfg->state_file);
     field_bool(p, root, "", "reload_on_change", &cfg->reload_on_change);
+    v = json_object_get(root, "state_store");
+    if (v != NULL)
+        parse_state_store(p, v);
     v = member(p, root, "", "backends", true);
     if (v != NULL)
         parse_backends(p, v);

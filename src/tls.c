@@ -112,52 +112,61 @@ static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *ou
     return SSL_TLSEXT_ERR_OK;
 }
 
-static struct tls_ctx *server_ctx(const char *file, size_t i, const struct listen_cfg *ls,
-                                  struct config_errors *errs)
+/* Loads a certificate chain and its key into c; loc names the JSON object that
+ * holds cert_file and key_file in error lines ("listen[0].tls"). */
+static bool use_cert_key(struct tls_ctx *c, const char *file, const char *loc,
+                         const char *cert_file, const char *key_file, struct config_errors *errs)
 {
     char why[256];
-    if (!readable(ls->cert_file, why, sizeof(why))) {
-        config_errors_add(errs, "%s: listen[%zu].tls.cert_file: cannot read \"%s\": %s", file, i,
-                          ls->cert_file, why);
-        return NULL;
+    if (!readable(cert_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: %s.cert_file: cannot read \"%s\": %s", file, loc, cert_file,
+                          why);
+        return false;
     }
-    if (!readable(ls->key_file, why, sizeof(why))) {
-        config_errors_add(errs, "%s: listen[%zu].tls.key_file: cannot read \"%s\": %s", file, i,
-                          ls->key_file, why);
-        return NULL;
+    if (!readable(key_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: %s.key_file: cannot read \"%s\": %s", file, loc, key_file,
+                          why);
+        return false;
     }
-    struct tls_ctx *c = ctx_new(TLS_server_method());
-    if (c == NULL) {
-        config_errors_add(errs, "%s: listen[%zu].tls: out of memory", file, i);
-        return NULL;
-    }
-    SSL_CTX_set_options(c->ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_alpn_select_cb(c->ssl, on_alpn_select, NULL);
-    if (SSL_CTX_use_certificate_chain_file(c->ssl, ls->cert_file) != 1) {
+    if (SSL_CTX_use_certificate_chain_file(c->ssl, cert_file) != 1) {
         last_error(why, sizeof(why));
-        config_errors_add(
-            errs, "%s: listen[%zu].tls.cert_file: \"%s\" is not a PEM certificate chain: %s", file,
-            i, ls->cert_file, why);
-        ctx_free(c);
-        return NULL;
+        config_errors_add(errs, "%s: %s.cert_file: \"%s\" is not a PEM certificate chain: %s", file,
+                          loc, cert_file, why);
+        return false;
     }
-    bool loaded = SSL_CTX_use_PrivateKey_file(c->ssl, ls->key_file, SSL_FILETYPE_PEM) == 1;
+    bool loaded = SSL_CTX_use_PrivateKey_file(c->ssl, key_file, SSL_FILETYPE_PEM) == 1;
     unsigned long e = loaded ? 0 : ERR_peek_last_error();
     bool mismatch =
         ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
     if (!loaded && !mismatch) {
         last_error(why, sizeof(why));
-        config_errors_add(errs, "%s: listen[%zu].tls.key_file: \"%s\" is not a PEM private key: %s",
-                          file, i, ls->key_file, why);
-        ctx_free(c);
-        return NULL;
+        config_errors_add(errs, "%s: %s.key_file: \"%s\" is not a PEM private key: %s", file, loc,
+                          key_file, why);
+        return false;
     }
     if (mismatch || SSL_CTX_check_private_key(c->ssl) != 1) {
         ERR_clear_error();
         config_errors_add(errs,
-                          "%s: listen[%zu].tls.key_file: the key \"%s\" does not match the "
-                          "certificate \"%s\"",
-                          file, i, ls->key_file, ls->cert_file);
+                          "%s: %s.key_file: the key \"%s\" does not match the certificate \"%s\"",
+                          file, loc, key_file, cert_file);
+        return false;
+    }
+    return true;
+}
+
+static struct tls_ctx *server_ctx(const char *file, size_t i, const struct listen_cfg *ls,
+                                  struct config_errors *errs)
+{
+    char loc[48];
+    snprintf(loc, sizeof(loc), "listen[%zu].tls", i);
+    struct tls_ctx *c = ctx_new(TLS_server_method());
+    if (c == NULL) {
+        config_errors_add(errs, "%s: %s: out of memory", file, loc);
+        return NULL;
+    }
+    SSL_CTX_set_options(c->ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_alpn_select_cb(c->ssl, on_alpn_select, NULL);
+    if (!use_cert_key(c, file, loc, ls->cert_file, ls->key_file, errs)) {
         ctx_free(c);
         return NULL;
     }
@@ -176,35 +185,34 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
     return 1; /* the reference is ours now */
 }
 
-static struct tls_ctx *client_ctx(const char *file, const struct backend_cfg *be,
-                                  struct config_errors *errs)
+/* A client context; loc names the JSON object of the settings in error lines
+ * ("backends.new.tls"). */
+static struct tls_ctx *client_ctx(const char *file, const char *loc, bool verify,
+                                  const char *ca_file, struct config_errors *errs)
 {
     char why[256];
-    if (be->verify && be->ca_file != NULL && !readable(be->ca_file, why, sizeof(why))) {
-        config_errors_add(errs, "%s: backends.%s.tls.ca_file: cannot read \"%s\": %s", file,
-                          be->name, be->ca_file, why);
+    if (verify && ca_file != NULL && !readable(ca_file, why, sizeof(why))) {
+        config_errors_add(errs, "%s: %s.ca_file: cannot read \"%s\": %s", file, loc, ca_file, why);
         return NULL;
     }
     struct tls_ctx *c = ctx_new(TLS_client_method());
     if (c == NULL) {
-        config_errors_add(errs, "%s: backends.%s.tls: out of memory", file, be->name);
+        config_errors_add(errs, "%s: %s: out of memory", file, loc);
         return NULL;
     }
-    c->verify = be->verify;
-    if (be->verify) {
+    c->verify = verify;
+    if (verify) {
         SSL_CTX_set_verify(c->ssl, SSL_VERIFY_PEER, NULL);
-        int ok = be->ca_file != NULL ? SSL_CTX_load_verify_locations(c->ssl, be->ca_file, NULL)
-                                     : SSL_CTX_set_default_verify_paths(c->ssl);
+        int ok = ca_file != NULL ? SSL_CTX_load_verify_locations(c->ssl, ca_file, NULL)
+                                 : SSL_CTX_set_default_verify_paths(c->ssl);
         if (ok != 1) {
             last_error(why, sizeof(why));
-            if (be->ca_file != NULL)
-                config_errors_add(errs,
-                                  "%s: backends.%s.tls.ca_file: \"%s\" holds no PEM certificate: "
-                                  "%s",
-                                  file, be->name, be->ca_file, why);
+            if (ca_file != NULL)
+                config_errors_add(errs, "%s: %s.ca_file: \"%s\" holds no PEM certificate: %s", file,
+                                  loc, ca_file, why);
             else
-                config_errors_add(errs, "%s: backends.%s.tls: cannot load the system CA store: %s",
-                                  file, be->name, why);
+                config_errors_add(errs, "%s: %s: cannot load the system CA store: %s", file, loc,
+                                  why);
             ctx_free(c);
             return NULL;
         }
@@ -218,6 +226,20 @@ static struct tls_ctx *client_ctx(const char *file, const struct backend_cfg *be
     return c;
 }
 
+/* The state store's client context, shared by its endpoints: verification as
+ * for backends, plus the client certificate etcd's --client-cert-auth asks for. */
+static struct tls_ctx *store_ctx(const char *file, const struct state_store_cfg *st,
+                                 struct config_errors *errs)
+{
+    struct tls_ctx *c = client_ctx(file, "state_store.tls", st->verify, st->ca_file, errs);
+    if (c != NULL && st->cert_file != NULL &&
+        !use_cert_key(c, file, "state_store.tls", st->cert_file, st->key_file, errs)) {
+        ctx_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 static void dispose_tls(struct config *cfg)
 {
     for (size_t i = 0; i < cfg->n_listens; i++) {
@@ -228,6 +250,11 @@ static void dispose_tls(struct config *cfg)
         ctx_free(cfg->backends[i].tls_ctx);
         cfg->backends[i].tls_ctx = NULL;
     }
+    /* The endpoints only point to the store's context. */
+    for (size_t i = 0; i < cfg->state_store.n_endpoints; i++)
+        cfg->state_store.endpoints[i].tls_ctx = NULL;
+    ctx_free(cfg->state_store.tls_ctx);
+    cfg->state_store.tls_ctx = NULL;
 }
 
 int tls_config_load(struct config *cfg, struct config_errors *errs)
@@ -246,9 +273,19 @@ int tls_config_load(struct config *cfg, struct config_errors *errs)
         struct backend_cfg *be = &cfg->backends[i];
         if (!be->tls)
             continue;
-        be->tls_ctx = client_ctx(cfg->path, be, errs);
+        char loc[160];
+        snprintf(loc, sizeof(loc), "backends.%s.tls", be->name);
+        be->tls_ctx = client_ctx(cfg->path, loc, be->verify, be->ca_file, errs);
         if (be->tls_ctx == NULL)
             rc = FICUS_ECONFIG;
+    }
+    struct state_store_cfg *st = &cfg->state_store;
+    if (st->type == STATE_STORE_ETCD && st->tls) {
+        st->tls_ctx = store_ctx(cfg->path, st, errs);
+        if (st->tls_ctx == NULL)
+            rc = FICUS_ECONFIG;
+        for (size_t i = 0; i < st->n_endpoints; i++)
+            st->endpoints[i].tls_ctx = st->tls_ctx;
     }
     return rc;
 }

@@ -23,6 +23,7 @@ enum ficus_error {
     FICUS_EFULL,            /* a queue or a limit is full */
     FICUS_ENOMEM,           /* allocation failed */
     FICUS_ETLS,             /* TLS handshake or record failure */
+    FICUS_ESTORE,           /* the state store (etcd) answered an error */
 };
 
 /* Describes err, a ficus or libuv error code. The string is static. */

@@ -67,6 +67,34 @@ struct backend_cfg {
     struct tls_ctx *tls_ctx;
 };
 
+/* Where the live route state lives: the state file of one machine, or etcd
+ * for a fleet (state_store). */
+enum state_store_type { STATE_STORE_FILE, STATE_STORE_ETCD };
+
+#define STATE_STORE_ENDPOINTS_MAX 16
+
+struct state_store_cfg {
+    enum state_store_type type; /* default STATE_STORE_FILE */
+    /* etcd only. Each endpoint is read as a backend URL is: name "etcd-<i>",
+     * url, tls (https), host, port (required in the URL), max_connections 4,
+     * and the TLS settings below copied into verify, ca_file and server_name.
+     * All endpoints have the same scheme. */
+    struct backend_cfg *endpoints;
+    size_t n_endpoints;
+    const char *prefix;      /* required; starts and ends with "/" */
+    int timeout_ms;          /* default 5000 */
+    int lease_ttl_s;         /* default 10 */
+    bool tls;                /* the endpoints are https:// */
+    bool verify;             /* tls.verify, default true */
+    const char *ca_file;     /* tls.ca_file, NULL: the system store */
+    const char *cert_file;   /* tls.cert_file: a client certificate; NULL: none */
+    const char *key_file;    /* tls.key_file, given with cert_file */
+    const char *server_name; /* tls.server_name, NULL: each endpoint's host */
+    /* Filled by tls_config_load for https endpoints: the context every
+     * endpoint's tls_ctx points to (owned here, released with the snapshot). */
+    struct tls_ctx *tls_ctx;
+};
+
 enum sticky_kind { STICKY_IP, STICKY_HEADER, STICKY_COOKIE, STICKY_QUERY };
 
 enum fallback_flag {
@@ -145,6 +173,7 @@ struct config {
     const char *admin_token_env;   /* NULL: mutating calls are refused */
     const char *state_file;        /* NULL: runtime changes in memory only */
     bool reload_on_change;         /* reload when the file's bytes change (default false) */
+    struct state_store_cfg state_store;
 
     struct backend_cfg *backends;
     size_t n_backends;

@@ -16,8 +16,10 @@ struct backend_cfg;
 struct tls_ctx;
 struct tls;
 
-/* Loads what cfg's TLS listeners and https backends name (certificate chains,
- * keys, CA files) into contexts kept with the snapshot and released with it.
+/* Loads what cfg's TLS listeners, https backends and https state store name
+ * (certificate chains, keys, CA files) into contexts kept with the snapshot and
+ * released with it. The state store's endpoints share one context
+ * (cfg->state_store.tls_ctx), with its client certificate when one is given.
  * Every failure is one line "FILE: location: reason" naming the file. Returns
  * 0 or FICUS_ECONFIG. */
 int tls_config_load(struct config *cfg, struct config_errors *errs);

@@ -124,6 +124,49 @@ class CheckTest(unittest.TestCase):
             any(line.startswith(f"{path}: line 3, column ") for line in lines), lines
         )
 
+    def test_state_store_etcd(self):
+        """state_store (issue 13): ficus check reads it like everything else and loads its
+        TLS files (a CA, a client certificate and key) the way it loads a backend's."""
+        from harness_tls import Pki
+
+        cfg = json.loads(json.dumps(VALID))
+        cfg["state_store"] = {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"],
+                              "prefix": "/ficus/test/", "timeout_ms": 2000, "lease_ttl_s": 5}
+        code, out, err = ficus("check", "-c", self.write("etcd.json", cfg), cwd=self.dir)
+        self.assertEqual(code, 0, err)
+        self.assertIn("ok", out.split())
+
+        pki = Pki(os.path.join(self.dir, "pki"))
+        store = {"type": "etcd", "endpoints": ["https://127.0.0.1:2379", "https://127.0.0.1:2380"],
+                 "prefix": "/ficus/test/",
+                 "tls": {"ca_file": pki.path("ca.pem"), "cert_file": pki.path("backend.pem"),
+                         "key_file": pki.path("backend.key"), "server_name": "backend.test"}}
+        cfg["state_store"] = store
+        code, out, err = ficus("check", "-c", self.write("etcd-tls.json", cfg), cwd=self.dir)
+        self.assertEqual(code, 0, err)
+
+        store["tls"]["key_file"] = pki.path("proxy.key")
+        store["tls"]["ca_file"] = os.path.join(self.dir, "nope.pem")
+        path = self.write("etcd-bad-tls.json", cfg)
+        lines = self.check_lines(path)
+        self.assertIn(f'{path}: state_store.tls.ca_file: cannot read "{self.dir}/nope.pem": '
+                      "No such file or directory", lines)
+        store["tls"]["ca_file"] = pki.path("ca.pem")
+        lines = self.check_lines(self.write("etcd-bad-tls.json", cfg))
+        self.assertIn(f'{path}: state_store.tls.key_file: the key "{pki.path("proxy.key")}" does '
+                      f'not match the certificate "{pki.path("backend.pem")}"', lines)
+
+        # Config errors of the store come with the others, one line each.
+        cfg["state_store"] = {"type": "etcd", "endpoints": ["http://127.0.0.1"], "prefix": "p"}
+        cfg["workers"] = -1
+        path = self.write("etcd-bad.json", cfg)
+        lines = self.check_lines(path)
+        for want in ('state_store.endpoints[0]: must name the port, as in "http://127.0.0.1:2379"',
+                     'state_store.prefix: must start and end with "/" and name a directory, as in '
+                     '"/ficus/prod/"',
+                     "workers: must be an integer from 0 to 256"):
+            self.assertIn(f"{path}: {want}", lines)
+
     def test_missing_file(self):
         path = os.path.join(self.dir, "nope.json")
         code, out, err = ficus("check", "-c", path, cwd=self.dir)

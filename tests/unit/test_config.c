@@ -84,6 +84,16 @@ static void dump_errors(const char *what, const struct config_errors *errs)
     WITH_BACKENDS("{'legacy':{'url':'http://127.0.0.1:9001'" members                               \
                   "},'new':{'url':'http://127.0.0.1:9002'}}")
 #define HDRNAME_REASON "must be a header name (letters, digits and !#$%&'*+-.^_`|~)"
+/* A config with an etcd state store: STORE(members) with the prefix given,
+ * ETCD(members) with one plain endpoint, HTTPS(members) with one https one. */
+#define STORE(m) TOP(",'state_store':{'type':'etcd','prefix':'/f/'," m "}")
+#define ETCD(m)  TOP(",'state_store':{'type':'etcd','endpoints':['http://127.0.0.1:2379']" m "}")
+#define HTTPS(m)                                                                                   \
+    TOP(",'state_store':{'type':'etcd','endpoints':['https://etcd.internal:2379'],"                \
+        "'prefix':'/p/'" m "}")
+#define ENDPOINTS_REASON                                                                           \
+    "must be an array of 1 to 16 URLs of etcd members, as in [\"http://127.0.0.1:2379\"]"
+#define PREFIX_REASON "must start and end with \"/\" and name a directory, as in \"/ficus/prod/\""
 
 /* ---- bad input: one exact error line each ---- */
 
@@ -311,6 +321,73 @@ static const struct bad_case bad_cases[] = {
     {TOP(",'timeouts':{'upstream_ms':null}"),
      "t.json: timeouts.upstream_ms: must be an integer from 1 to 86400000"},
     {TOP(",'timeouts':{'idle_ms':5}"), "t.json: timeouts.idle_ms: unknown key"},
+    /* state_store (issue 13) */
+    {TOP(",'state_store':'etcd'"), "t.json: state_store: must be an object"},
+    {TOP(",'state_store':{}"), "t.json: state_store.type: is required"},
+    {TOP(",'state_store':{'type':'consul'}"),
+     "t.json: state_store.type: must be \"file\" or \"etcd\""},
+    {TOP(",'state_store':{'type':5}"), "t.json: state_store.type: must be \"file\" or \"etcd\""},
+    {TOP(",'state_store':{'type':'file','prefix':'/f/'}"),
+     "t.json: state_store.prefix: only with \"type\": \"etcd\""},
+    {TOP(",'state_store':{'type':'file','typo':1}"), "t.json: state_store.typo: unknown key"},
+    {TOP(",'state_store':{'type':'etcd','prefix':'/f/'}"),
+     "t.json: state_store.endpoints: is required"},
+    {STORE("'endpoints':[]"), "t.json: state_store.endpoints: " ENDPOINTS_REASON},
+    {STORE("'endpoints':'http://127.0.0.1:2379'"),
+     "t.json: state_store.endpoints: " ENDPOINTS_REASON},
+    {STORE("'endpoints':['http://a:1','http://a:2','http://a:3','http://a:4','http://a:5',"
+           "'http://a:6','http://a:7','http://a:8','http://a:9','http://a:10','http://a:11',"
+           "'http://a:12','http://a:13','http://a:14','http://a:15','http://a:16','http://a:17']"),
+     "t.json: state_store.endpoints: " ENDPOINTS_REASON},
+    {STORE("'endpoints':[2379]"),
+     "t.json: state_store.endpoints[0]: must be a URL such as \"http://127.0.0.1:2379\""},
+    {STORE("'endpoints':['etcd:2379']"),
+     "t.json: state_store.endpoints[0]: must start with http:// or https://"},
+    {STORE("'endpoints':['http://127.0.0.1']"),
+     "t.json: state_store.endpoints[0]: must name the port, as in \"http://127.0.0.1:2379\""},
+    {STORE("'endpoints':['https://[::1]/']"),
+     "t.json: state_store.endpoints[0]: must name the port, as in \"http://127.0.0.1:2379\""},
+    {STORE("'endpoints':['http://127.0.0.1:2379/v3']"),
+     "t.json: state_store.endpoints[0]: must not contain a path: give the member's address only"},
+    {STORE("'endpoints':['http://u@127.0.0.1:2379']"),
+     "t.json: state_store.endpoints[0]: must not contain user information (\"user@\")"},
+    {STORE("'endpoints':['http://127.0.0.1:0']"),
+     "t.json: state_store.endpoints[0]: port must be a number from 1 to 65535"},
+    {STORE("'endpoints':['http://e1:2379','https://e2:2379']"),
+     "t.json: state_store.endpoints[1]: must use the same scheme as state_store.endpoints[0]"},
+    {STORE("'endpoints':['http://e1:2379','http://E1:2379']"),
+     "t.json: state_store.endpoints[1]: same member as state_store.endpoints[0]"},
+    {TOP(",'state_store':{'type':'etcd','endpoints':['http://e1:2379']}"),
+     "t.json: state_store.prefix: is required"},
+    {ETCD(",'prefix':5"), "t.json: state_store.prefix: must be a string such as \"/ficus/prod/\""},
+    {ETCD(",'prefix':'ficus/'"), "t.json: state_store.prefix: " PREFIX_REASON},
+    {ETCD(",'prefix':'/ficus'"), "t.json: state_store.prefix: " PREFIX_REASON},
+    {ETCD(",'prefix':'/'"), "t.json: state_store.prefix: " PREFIX_REASON},
+    {ETCD(",'prefix':''"), "t.json: state_store.prefix: " PREFIX_REASON},
+    {ETCD(",'prefix':'/a//b/'"), "t.json: state_store.prefix: must not contain \"//\""},
+    {ETCD(",'prefix':'/a b/'"),
+     "t.json: state_store.prefix: may use only letters, digits, '_', '.', '-' and '/'"},
+    {ETCD(",'prefix':'/p/','timeout_ms':99"),
+     "t.json: state_store.timeout_ms: must be an integer from 100 to 60000"},
+    {ETCD(",'prefix':'/p/','lease_ttl_s':1"),
+     "t.json: state_store.lease_ttl_s: must be an integer from 2 to 3600"},
+    {ETCD(",'prefix':'/p/','lease_ttl_s':3601"),
+     "t.json: state_store.lease_ttl_s: must be an integer from 2 to 3600"},
+    {ETCD(",'prefix':'/p/','timeout_ms':5001"),
+     "t.json: state_store.timeout_ms: must be at most half of lease_ttl_s (5000 ms), so that a "
+     "lease outlives a keepalive that times out"},
+    {ETCD(",'prefix':'/p/','lease_ttl_s':4,'timeout_ms':2500"),
+     "t.json: state_store.timeout_ms: must be at most half of lease_ttl_s (2000 ms), so that a "
+     "lease outlives a keepalive that times out"},
+    {ETCD(",'prefix':'/p/','tls':{}"),
+     "t.json: state_store.tls: only allowed with https:// endpoints"},
+    {HTTPS(",'tls':{'cert_file':'c.pem'}"),
+     "t.json: state_store.tls.key_file: is required with cert_file"},
+    {HTTPS(",'tls':{'key_file':'k.pem'}"),
+     "t.json: state_store.tls.cert_file: is required with key_file"},
+    {HTTPS(",'tls':{'verify':'no'}"), "t.json: state_store.tls.verify: must be true or false"},
+    {HTTPS(",'tls':{'ca':'ca.pem'}"), "t.json: state_store.tls.ca: unknown key"},
+    {HTTPS(",'tls':{'ca_file':''}"), "t.json: state_store.tls.ca_file: must be a non-empty string"},
 };
 
 static void test_bad_inputs(void **state)
@@ -828,6 +905,106 @@ static void source_path(char *out, size_t size, const char *rel)
     snprintf(out, size, "%s/../../%s", dirname(here), rel);
 }
 
+/* state_store (issue 13): the file default, and etcd endpoints read as backends. */
+static void test_state_store(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(TOP(""));
+    assert_int_equal(cfg->state_store.type, STATE_STORE_FILE);
+    assert_int_equal(cfg->state_store.n_endpoints, 0);
+    assert_null(cfg->state_store.prefix);
+    config_unref(cfg);
+    cfg = parse_ok(TOP(",'state_file':'s.json','state_store':{'type':'file'}"));
+    assert_int_equal(cfg->state_store.type, STATE_STORE_FILE);
+    assert_string_equal(cfg->state_file, "s.json");
+    config_unref(cfg);
+
+    /* etcd with every default. */
+    cfg = parse_ok(ETCD(",'prefix':'/ficus/prod/'"));
+    const struct state_store_cfg *st = &cfg->state_store;
+    assert_int_equal(st->type, STATE_STORE_ETCD);
+    assert_string_equal(st->prefix, "/ficus/prod/");
+    assert_int_equal(st->timeout_ms, 5000);
+    assert_int_equal(st->lease_ttl_s, 10);
+    assert_false(st->tls);
+    assert_true(st->verify);
+    assert_null(st->ca_file);
+    assert_null(st->cert_file);
+    assert_null(st->key_file);
+    assert_null(st->server_name);
+    assert_null(st->tls_ctx);
+    assert_int_equal(st->n_endpoints, 1);
+    const struct backend_cfg *e = &st->endpoints[0];
+    assert_string_equal(e->name, "etcd-0");
+    assert_string_equal(e->url, "http://127.0.0.1:2379");
+    assert_string_equal(e->host, "127.0.0.1");
+    assert_int_equal(e->port, 2379);
+    assert_false(e->tls);
+    assert_int_equal(e->max_connections, 4);
+    assert_null(e->health_path);
+    /* The backends are untouched. */
+    assert_int_equal(cfg->n_backends, 2);
+    config_unref(cfg);
+
+    /* Three https members with every setting. */
+    cfg = parse_ok(TOP(",'state_store':{'type':'etcd','endpoints':['https://etcd-1.internal:2379',"
+                       "'https://[fd00::2]:2379','https://10.0.0.3:12379/'],'prefix':'/f.x_y-z/a/',"
+                       "'tls':{'verify':false,'ca_file':'ca.pem','cert_file':'c.pem',"
+                       "'key_file':'k.pem','server_name':'etcd.internal'},'timeout_ms':100,"
+                       "'lease_ttl_s':3600}"));
+    st = &cfg->state_store;
+    assert_int_equal(st->n_endpoints, 3);
+    assert_true(st->tls);
+    assert_false(st->verify);
+    assert_string_equal(st->ca_file, "ca.pem");
+    assert_string_equal(st->cert_file, "c.pem");
+    assert_string_equal(st->key_file, "k.pem");
+    assert_string_equal(st->server_name, "etcd.internal");
+    assert_int_equal(st->timeout_ms, 100);
+    assert_int_equal(st->lease_ttl_s, 3600);
+    static const char *const hosts[] = {"etcd-1.internal", "fd00::2", "10.0.0.3"};
+    static const int ports[] = {2379, 2379, 12379};
+    for (size_t i = 0; i < 3; i++) {
+        e = &st->endpoints[i];
+        char name[16];
+        snprintf(name, sizeof(name), "etcd-%zu", i);
+        assert_string_equal(e->name, name);
+        assert_string_equal(e->host, hosts[i]);
+        assert_int_equal(e->port, ports[i]);
+        assert_true(e->tls);
+        assert_false(e->verify);
+        assert_string_equal(e->ca_file, "ca.pem");
+        assert_string_equal(e->server_name, "etcd.internal");
+    }
+    config_unref(cfg);
+
+    /* The smallest lease with the largest timeout it allows. */
+    cfg = parse_ok(ETCD(",'prefix':'/p/','lease_ttl_s':2,'timeout_ms':1000"));
+    assert_int_equal(cfg->state_store.lease_ttl_s, 2);
+    config_unref(cfg);
+
+    /* Several problems of one store are all reported. */
+    struct config_errors errs = {0};
+    assert_null(parse_q(TOP(",'state_store':{'type':'etcd','endpoints':['ftp://x','http://y'],"
+                            "'prefix':'x','lease_ttl_s':0,'bogus':1}"),
+                        &errs));
+    static const char *const want[] = {
+        "t.json: state_store.bogus: unknown key",
+        "t.json: state_store.endpoints[0]: must start with http:// or https://",
+        "t.json: state_store.endpoints[1]: must name the port, as in \"http://127.0.0.1:2379\"",
+        "t.json: state_store.prefix: " PREFIX_REASON,
+        "t.json: state_store.lease_ttl_s: must be an integer from 2 to 3600",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+        if (!has_line(&errs, want[i])) {
+            dump_errors(want[i], &errs);
+            fail();
+        }
+    }
+    assert_int_equal(errs.n, ARRAY_SIZE(want));
+    config_errors_dispose(&errs);
+}
+
 static void test_load_files(void **state)
 {
     (void)state;
@@ -876,6 +1053,7 @@ int main(void)
         cmocka_unit_test(test_backend_references),
         cmocka_unit_test(test_workers_and_access_log),
         cmocka_unit_test(test_byte_order_mark),
+        cmocka_unit_test(test_state_store),
         cmocka_unit_test(test_load_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
