@@ -32,6 +32,7 @@
 #define MIB             (1024LL * 1024)
 #define GIB             (1024LL * 1024 * 1024)
 #define WORKERS_MAX     256
+#define RESOLVERS_MAX   16 /* c-ares tries them in order; more is a mistake */
 
 /* ------------------------------------------------------------------------ */
 /* Error lists                                                              */
@@ -128,6 +129,12 @@ static void defaults_config(struct config *cfg)
 
 static void defaults_backend(struct backend_cfg *b)
 {
+    b->lb.policy = LB_ROUND_ROBIN;
+    b->lb.eject_failures = 5;
+    b->lb.eject_base_ms = 10000;
+    b->lb.eject_max_ms = 300000; /* or base_ms when that is longer */
+    b->min_resolve_ms = 1000;
+    b->max_resolve_ms = 60000; /* or min_resolve_interval_ms when that is longer */
     b->max_connections = 256;
     b->verify = true;
     b->ca_file = NULL;
@@ -405,17 +412,18 @@ static bool is_host_char(char c)
            c == '.' || c == '_';
 }
 
-/* Fills b->tls, host and port from url: "http[s]://host[:port][/]" where host
- * is a name, an IPv4 literal or a bracketed IPv6 literal. Returns NULL, or the
- * reason the URL is refused. */
-static const char *parse_url(struct parser *p, struct backend_cfg *b, const char *url)
+/* Fills *tls and b's host, port and ip_literal from url:
+ * "http[s]://host[:port][/]" where host is a name, an IPv4 literal or a
+ * bracketed IPv6 literal. Returns NULL, or the reason the URL is refused. */
+static const char *parse_url(struct parser *p, struct backend_server_cfg *b, bool *tls,
+                             const char *url)
 {
     const char *s;
     if (strncasecmp(url, "http://", 7) == 0) {
-        b->tls = false;
+        *tls = false;
         s = url + 7;
     } else if (strncasecmp(url, "https://", 8) == 0) {
-        b->tls = true;
+        *tls = true;
         s = url + 8;
     } else {
         return "must start with http:// or https://";
@@ -466,6 +474,7 @@ static const char *parse_url(struct parser *p, struct backend_cfg *b, const char
         buf[hlen] = '\0';
         if (inet_pton(AF_INET6, buf, &a6) != 1)
             return "has an invalid IPv6 address";
+        b->ip_literal = true;
     } else {
         for (size_t i = 0; i < hlen; i++) {
             if (!is_host_char(host[i]))
@@ -483,13 +492,16 @@ static const char *parse_url(struct parser *p, struct backend_cfg *b, const char
         if (!parse_port(buf, &b->port))
             return "port must be a number from 1 to 65535";
     } else {
-        b->port = b->tls ? 443 : 80;
+        b->port = *tls ? 443 : 80;
     }
 
     char *copy = alloc_array(p, hlen + 1, 1);
     if (copy != NULL)
         memcpy(copy, host, hlen);
     b->host = copy;
+    struct in_addr a4;
+    if (copy != NULL && s[0] != '[')
+        b->ip_literal = inet_pton(AF_INET, copy, &a4) == 1;
     return NULL;
 }
 
@@ -793,29 +805,233 @@ static void parse_admin(struct parser *p, json_t *v)
     field_string(p, v, "admin", "token_env", false, &cfg->admin_token_env);
 }
 
+/* ---- backend fleets: servers, balancing, ejection, DNS (issue 19) ---- */
+
+/* A server URL at loc into s; *tls gets its scheme. */
+static bool read_server_url(struct parser *p, json_t *v, const char *loc,
+                            struct backend_server_cfg *s, bool *tls)
+{
+    if (!read_string(p, v, loc, &s->url))
+        return false;
+    const char *why = parse_url(p, s, tls, s->url);
+    if (why != NULL)
+        fail(p, loc, "%s", why);
+    return why == NULL;
+}
+
+/* One item of "servers" at loc: a URL string or {"url": ..., "weight": N}. */
+static bool read_server(struct parser *p, json_t *v, const char *loc, struct backend_server_cfg *s,
+                        bool *tls)
+{
+    static const char *const keys[] = {"url", "weight", NULL};
+    char l[LOC_MAX];
+    if (json_is_string(v))
+        return read_server_url(p, v, loc, s, tls);
+    if (!json_is_object(v)) {
+        fail(p, loc, "must be a URL or an object {\"url\": ..., \"weight\": ...}");
+        return false;
+    }
+    read_object(p, v, loc, keys);
+    size_t errors = p->n_errors;
+    json_t *url = member(p, v, loc, "url", true);
+    bool ok = url != NULL && read_server_url(p, url, loc_key(l, loc, "url"), s, tls);
+    field_int(p, v, loc, "weight", 1, LB_WEIGHT_MAX, &s->weight);
+    return ok && p->n_errors == errors;
+}
+
+/* "url" (one server) or "servers" (a list of one scheme) into b->servers, and
+ * b's url, tls, host and port from the first. Returns true when every server
+ * is valid. */
+static bool parse_servers(struct parser *p, json_t *v, const char *loc, struct backend_cfg *b)
+{
+    char l[LOC_MAX];
+    json_t *url = json_object_get(v, "url");
+    json_t *list = json_object_get(v, "servers");
+    if (url != NULL && list != NULL) {
+        fail(p, loc, "has both \"url\" and \"servers\": give one of them");
+        return false;
+    }
+    if (url == NULL && list == NULL) {
+        fail(p, loc, "needs \"url\" (one server) or \"servers\" (a list)");
+        return false;
+    }
+    if (url != NULL) {
+        b->servers = alloc_array(p, 1, sizeof(*b->servers));
+        if (b->servers == NULL)
+            return false;
+        b->n_servers = 1;
+        b->servers[0].weight = 1;
+        if (!read_server_url(p, url, loc_key(l, loc, "url"), &b->servers[0], &b->tls))
+            return false;
+    } else {
+        b->servers_listed = true;
+        loc_key(l, loc, "servers");
+        size_t n = json_is_array(list) ? json_array_size(list) : 0;
+        if (n == 0 || n > BACKEND_SERVERS_MAX) {
+            fail(p, l, "must be a non-empty array of at most %d servers", BACKEND_SERVERS_MAX);
+            return false;
+        }
+        b->servers = alloc_array(p, n, sizeof(*b->servers));
+        if (b->servers == NULL)
+            return false;
+        b->n_servers = n;
+        bool all_ok = true;
+        int first = -1; /* the first valid server: its scheme is the backend's */
+        for (size_t i = 0; i < n; i++) {
+            struct backend_server_cfg *s = &b->servers[i];
+            char il[LOC_MAX];
+            bool tls = false;
+            s->weight = 1;
+            loc_index(il, l, i);
+            if (!read_server(p, json_array_get(list, i), il, s, &tls)) {
+                all_ok = false;
+                s->host = NULL; /* not compared below */
+                continue;
+            }
+            if (first < 0) {
+                first = (int)i;
+                b->tls = tls;
+            } else if (tls != b->tls) {
+                fail(p, il,
+                     "must use the scheme of servers[%d] (%s): the tls settings of a backend "
+                     "apply to all its servers",
+                     first, b->tls ? "https://" : "http://");
+                all_ok = false;
+            }
+            for (size_t j = 0; j < i; j++) {
+                const struct backend_server_cfg *o = &b->servers[j];
+                if (o->host != NULL && o->port == s->port && strcasecmp(o->host, s->host) == 0) {
+                    fail(p, il,
+                         "the same host and port as servers[%zu]: give that one a weight "
+                         "instead",
+                         j);
+                    all_ok = false;
+                    break;
+                }
+            }
+        }
+        if (!all_ok)
+            return false;
+    }
+    b->url = b->servers[0].url;
+    b->host = b->servers[0].host;
+    b->port = b->servers[0].port;
+    return true;
+}
+
+/* "lb", "ejection" and the resolve intervals of backend b. */
+static void parse_fleet(struct parser *p, json_t *v, const char *loc, struct backend_cfg *b)
+{
+    static const char *const ejection_keys[] = {"consecutive_failures", "base_ms", "max_ms", NULL};
+    char l[LOC_MAX];
+
+    json_t *lb = json_object_get(v, "lb");
+    if (lb != NULL) {
+        const char *name = json_is_string(lb) ? json_string_value(lb) : "";
+        if (strcmp(name, "round_robin") == 0)
+            b->lb.policy = LB_ROUND_ROBIN;
+        else if (strcmp(name, "least_requests") == 0)
+            b->lb.policy = LB_LEAST_REQUESTS;
+        else
+            fail(p, loc_key(l, loc, "lb"), "must be \"round_robin\" or \"least_requests\"");
+    }
+
+    json_t *ej = json_object_get(v, "ejection");
+    if (ej != NULL && read_object(p, ej, loc_key(l, loc, "ejection"), ejection_keys)) {
+        field_int(p, ej, l, "consecutive_failures", 1, 1000, &b->lb.eject_failures);
+        field_i64(p, ej, l, "base_ms", 1, 86400000, &b->lb.eject_base_ms);
+        if (json_object_get(ej, "max_ms") == NULL) {
+            if (b->lb.eject_max_ms < b->lb.eject_base_ms)
+                b->lb.eject_max_ms = b->lb.eject_base_ms;
+        } else {
+            char ml[LOC_MAX];
+            long long x;
+            if (read_int(p, json_object_get(ej, "max_ms"), loc_key(ml, l, "max_ms"),
+                         b->lb.eject_base_ms, 86400000, &x))
+                b->lb.eject_max_ms = x;
+        }
+    }
+
+    field_int(p, v, loc, "min_resolve_interval_ms", 100, 86400000, &b->min_resolve_ms);
+    json_t *max = json_object_get(v, "max_resolve_interval_ms");
+    if (max == NULL) {
+        if (b->max_resolve_ms < b->min_resolve_ms)
+            b->max_resolve_ms = b->min_resolve_ms;
+    } else {
+        long long x;
+        if (read_int(p, max, loc_key(l, loc, "max_resolve_interval_ms"), b->min_resolve_ms,
+                     86400000, &x))
+            b->max_resolve_ms = (int)x;
+    }
+}
+
+/* "resolvers": a non-empty list of "ip:port" DNS servers. */
+static void parse_resolvers(struct parser *p, json_t *v)
+{
+    struct config *cfg = p->cfg;
+    size_t n = json_is_array(v) ? json_array_size(v) : 0;
+    if (n == 0 || n > RESOLVERS_MAX) {
+        fail(p, "resolvers",
+             "must be a non-empty array of at most %d \"ip:port\" DNS servers (leave it out to "
+             "use the system's)",
+             RESOLVERS_MAX);
+        return;
+    }
+    struct config_addr *addrs = alloc_array(p, n, sizeof(*addrs));
+    if (addrs == NULL)
+        return;
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        char l[LOC_MAX];
+        loc_index(l, "resolvers", i);
+        if (!read_addr(p, json_array_get(v, i), l, &addrs[i])) {
+            ok = false;
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (addrs[j].len == addrs[i].len &&
+                memcmp(&addrs[j].ss, &addrs[i].ss, addrs[i].len) == 0) {
+                fail(p, l, "same address as resolvers[%zu]", j);
+                ok = false;
+            }
+        }
+    }
+    if (ok) {
+        cfg->resolvers = addrs;
+        cfg->n_resolvers = n;
+    }
+}
+
+/* ---- backends ---- */
+
 static void parse_backend(struct parser *p, json_t *v, const char *loc, struct backend_cfg *b)
 {
-    static const char *const keys[] = {"url", "max_connections", "tls", "health", NULL};
+    static const char *const keys[] = {"url",
+                                       "max_connections",
+                                       "tls",
+                                       "health",
+                                       "servers",
+                                       "lb",
+                                       "ejection",
+                                       "min_resolve_interval_ms",
+                                       "max_resolve_interval_ms",
+                                       NULL};
     static const char *const tls_keys[] = {"verify", "ca_file", "server_name", NULL};
     static const char *const health_keys[] = {"path", "interval_ms", NULL};
     char l[LOC_MAX];
 
     if (!read_object(p, v, loc, keys))
         return;
-    bool url_ok = false;
-    json_t *url = member(p, v, loc, "url", true);
-    if (url != NULL && read_string(p, url, loc_key(l, loc, "url"), &b->url)) {
-        const char *why = parse_url(p, b, b->url);
-        if (why != NULL)
-            fail(p, l, "%s", why);
-        url_ok = why == NULL;
-    }
+    bool url_ok = parse_servers(p, v, loc, b);
+    parse_fleet(p, v, loc, b);
     field_int(p, v, loc, "max_connections", 1, 100000, &b->max_connections);
 
     json_t *tls = json_object_get(v, "tls");
     if (tls != NULL && read_object(p, tls, loc_key(l, loc, "tls"), tls_keys)) {
         if (url_ok && !b->tls)
-            fail(p, l, "only allowed with an https:// url");
+            fail(p, l,
+                 b->servers_listed ? "only allowed with https:// servers"
+                                   : "only allowed with an https:// url");
         field_bool(p, tls, l, "verify", &b->verify);
         field_string(p, tls, l, "ca_file", false, &b->ca_file);
         field_string(p, tls, l, "server_name", false, &b->server_name);
@@ -926,7 +1142,17 @@ static void parse_store_endpoints(struct parser *p, json_t *v, struct state_stor
             continue;
         }
         b->url = json_string_value(u);
-        const char *why = parse_url(p, b, b->url);
+        b->servers = alloc_array(p, 1, sizeof(*b->servers));
+        if (b->servers == NULL) {
+            ok = false;
+            continue;
+        }
+        b->n_servers = 1;
+        b->servers[0].url = b->url;
+        b->servers[0].weight = 1;
+        const char *why = parse_url(p, &b->servers[0], &b->tls, b->url);
+        b->host = b->servers[0].host;
+        b->port = b->servers[0].port;
         if (why != NULL && strncmp(why, "must not contain a path", 23) == 0)
             why = "must not contain a path: give the member's address only";
         if (why == NULL && !url_has_port(b->url))
@@ -1480,7 +1706,7 @@ static void parse_root(struct parser *p, json_t *root)
     static const char *const keys[] = {"listen",      "workers",  "admin",    "state_file",
                                        "state_store", "backends", "routes",   "divergence_log",
                                        "access_log",  "limits",   "timeouts", "reload_on_change",
-                                       NULL};
+                                       "resolvers",   NULL};
     struct config *cfg = p->cfg;
     json_t *v;
 
@@ -1513,6 +1739,9 @@ static void parse_root(struct parser *p, json_t *root)
     v = member(p, root, "", "backends", true);
     if (v != NULL)
         parse_backends(p, v);
+    v = json_object_get(root, "resolvers");
+    if (v != NULL)
+        parse_resolvers(p, v);
     v = member(p, root, "", "routes", true);
     if (v != NULL)
         parse_routes(p, v);

@@ -7,6 +7,7 @@
 #include "ficus/control.h"
 #include "ficus/log.h"
 #include "ficus/upstream.h"
+#include "ficus/resolver.h"
 #include "ficus/admin.h"
 #include "ficus/divlog.h"
 #include "ficus/shadow.h"
@@ -31,22 +32,80 @@
 
 /* ---- configuration ------------------------------------------------------------ */
 
-static int resolve_backend(struct backend_cfg *be, const char *file, struct config_errors *errs)
+static int compare_addrs(const void *a, const void *b)
 {
-    char port[8];
-    snprintf(port, sizeof(port), "%u", be->port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(be->host, port, &hints, &res);
-    if (rc != 0 || res == NULL) {
-        config_errors_add(errs, "%s: backends.%s.url: cannot resolve host \"%s\": %s", file,
-                          be->name, be->host, gai_strerror(rc));
-        return FICUS_ECONFIG;
+    return lb_addr_compare(a, b);
+}
+
+/* Resolves every server of be (blocking getaddrinfo, as before: start and
+ * reload, on the control thread) into its first address list, sorted and
+ * capped, from cfg's arena. A server that does not resolve is a warning when
+ * another has addresses, an error when none has. be->resolved keeps
+ * getaddrinfo's first address of the first server that resolves, for the
+ * request path that knows one address per backend (issue 19 phase 2 replaces
+ * it with every server's list and the resolver). */
+static int resolve_backend(struct config *cfg, struct backend_cfg *be, struct config_errors *errs)
+{
+    const char *why[BACKEND_SERVERS_MAX];
+    size_t resolved = 0;
+    for (size_t i = 0; i < be->n_servers; i++) {
+        struct backend_server_cfg *sv = &be->servers[i];
+        char port[8];
+        snprintf(port, sizeof(port), "%u", sv->port);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        hints.ai_flags = sv->ip_literal ? AI_NUMERICHOST : 0; /* never to DNS */
+        struct addrinfo *res = NULL;
+        int rc = getaddrinfo(sv->host, port, &hints, &res);
+        why[i] = rc != 0 ? gai_strerror(rc) : "no address";
+        size_t n = 0;
+        for (struct addrinfo *ai = res; rc == 0 && ai != NULL; ai = ai->ai_next)
+            n += ai->ai_addrlen <= sizeof(struct sockaddr_storage);
+        if (n > RESOLVER_ADDRS_MAX)
+            n = RESOLVER_ADDRS_MAX;
+        sv->addrs = n > 0 ? arena_alloc(&cfg->arena, n * sizeof(*sv->addrs)) : NULL;
+        sv->n_addrs = 0;
+        for (struct addrinfo *ai = res; sv->addrs != NULL && ai != NULL && sv->n_addrs < n;
+             ai = ai->ai_next) {
+            if (ai->ai_addrlen > sizeof(struct sockaddr_storage))
+                continue;
+            memset(&sv->addrs[sv->n_addrs], 0, sizeof(sv->addrs[0]));
+            memcpy(&sv->addrs[sv->n_addrs++], ai->ai_addr, ai->ai_addrlen);
+            if (resolved == 0 && sv->n_addrs == 1) {
+                memcpy(&be->resolved, ai->ai_addr, ai->ai_addrlen);
+                be->resolved_len = ai->ai_addrlen;
+            }
+        }
+        if (res != NULL)
+            freeaddrinfo(res);
+        if (sv->n_addrs > 1)
+            qsort(sv->addrs, sv->n_addrs, sizeof(sv->addrs[0]), compare_addrs);
+        size_t k = 0;
+        for (size_t j = 0; j < sv->n_addrs; j++) {
+            if (k == 0 || lb_addr_compare(&sv->addrs[j], &sv->addrs[k - 1]) != 0)
+                sv->addrs[k++] = sv->addrs[j];
+        }
+        sv->n_addrs = k;
+        resolved += k > 0;
     }
-    memcpy(&be->resolved, res->ai_addr, res->ai_addrlen);
-    be->resolved_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    for (size_t i = 0; i < be->n_servers; i++) {
+        char loc[96];
+        const struct backend_server_cfg *sv = &be->servers[i];
+        if (sv->n_addrs > 0)
+            continue;
+        if (be->servers_listed)
+            snprintf(loc, sizeof(loc), "backends.%s.servers[%zu]", be->name, i);
+        else
+            snprintf(loc, sizeof(loc), "backends.%s.url", be->name);
+        if (resolved > 0)
+            log_warn("server",
+                     "%s: cannot resolve host \"%s\": %s; the backend's other servers "
+                     "serve until it does",
+                     loc, sv->host, why[i]);
+        else
+            config_errors_add(errs, "%s: %s: cannot resolve host \"%s\": %s", cfg->path, loc,
+                              sv->host, why[i]);
+    }
+    return resolved > 0 ? 0 : FICUS_ECONFIG;
 }
 
 struct config *server_load_config(const char *path, struct config_errors *errs)
@@ -56,7 +115,7 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
         return NULL;
     int bad = tls_config_load(cfg, errs);
     for (size_t i = 0; i < cfg->n_backends && !bad; i++)
-        bad |= resolve_backend(&cfg->backends[i], cfg->path, errs);
+        bad |= resolve_backend(cfg, &cfg->backends[i], errs);
     if (bad) {
         config_unref(cfg);
         return NULL;

@@ -7,6 +7,7 @@
 
 #include "ficus/buf.h"
 #include "ficus/diff.h"
+#include "ficus/lb.h"
 #include <jansson.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -46,8 +47,37 @@ struct listen_cfg {
     struct tls_ctx *tls_ctx;
 };
 
+/* One server of a backend: an entry of its "servers" list, or its "url". Its
+ * host contributes every address it resolves to. */
+struct backend_server_cfg {
+    const char *url;  /* as written */
+    const char *host; /* a name or an IP literal, without brackets */
+    uint16_t port;    /* from the URL, default 80 or 443 */
+    int weight;       /* 1..LB_WEIGHT_MAX, default 1 */
+    bool ip_literal;  /* host is an IP address: never looked up in DNS */
+    /* Filled by the server (server_load_config), not by config_parse: the
+     * addresses host had when the snapshot was loaded, ports set, sorted and
+     * without duplicates (from cfg->arena). n_addrs is 0 for a name that did
+     * not resolve then; a resolver may find it later. */
+    struct sockaddr_storage *addrs;
+    size_t n_addrs;
+};
+
+/* Bounds of a backend's fleet: each server a config line, each a resolver
+ * watch per worker set. */
+#define BACKEND_SERVERS_MAX 64
+
 struct backend_cfg {
     const char *name;
+    /* Servers: "url" is one server of weight 1; "servers" lists them, all of
+     * one scheme. url, tls, host and port below are servers[0]'s, kept for the
+     * code that knows one address per backend. */
+    struct backend_server_cfg *servers;
+    size_t n_servers;    /* 1..BACKEND_SERVERS_MAX */
+    bool servers_listed; /* "servers" (not "url") in the file: for error locations */
+    struct lb_params lb; /* "lb" (default round_robin) and "ejection" */
+    int min_resolve_ms;  /* min_resolve_interval_ms, default 1000 */
+    int max_resolve_ms;  /* max_resolve_interval_ms, default 60000 */
     const char *url;
     bool tls;                /* https:// */
     const char *host;        /* from the URL: a name or an IP literal, without brackets */
@@ -59,7 +89,7 @@ struct backend_cfg {
     const char *health_path; /* NULL: no active health checks */
     int health_interval_ms;  /* default 2000 */
     /* Filled by the server (not by config_parse) before the snapshot is used:
-     * the address the host resolved to. */
+     * the first address of the first server that resolved. */
     struct sockaddr_storage resolved;
     socklen_t resolved_len;
     /* Filled by tls_config_load for https backends: verification settings,
@@ -177,6 +207,10 @@ struct config {
 
     struct backend_cfg *backends;
     size_t n_backends;
+    /* "resolvers": DNS servers for backend names ("ip:port"); none: the
+     * system's configuration (resolv.conf, hosts). */
+    struct config_addr *resolvers;
+    size_t n_resolvers;
     struct route_cfg *routes;
     size_t n_routes;
 

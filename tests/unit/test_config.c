@@ -83,6 +83,10 @@ static void dump_errors(const char *what, const struct config_errors *errs)
 #define LEGACY(members)                                                                            \
     WITH_BACKENDS("{'legacy':{'url':'http://127.0.0.1:9001'" members                               \
                   "},'new':{'url':'http://127.0.0.1:9002'}}")
+/* A legacy backend with "servers" as given (and more members). */
+#define SERVERS_AND(list, members)                                                                 \
+    WITH_BACKENDS("{'legacy':{'servers':" list members "},'new':{'url':'http://127.0.0.1:9002'}}")
+#define SERVERS(list)  SERVERS_AND(list, "")
 #define HDRNAME_REASON "must be a header name (letters, digits and !#$%&'*+-.^_`|~)"
 /* A config with an etcd state store: STORE(members) with the prefix given,
  * ETCD(members) with one plain endpoint, HTTPS(members) with one https one. */
@@ -160,7 +164,7 @@ static const struct bad_case bad_cases[] = {
      "t.json: backends.x y: a backend name must be non-empty and use only letters, digits, '_', "
      "'.' and '-'"},
     {WITH_BACKENDS("{'legacy':{},'new':{'url':'http://b'}}"),
-     "t.json: backends.legacy.url: is required"},
+     "t.json: backends.legacy: needs \"url\" (one server) or \"servers\" (a list)"},
     {WITH_BACKENDS("{'legacy':'http://a','new':{'url':'http://b'}}"),
      "t.json: backends.legacy: must be an object"},
     {URL("ftp://a"), "t.json: backends.legacy.url: must start with http:// or https://"},
@@ -194,6 +198,68 @@ static const struct bad_case bad_cases[] = {
     {WITH_BACKENDS("{'legacy':{'url':'https://a','tls':{'verify':'yes'}},'new':{'url':'http://"
                    "b'}}"),
      "t.json: backends.legacy.tls.verify: must be true or false"},
+    /* backend fleets: servers, lb, ejection, resolve intervals, resolvers */
+    {LEGACY(",'servers':['http://b']"),
+     "t.json: backends.legacy: has both \"url\" and \"servers\": give one of them"},
+    {SERVERS("[]"), "t.json: backends.legacy.servers: must be a non-empty array of at most 64 "
+                    "servers"},
+    {SERVERS("'http://a'"), "t.json: backends.legacy.servers: must be a non-empty array of at "
+                            "most 64 servers"},
+    {SERVERS("['http://a',5]"), "t.json: backends.legacy.servers[1]: must be a URL or an object "
+                                "{\"url\": ..., \"weight\": ...}"},
+    {SERVERS("['http://a','ftp://b']"),
+     "t.json: backends.legacy.servers[1]: must start with http:// or https://"},
+    {SERVERS("['http://a',{'url':'http://b/x'}]"),
+     "t.json: backends.legacy.servers[1].url: must not contain a path: ficus forwards the "
+     "request's own path"},
+    {SERVERS("['http://a',{'weight':2}]"), "t.json: backends.legacy.servers[1].url: is required"},
+    {SERVERS("['http://a','http://b',{'url':'http://c','weight':0}]"),
+     "t.json: backends.legacy.servers[2].weight: must be an integer from 1 to 1000"},
+    {SERVERS("[{'url':'http://c','weight':1001}]"),
+     "t.json: backends.legacy.servers[0].weight: must be an integer from 1 to 1000"},
+    {SERVERS("[{'url':'http://c','weight':'2'}]"),
+     "t.json: backends.legacy.servers[0].weight: must be an integer from 1 to 1000"},
+    {SERVERS("[{'url':'http://c','wieght':2}]"),
+     "t.json: backends.legacy.servers[0].wieght: unknown key"},
+    {SERVERS("['http://a','https://b']"),
+     "t.json: backends.legacy.servers[1]: must use the scheme of servers[0] (http://): the tls "
+     "settings of a backend apply to all its servers"},
+    {SERVERS("['ftp://x','https://a']"),
+     "t.json: backends.legacy.servers[0]: must start with http:// or https://"},
+    {SERVERS("['http://a:80','HTTP://A']"),
+     "t.json: backends.legacy.servers[1]: the same host and port as servers[0]: give that one a "
+     "weight instead"},
+    {SERVERS_AND("['http://a']", ",'tls':{'verify':false}"),
+     "t.json: backends.legacy.tls: only allowed with https:// servers"},
+    {LEGACY(",'lb':'random'"),
+     "t.json: backends.legacy.lb: must be \"round_robin\" or \"least_requests\""},
+    {LEGACY(",'lb':1"),
+     "t.json: backends.legacy.lb: must be \"round_robin\" or \"least_requests\""},
+    {LEGACY(",'ejection':true"), "t.json: backends.legacy.ejection: must be an object"},
+    {LEGACY(",'ejection':{'consecutive_failures':0}"),
+     "t.json: backends.legacy.ejection.consecutive_failures: must be an integer from 1 to 1000"},
+    {LEGACY(",'ejection':{'base_ms':0}"),
+     "t.json: backends.legacy.ejection.base_ms: must be an integer from 1 to 86400000"},
+    {LEGACY(",'ejection':{'base_ms':5000,'max_ms':4000}"),
+     "t.json: backends.legacy.ejection.max_ms: must be an integer from 5000 to 86400000"},
+    {LEGACY(",'ejection':{'max':4000}"), "t.json: backends.legacy.ejection.max: unknown key"},
+    {LEGACY(",'min_resolve_interval_ms':99"),
+     "t.json: backends.legacy.min_resolve_interval_ms: must be an integer from 100 to 86400000"},
+    {LEGACY(",'min_resolve_interval_ms':2000,'max_resolve_interval_ms':1000"),
+     "t.json: backends.legacy.max_resolve_interval_ms: must be an integer from 2000 to "
+     "86400000"},
+    {TOP(",'resolvers':[]"),
+     "t.json: resolvers: must be a non-empty array of at most 16 \"ip:port\" DNS servers (leave "
+     "it out to use the system's)"},
+    {TOP(",'resolvers':'127.0.0.1:53'"),
+     "t.json: resolvers: must be a non-empty array of at most 16 \"ip:port\" DNS servers (leave "
+     "it out to use the system's)"},
+    {TOP(",'resolvers':['127.0.0.1']"),
+     "t.json: resolvers[0]: must be \"host:port\", as in \"127.0.0.1:8080\""},
+    {TOP(",'resolvers':['dns.example:53']"),
+     "t.json: resolvers[0]: host must be an IPv4 address, an [IPv6] address or localhost"},
+    {TOP(",'resolvers':['127.0.0.1:53','[::1]:53','127.0.0.1:53']"),
+     "t.json: resolvers[2]: same address as resolvers[0]"},
     /* routes */
     {WITH_ROUTES("[]"), "t.json: routes: must be a non-empty array of routes"},
     {WITH_ROUTES("{}"), "t.json: routes: must be a non-empty array of routes"},
@@ -1005,6 +1071,130 @@ static void test_state_store(void **state)
     config_errors_dispose(&errs);
 }
 
+/* ---- backend fleets (issue 19) ---- */
+
+static void test_backend_fleets(void **state)
+{
+    (void)state;
+    /* A url backend is a one-server backend with every fleet default. */
+    struct config *cfg = parse_ok(TOP(""));
+    const struct backend_cfg *b = &cfg->backends[0];
+    assert_int_equal(b->n_servers, 1);
+    assert_false(b->servers_listed);
+    assert_string_equal(b->servers[0].url, "http://127.0.0.1:9001");
+    assert_string_equal(b->servers[0].host, "127.0.0.1");
+    assert_int_equal(b->servers[0].port, 9001);
+    assert_int_equal(b->servers[0].weight, 1);
+    assert_true(b->servers[0].ip_literal);
+    assert_int_equal(b->servers[0].n_addrs, 0); /* filled by the server, not the parser */
+    assert_int_equal(b->lb.policy, LB_ROUND_ROBIN);
+    assert_int_equal(b->lb.eject_failures, 5);
+    assert_int_equal(b->lb.eject_base_ms, 10000);
+    assert_int_equal(b->lb.eject_max_ms, 300000);
+    assert_int_equal(b->min_resolve_ms, 1000);
+    assert_int_equal(b->max_resolve_ms, 60000);
+    assert_int_equal(cfg->n_resolvers, 0);
+    assert_null(cfg->resolvers);
+    config_unref(cfg);
+
+    cfg = parse_ok(
+        "{" LISTEN ","
+        " 'resolvers':['127.0.0.1:5353','[::1]:53'],"
+        " 'backends':{'legacy':{'servers':['http://10.0.0.1:8080',"
+        "                                  {'url':'http://Legacy.Internal','weight':3},"
+        "                                  {'url':'http://[2001:db8::7]:81/'}],"
+        "                       'lb':'least_requests',"
+        "                       'ejection':{'consecutive_failures':2,'base_ms':50,'max_ms':400},"
+        "                       'min_resolve_interval_ms':100,'max_resolve_interval_ms':5000},"
+        "             'new':{'servers':[{'url':'https://n1.internal:8443','weight':1000},"
+        "                               'https://n2.internal'],"
+        "                    'tls':{'server_name':'new.internal'},"
+        "                    'ejection':{'base_ms':600000},"
+        "                    'min_resolve_interval_ms':120000}},"
+        " 'routes':[{'name':'r'}]}");
+    b = &cfg->backends[0];
+    assert_true(b->servers_listed);
+    assert_int_equal(b->n_servers, 3);
+    assert_false(b->tls);
+    assert_string_equal(b->url, "http://10.0.0.1:8080"); /* servers[0]'s */
+    assert_string_equal(b->host, "10.0.0.1");
+    assert_int_equal(b->port, 8080);
+    assert_true(b->servers[0].ip_literal);
+    assert_int_equal(b->servers[0].weight, 1);
+    assert_string_equal(b->servers[1].host, "Legacy.Internal");
+    assert_int_equal(b->servers[1].port, 80);
+    assert_int_equal(b->servers[1].weight, 3);
+    assert_false(b->servers[1].ip_literal);
+    assert_string_equal(b->servers[2].host, "2001:db8::7");
+    assert_int_equal(b->servers[2].port, 81);
+    assert_true(b->servers[2].ip_literal);
+    assert_int_equal(b->lb.policy, LB_LEAST_REQUESTS);
+    assert_int_equal(b->lb.eject_failures, 2);
+    assert_int_equal(b->lb.eject_base_ms, 50);
+    assert_int_equal(b->lb.eject_max_ms, 400);
+    assert_int_equal(b->min_resolve_ms, 100);
+    assert_int_equal(b->max_resolve_ms, 5000);
+
+    b = &cfg->backends[1];
+    assert_true(b->tls);
+    assert_int_equal(b->n_servers, 2);
+    assert_string_equal(b->server_name, "new.internal");
+    assert_int_equal(b->servers[0].weight, 1000);
+    assert_int_equal(b->servers[1].port, 443);
+    assert_string_equal(b->host, "n1.internal");
+    /* A maximum left out follows a longer minimum. */
+    assert_int_equal(b->lb.eject_base_ms, 600000);
+    assert_int_equal(b->lb.eject_max_ms, 600000);
+    assert_int_equal(b->min_resolve_ms, 120000);
+    assert_int_equal(b->max_resolve_ms, 120000);
+
+    assert_int_equal(cfg->n_resolvers, 2);
+    assert_string_equal(cfg->resolvers[0].text, "127.0.0.1:5353");
+    assert_int_equal(cfg->resolvers[0].ss.ss_family, AF_INET);
+    assert_int_equal(ntohs(((struct sockaddr_in *)&cfg->resolvers[0].ss)->sin_port), 5353);
+    assert_int_equal(cfg->resolvers[1].ss.ss_family, AF_INET6);
+    config_unref(cfg);
+
+    /* At most BACKEND_SERVERS_MAX servers; every bad one reported at once. */
+    char text[8192], list[6144];
+    size_t off = 0;
+    for (int i = 0; i < BACKEND_SERVERS_MAX; i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%s'http://10.0.0.%d'",
+                                i ? "," : "", i + 1);
+    snprintf(text, sizeof(text), SERVERS_AND("[%s]", ""), list);
+    cfg = parse_ok(text);
+    assert_int_equal(cfg->backends[0].n_servers, BACKEND_SERVERS_MAX);
+    config_unref(cfg);
+    snprintf(list + off, sizeof(list) - off, ",'http://10.0.1.1'");
+    snprintf(text, sizeof(text), SERVERS_AND("[%s]", ""), list);
+    struct config_errors errs = {0};
+    assert_null(parse_q(text, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.lines[0], "t.json: backends.legacy.servers: must be a non-empty "
+                                       "array of at most 64 servers");
+    config_errors_dispose(&errs);
+
+    /* The scheme is the first valid server's (servers[1] has a bad weight). */
+    assert_null(parse_q(SERVERS("['ftp://x',{'url':'https://b','weight':0},'https://c',"
+                                "'http://d','https://C:443']"),
+                        &errs));
+    const char *want[] = {
+        "t.json: backends.legacy.servers[0]: must start with http:// or https://",
+        "t.json: backends.legacy.servers[1].weight: must be an integer from 1 to 1000",
+        "t.json: backends.legacy.servers[3]: must use the scheme of servers[2] (https://): the "
+        "tls settings of a backend apply to all its servers",
+        "t.json: backends.legacy.servers[4]: the same host and port as servers[2]: give that one "
+        "a weight instead",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+        if (!has_line(&errs, want[i]))
+            dump_errors(want[i], &errs);
+        assert_true(has_line(&errs, want[i]));
+    }
+    assert_int_equal(errs.n, ARRAY_SIZE(want));
+    config_errors_dispose(&errs);
+}
+
 static void test_load_files(void **state)
 {
     (void)state;
@@ -1054,6 +1244,7 @@ int main(void)
         cmocka_unit_test(test_workers_and_access_log),
         cmocka_unit_test(test_byte_order_mark),
         cmocka_unit_test(test_state_store),
+        cmocka_unit_test(test_backend_fleets),
         cmocka_unit_test(test_load_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
