@@ -16,6 +16,7 @@ import time
 import unittest
 
 from dnsserver import DnsServer
+from harness import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.environ.get("FICUS_RESOLVER_DRIVER") or os.path.join(
@@ -216,6 +217,10 @@ class ResolverTest(unittest.TestCase):
         ev = d.wait_event("svc.test", 2 + SLACK, "the recovery", state="ok")
         self.assertEqual(ev["addrs"], ["127.0.0.4:80"])
         self.assertTrue(ev["changed"])
+        # The log line and the event are written by the same callback but to two pipes:
+        # the event may be read first.
+        wait_until(lambda: d.log_lines("resolves again name=svc.test"), 2,
+                   what="the recovery's log line")
         self.assertEqual(len(d.log_lines("resolves again name=svc.test")), 1, d.err)
 
     def test_ttl_is_kept_within_the_intervals(self):
