@@ -61,6 +61,24 @@ void config_errors_add(struct config_errors *e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, (size_t)n + 1, fmt, ap);
     va_end(ap);
+    /* A line may quote the file's own bytes (a key, a name, jansson's "near
+     * '...'"): control bytes become \xHH, so that an error is one line. */
+    size_t ctl = 0;
+    for (int i = 0; i < n; i++)
+        ctl += (unsigned char)line[i] < 0x20 || line[i] == 0x7f;
+    char *esc = ctl ? malloc((size_t)n + 3 * ctl + 1) : NULL;
+    if (esc != NULL) {
+        size_t o = 0;
+        for (int i = 0; i <= n; i++) {
+            unsigned char c = (unsigned char)line[i];
+            if (i < n && (c < 0x20 || c == 0x7f))
+                o += (size_t)sprintf(esc + o, "\\x%02x", c);
+            else
+                esc[o++] = (char)c;
+        }
+        free(line);
+        line = esc;
+    }
     e->lines[e->n++] = line;
 }
 

@@ -867,13 +867,15 @@ static void access_log_line(struct conn *c, struct span method, struct span targ
         sni_text(c, sni, sizeof(sni));
         snprintf(tls, sizeof(tls), " tls=%s sni=%s", tls_version(c->t), sni);
     }
+    char esc_method[64], esc_target[520];
+    http1_log_escape(esc_method, sizeof(esc_method), method);
+    http1_log_escape(esc_target, sizeof(esc_target), target);
     int n =
         snprintf(line, sizeof(line),
-                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%.*s target=\"%.*s\" "
+                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%s target=\"%s\" "
                  "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s%s%s\n",
                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000, c->ip, (int)method.len, method.p,
-                 (int)(target.len > 512 ? 512 : target.len), target.p, route, backend, status,
+                 ts.tv_nsec / 1000000, c->ip, esc_method, esc_target, route, backend, status,
                  (long long)bytes, ms, id, tls, outcome ? " outcome=" : "", outcome ? outcome : "");
     if (n > 0)
         worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -1291,6 +1293,11 @@ static void forward_info(const struct exchange *x, struct forward_info *fi, bool
     fi->shadow = shadow;
     if (x->rt != NULL && x->rt->override_header != NULL)
         fi->drop = (struct span){x->rt->override_header, strlen(x->rt->override_header)};
+    /* The Host of a request without one (HTTP/1.0): the backend the head goes to. */
+    int to = !shadow ? x->backend : x->backend == x->rt->new_ ? x->rt->legacy : x->rt->new_;
+    const struct backend_cfg *be = &x->cfg->backends[to];
+    fi->default_host = (struct span){be->host, strlen(be->host)};
+    fi->default_port = be->port == (be->tls ? 443 : 80) ? 0 : be->port;
     if (x->reqbody.kind == BODY_NONE)
         fi->content_length = x->req.content_length == 0 ? 0 : -2;
     else if (x->reqbody.kind == BODY_LENGTH)

@@ -5,6 +5,7 @@
  * chunked) is decoded here too: llhttp only tokenises heads. */
 #include "ficus/http1.h"
 
+#include <arpa/inet.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,16 @@ enum scan_state {
     SC_CR,             /* saw CR ending a line; LF must follow */
     SC_END_CR,         /* saw CR of the empty line; LF must follow */
 };
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (unsigned char)(c | 0x20);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
 
 /* field-content: VCHAR, obs-text, SP and HTAB; no other control byte. As a
  * table (32 bytes a row), because the scan runs over every byte of every head. */
@@ -271,11 +282,133 @@ static int absolute_target(struct http_head *h)
     return 0;
 }
 
+/* The request line is exactly method SP target SP version: llhttp 8.1 lets
+ * several spaces through between the parts, and a proxy that reads the line
+ * one way while a backend reads it another is how requests get smuggled. Tabs
+ * and other controls never get here (the scanner refuses them). */
+static bool request_line_ok(const char *data, size_t len)
+{
+    const char *end = memchr(data, '\r', len);
+    if (end == NULL)
+        return false;
+    size_t n = (size_t)(end - data), spaces = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (data[i] != ' ')
+            continue;
+        if (i == 0 || i == n - 1 || data[i - 1] == ' ')
+            return false;
+        spaces++;
+    }
+    return spaces == 2;
+}
+
+/* RFC 3986 unreserved and sub-delims: the bytes of a reg-name besides "%HH". */
+static bool is_host_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+/* An IP-literal without its brackets: an IPv6 address (no zone) or IPvFuture. */
+static bool valid_ip_literal(struct span s)
+{
+    char tmp[INET6_ADDRSTRLEN];
+    struct in6_addr a6;
+    if (s.len >= 2 && (s.p[0] == 'v' || s.p[0] == 'V')) {
+        size_t i = 1;
+        while (i < s.len && hexval((unsigned char)s.p[i]) >= 0)
+            i++;
+        if (i == 1 || i == s.len || s.p[i] != '.' || i + 1 == s.len)
+            return false;
+        for (i++; i < s.len; i++) {
+            if (!is_host_byte((unsigned char)s.p[i]) && s.p[i] != ':')
+                return false;
+        }
+        return true;
+    }
+    if (s.len == 0 || s.len >= sizeof(tmp))
+        return false;
+    memcpy(tmp, s.p, s.len);
+    tmp[s.len] = '\0';
+    return inet_pton(AF_INET6, tmp, &a6) == 1;
+}
+
+/* RFC 9112 3.2: Host is uri-host [":" port] (RFC 3986): a reg-name (an IPv4
+ * address is one too) or an IP-literal in brackets, then optionally ':' and 1
+ * to 5 digits up to 65535. Nothing else: no user information, path, space or
+ * control byte. An empty value is refused too, though the grammar allows it:
+ * a reverse proxy has no use for a request that names no host. */
+static bool valid_host(struct span h)
+{
+    size_t i = 0;
+    if (h.len > 0 && h.p[0] == '[') {
+        const char *close = memchr(h.p, ']', h.len);
+        if (close == NULL || !valid_ip_literal((struct span){h.p + 1, (size_t)(close - h.p) - 1}))
+            return false;
+        i = (size_t)(close - h.p) + 1;
+    } else {
+        while (i < h.len && h.p[i] != ':') {
+            unsigned char c = (unsigned char)h.p[i];
+            if (c == '%') {
+                if (i + 2 >= h.len || hexval((unsigned char)h.p[i + 1]) < 0 ||
+                    hexval((unsigned char)h.p[i + 2]) < 0)
+                    return false;
+                i += 3;
+            } else if (is_host_byte(c)) {
+                i++;
+            } else {
+                return false;
+            }
+        }
+        if (i == 0)
+            return false;
+    }
+    if (i == h.len)
+        return true;
+    if (h.p[i] != ':' || h.len - i - 1 == 0 || h.len - i - 1 > 5)
+        return false;
+    unsigned port = 0;
+    for (i++; i < h.len; i++) {
+        if (h.p[i] < '0' || h.p[i] > '9')
+            return false;
+        port = port * 10 + (unsigned)(h.p[i] - '0');
+    }
+    return port <= 65535;
+}
+
+/* A header name that is not a framing header but reads as one once '_' is
+ * taken for '-' (CGI, PHP, Django and some proxies fold them): forwarded, it
+ * would frame the body a second way behind ficus's back. */
+static bool framing_with_underscore(struct span name)
+{
+    static const char *const framing[] = {"content-length", "transfer-encoding"};
+    if (memchr(name.p, '_', name.len) == NULL)
+        return false;
+    for (size_t k = 0; k < ARRAY_SIZE(framing); k++) {
+        size_t n = strlen(framing[k]), i = 0;
+        if (name.len != n)
+            continue;
+        for (; i < n; i++) {
+            char c = name.p[i] == '_' ? '-' : (char)(name.p[i] | 0x20);
+            if (c != framing[k][i])
+                break;
+        }
+        if (i == n)
+            return true;
+    }
+    return false;
+}
+
 static int check_request(struct http_head *h)
 {
-    if (h->target.len == 0)
-        return FICUS_EBADREQ;
-    if (h->target.p[0] == '/' || h->target.p[0] == '*') {
+    if (h->target.len == 0 || memchr(h->target.p, '#', h->target.len) != NULL)
+        return FICUS_EBADREQ; /* a fragment is never sent (RFC 9112 3.2) */
+    if (h->target.p[0] == '*') {
+        /* The asterisk form is for OPTIONS only, and is that one byte. */
+        if (h->target.len != 1 || !span_eq(h->method, "OPTIONS"))
+            return FICUS_EBADREQ;
+        h->path = h->target;
+    } else if (h->target.p[0] == '/') {
         h->path = h->target;
     } else if (absolute_target(h) != 0) {
         return FICUS_EBADREQ;
@@ -320,9 +453,9 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
         return bad;
 
     if (is_request) {
-        const char *sp = memchr(data, ' ', len);
-        if (sp == NULL)
+        if (!request_line_ok(data, len))
             return bad;
+        const char *sp = memchr(data, ' ', len);
         h->method = (struct span){data, (size_t)(sp - data)};
         h->is_head = span_eq(h->method, "HEAD");
     } else {
@@ -335,6 +468,8 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
     for (size_t i = 0; i < h->n_headers; i++) {
         struct http_header *hd = &h->headers[i];
         hd->value = trim(hd->value);
+        if (framing_with_underscore(hd->name))
+            return bad;
         if (span_ieq(hd->name, "content-length")) {
             if (cls++ || !parse_content_length(hd->value, &h->content_length))
                 return bad;
@@ -362,6 +497,8 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
 
     if (is_request) {
         if (hosts > 1 || (hosts == 0 && h->version_minor == 1))
+            return bad;
+        if (hosts == 1 && !valid_host(h->host))
             return bad;
         if (check_request(h) != 0)
             return bad;
@@ -401,16 +538,6 @@ enum chunk_state {
 };
 
 #define CHUNK_LINE_MAX 4096
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (unsigned char)(c | 0x20);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
 
 int64_t http1_chunked_step(struct chunked *c, const char *data, size_t len, size_t *out_off,
                            size_t *out_len, bool *done)
@@ -597,13 +724,35 @@ static int put_list_header(struct buf *out, struct span name, struct span prior,
     return rc;
 }
 
+/* "host: name[:port]\r\n", an IPv6 address in brackets. */
+static int put_default_host(struct buf *out, const struct forward_info *fi)
+{
+    bool v6 = memchr(fi->default_host.p, ':', fi->default_host.len) != NULL;
+    int rc = PUT_LIT(out, "host: ");
+    if (rc == 0 && v6)
+        rc = PUT_LIT(out, "[");
+    if (rc == 0)
+        rc = buf_append(out, fi->default_host.p, fi->default_host.len);
+    if (rc == 0 && v6)
+        rc = PUT_LIT(out, "]");
+    if (rc == 0 && fi->default_port != 0) {
+        rc = PUT_LIT(out, ":");
+        if (rc == 0)
+            rc = buf_put_uint(out, fi->default_port);
+    }
+    if (rc == 0)
+        rc = PUT_LIT(out, "\r\n");
+    return rc;
+}
+
 int http1_write_request_head(struct buf *out, const struct http_head *req,
                              const struct forward_info *fi)
 {
     struct listed listed;
     connection_listed(req, &listed);
     /* One allocation for the whole head: the added headers fit in the slack. */
-    int rc = buf_reserve(out, req->head_len + fi->client_ip.len + fi->request_id.len + 160);
+    int rc = buf_reserve(out, req->head_len + fi->client_ip.len + fi->request_id.len +
+                                  fi->default_host.len + 180);
     if (rc == 0)
         rc = buf_append(out, req->method.p, req->method.len);
     if (rc == 0)
@@ -621,6 +770,10 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
     }
     if (rc == 0)
         rc = buf_append(out, " HTTP/1.1\r\n", 11);
+    /* HTTP/1.0 may leave Host out; what goes upstream is HTTP/1.1, which must
+     * carry one (RFC 9112 3.2): the backend's own. */
+    if (rc == 0 && req->host.p == NULL && fi->default_host.len)
+        rc = put_default_host(out, fi);
 
     struct span xff = {NULL, 0}, via = {NULL, 0};
     for (size_t i = 0; i < req->n_headers && rc == 0; i++) {
@@ -706,7 +859,13 @@ int http1_write_response_head(struct buf *out, const struct http_head *resp, int
     } else {
         rc = buf_printf(out, "HTTP/1.1 %03d %s\r\n", resp->status, http1_reason(resp->status));
     }
-    bool keep_cl = content_length == -2; /* body-less: the length describes the resource */
+    /* 1xx, 204 and 304 never carry a body, nor a length (RFC 9110 8.6 and
+     * 15.4.5: a 304's Content-Length would describe another response). */
+    bool no_content = resp->status / 100 == 1 || resp->status == 204 || resp->status == 304;
+    if (no_content)
+        content_length = -2;
+    /* Other body-less answers (to HEAD): the length describes the resource. */
+    bool keep_cl = content_length == -2 && !no_content;
     for (size_t i = 0; i < resp->n_headers && rc == 0; i++) {
         const struct http_header *hd = &resp->headers[i];
         if (keep_cl && span_ieq(hd->name, "content-length")) {
@@ -833,4 +992,37 @@ int64_t http1_body_step(struct body_framer *f, const char *data, size_t len, siz
     default:
         return 0;
     }
+}
+
+size_t http1_log_escape(char *out, size_t cap, struct span in)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < in.len; i++) {
+        unsigned char c = (unsigned char)in.p[i];
+        char esc[4];
+        size_t n;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            n = 2;
+        } else if (c < 0x20 || c >= 0x7f) {
+            esc[0] = '\\';
+            esc[1] = 'x';
+            esc[2] = hex[c >> 4];
+            esc[3] = hex[c & 15];
+            n = 4;
+        } else {
+            esc[0] = (char)c;
+            n = 1;
+        }
+        if (o + n >= cap)
+            break; /* an escape is never cut in half */
+        memcpy(out + o, esc, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return o;
 }

@@ -516,6 +516,18 @@ static int parse_literal(struct jparse *jp, const char *word, size_t n, enum jv_
     return 0;
 }
 
+/* After a number or a literal, jansson's lexer puts the byte that ended it
+ * back, and a NUL put back is lost (its stream reads a NUL as "refill"): so
+ * one NUL right after such a token is skipped, "3\0 " is 3 and "[1\0]" is
+ * [1], while "\"a\"\0", "3\0\0" and "3 \0" stay invalid. Agreed with
+ * jansson 2.14 to the byte, as jdoc.h promises. */
+static int token_end(struct jparse *jp, int rc)
+{
+    if (rc == 0 && jp->p < jp->end && *jp->p == '\0')
+        jp->p++;
+    return rc;
+}
+
 /* One value after optional whitespace; depth counts every value, as jansson does. */
 static int parse_value(struct jparse *jp, struct jv *v, unsigned depth)
 {
@@ -537,13 +549,13 @@ static int parse_value(struct jparse *jp, struct jv *v, unsigned depth)
         v->type = JV_STRING;
         return parse_string(jp, &v->u.s, &v->n);
     case 't':
-        return parse_literal(jp, "true", 4, JV_TRUE, v);
+        return token_end(jp, parse_literal(jp, "true", 4, JV_TRUE, v));
     case 'f':
-        return parse_literal(jp, "false", 5, JV_FALSE, v);
+        return token_end(jp, parse_literal(jp, "false", 5, JV_FALSE, v));
     case 'n':
-        return parse_literal(jp, "null", 4, JV_NULL, v);
+        return token_end(jp, parse_literal(jp, "null", 4, JV_NULL, v));
     default:
-        return parse_number(jp, v);
+        return token_end(jp, parse_number(jp, v));
     }
 }
 

@@ -3,8 +3,11 @@
 #include "ficus/common.h"
 #include "ficus/log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -185,10 +188,75 @@ static int apply_loaded(const char *name, const struct state_entry *e, void *arg
     return 0;
 }
 
+/* A save writes, fsyncs and renames its temporary file within moments; one
+ * older than this belongs to no save in progress, whatever its PID says (the
+ * PID may have been reused since the crash that left it). */
+#define STATE_TMP_STALE_S 60
+
+/* Is name "<base>.tmp.<digits>"? Sets *pid. */
+static bool temp_name_of(const char *name, const char *base, long *pid)
+{
+    size_t n = strlen(base);
+    if (strncmp(name, base, n) != 0 || strncmp(name + n, ".tmp.", 5) != 0)
+        return false;
+    const char *d = name + n + 5;
+    if (*d == '\0' || strlen(d) > 10 || strspn(d, "0123456789") != strlen(d))
+        return false;
+    *pid = strtol(d, NULL, 10);
+    return true;
+}
+
+/* Removes the "<state_file>.tmp.PID" files that crashed saves left behind.
+ * A file is kept only while it may belong to a save in progress: its PID is
+ * a live process other than this one and it was written in the last
+ * STATE_TMP_STALE_S seconds (another ficus sharing the state file, such as
+ * the old process of a blue-green restart). Anything else is stale. */
+static void remove_stale_temps(const char *path)
+{
+    char *dcopy = strdup(path), *bcopy = strdup(path);
+    DIR *dir = NULL;
+    if (dcopy == NULL || bcopy == NULL)
+        goto fail;
+    const char *dname = dirname(dcopy), *base = basename(bcopy);
+    dir = opendir(dname);
+    if (dir == NULL)
+        goto fail;
+    time_t now = time(NULL);
+    struct dirent *de;
+    struct buf full;
+    buf_init(&full, 0);
+    while ((de = readdir(dir)) != NULL) {
+        long pid;
+        if (!temp_name_of(de->d_name, base, &pid))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        bool live = pid > 0 && pid != (long)getpid() && pid <= INT32_MAX &&
+                    (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+        if (live && now - st.st_mtime < STATE_TMP_STALE_S)
+            continue;
+        buf_reset(&full);
+        buf_printf(&full, "%s/%s", dname, de->d_name);
+        if (unlinkat(dirfd(dir), de->d_name, 0) == 0)
+            log_info("state", "removed stale temporary state file path=%s", full.data);
+        else
+            log_warn("state", "cannot remove stale temporary state file path=%s err=%s", full.data,
+                     strerror(errno));
+    }
+    buf_dispose(&full);
+fail:
+    if (dir != NULL)
+        closedir(dir);
+    free(dcopy);
+    free(bcopy);
+}
+
 int state_table_load(struct state_table *t, struct config_errors *errs)
 {
     if (t->path == NULL)
         return 0;
+    remove_stale_temps(t->path);
     return parse_state(t->path, errs, apply_loaded, t);
 }
 

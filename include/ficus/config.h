@@ -17,7 +17,8 @@
 
 struct route_state;
 
-/* A list of error lines, each "FILE: json.location: reason". */
+/* A list of error lines, each "FILE: json.location: reason", control bytes
+ * written as \xHH (a line may quote the file's own bytes). */
 struct config_errors {
     char **lines;
     size_t n;

@@ -58,7 +58,11 @@ int http1_scan_head(struct head_scan *scan, const char *data, size_t len, size_t
 /* Parses a complete, scanned head of len bytes with llhttp (all lenient flags
  * off) and checks framing: Content-Length digits only and single-valued,
  * Transfer-Encoding only a final "chunked" (and only on HTTP/1.1), never both,
- * requests need exactly one Host, an absolute-form target must agree with it.
+ * no header that reads as one of those two with '_' for '-'. Requests: the
+ * request line is method SP target SP version exactly; the target has no
+ * fragment, is "*" only for OPTIONS; HTTP/1.1 needs exactly one Host (1.0 at
+ * most one), a valid RFC 3986 host with an optional port; an absolute-form
+ * target must agree with it.
  * is_request selects the message type (whether a response has a body depends
  * on the request too: see http1_response_has_body). Returns 0 or
  * FICUS_EBADREQ / FICUS_EBADRESP; every field of h is set either way. */
@@ -95,23 +99,38 @@ struct forward_info {
     bool shadow;            /* adds x-ficus-shadow: 1 */
     struct span drop;       /* one more header not to forward (override header), may be empty */
     int64_t content_length; /* -1: chunked; -2: no body */
+    /* The backend's host (a name or an IP address, IPv6 without brackets) and
+     * port (0: the scheme's default, left out), sent as Host when the request
+     * has none (HTTP/1.0). May be empty: then nothing is added. */
+    struct span default_host;
+    uint16_t default_port;
 };
 
-/* Appends the forwarded request head to out: request line (HTTP/1.1), headers
- * minus hop-by-hop ones (those Connection names included), minus framing and
- * Expect, plus ficus's framing, X-Forwarded-For/-Proto/-Host, Via and
- * x-request-id. Returns 0 or a buf error. */
+/* Appends the forwarded request head to out: request line (HTTP/1.1), Host
+ * from fi->default_host when the request has none, headers minus hop-by-hop
+ * ones (those Connection names included), minus framing and Expect, plus
+ * ficus's framing, X-Forwarded-For/-Proto/-Host, Via and x-request-id.
+ * Returns 0 or a buf error. */
 int http1_write_request_head(struct buf *out, const struct http_head *req,
                              const struct forward_info *fi);
 
 /* Appends the response head for the client: status line, headers minus
  * hop-by-hop and framing ones, plus content_length (>= 0) or chunked (-1) or
- * nothing (-2, a body-less response), and "connection: close" when !keep_alive. */
+ * nothing (-2, a body-less response: the backend's Content-Length is kept, as
+ * it describes the resource of a HEAD), and "connection: close" when
+ * !keep_alive. A 1xx, 204 or 304 never gets a Content-Length or a
+ * Transfer-Encoding, whatever content_length says: it has no body. */
 int http1_write_response_head(struct buf *out, const struct http_head *resp, int64_t content_length,
                               bool keep_alive);
 
 /* Appends a small complete response with a JSON body {"error": msg}. */
 int http1_write_error(struct buf *out, int status, const char *msg, bool keep_alive);
+
+/* Writes the bytes of in into out (cap >= 1 bytes, NUL-terminated) for a
+ * quoted access-log field: '"' and '\\' get a backslash; control bytes, DEL
+ * and every byte >= 0x80 become \xHH. Stops before the first escape that does
+ * not fit (none is cut in half). Returns the bytes written, NUL excluded. */
+size_t http1_log_escape(char *out, size_t cap, struct span in);
 
 /* "Bad Request" for 400 and so on; "Unknown" otherwise. */
 const char *http1_reason(int status);

@@ -8,7 +8,10 @@
  * plain arrays in an arena: no per-value malloc, no reference counts, no free
  * walk. It accepts exactly what jansson's json_loadb(JSON_DECODE_ANY |
  * JSON_ALLOW_NUL) accepts and yields the same values (tests/unit/test_jdoc.c
- * checks the two against each other), so switching changed no comparison.
+ * and tests/fuzz/fuzz_jdoc.c check the two against each other), so switching
+ * changed no comparison. That includes jansson's one quirk with a NUL byte:
+ * a NUL right after a number or a literal is skipped ("3\0 " is 3, "[1\0]"
+ * is [1]); a NUL anywhere else makes the text invalid.
  * Pure: no globals, safe on any thread. */
 #ifndef FICUS_JDOC_H
 #define FICUS_JDOC_H

@@ -100,7 +100,9 @@ void state_table_free(struct state_table *t);
 
 /* Loads the state file into the table's overrides. A missing file is fine
  * (returns 0); an unreadable or corrupt one is an error line in errs and
- * FICUS_ECONFIG, so a cutover is never silently reset. */
+ * FICUS_ECONFIG, so a cutover is never silently reset. First removes the
+ * temporary files "<state_file>.tmp.PID" that crashed saves left, except one
+ * a live other process wrote in the last minute (a save in progress). */
 int state_table_load(struct state_table *t, struct config_errors *errs);
 
 /* Binds cfg's routes to entries (creating them), sets cfg->routes[i].state, and

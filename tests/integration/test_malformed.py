@@ -50,6 +50,16 @@ def load_rows(path=None):
     return rows
 
 
+def request_host(raw):
+    """The Host value of a raw request head, or None when it has none."""
+    head = raw.partition(b"\r\n\r\n")[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"host":
+            return value.strip(b" \t").decode("latin-1")
+    return None
+
+
 def expected_body(raw):
     """The body the backend must see for an ok row: decoded from the raw request."""
     head, _, rest = raw.partition(b"\r\n\r\n")
@@ -115,11 +125,32 @@ class MalformedRequests(FicusTestCase):
                         got = backend.requests[0]
                         self.assertEqual(got.method, "POST")
                         self.assertEqual(got.target, "/echo")
+                        # Upstream is always HTTP/1.1 with a Host: the client's, or for an
+                        # HTTP/1.0 request without one, the backend's own host and port.
+                        self.assertEqual(got.version, "HTTP/1.1", name)
+                        want_host = request_host(raw) or "127.0.0.1:%d" % backend.port
+                        self.assertEqual(got.header("host"), want_host, name)
                         self.assertEqual(got.body, expected_body(raw), name)
                         self.assertEqual(r.body, expected_body(raw), name)
                         self.assertTrue(c.is_open(), "%s: a good request closed the connection"
                                         % name)
         self.assertIn("status=", fx.stdout())
+
+    def test_access_log_escapes_the_target(self):
+        """A quote, a backslash or a byte outside ASCII in a target cannot forge or break
+        the access log line: they are written as \\", \\\\ and \\xHH."""
+        backend = self.backend(name="legacy")
+        fx = self.ficus(backend, backend)
+        with Client(fx.port) as c:
+            c.send(b'GET /echo?q="x"\\y\xff&z=1 HTTP/1.1\r\nHost: x\r\n\r\n')
+            self.assertEqual(c.read_response(timeout=5).status, 200)
+        wait_until(lambda: backend.requests, 5, what="the request at backend")
+        self.assertEqual(backend.requests[0].target.encode("latin-1"),
+                         b'/echo?q="x"\\y\xff&z=1', "the target goes upstream unchanged")
+        lines = fx.wait_access_lines(1)
+        self.assertIn('target="/echo?q=\\"x\\"\\\\y\\xff&z=1" ', lines[0])
+        # The line still splits into key=value fields where the target's quotes end.
+        self.assertRegex(lines[0], r' target="(?:[^"\\]|\\.)*" route=all backend=legacy ')
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ static const struct bad_case bad_cases[] = {
      "t.json: routes[0].match.headers.x-a: header \"x-a\" is listed twice (names ignore case)"},
     {ROUTE(",'match':{'headers':['x-a']}"),
      "t.json: routes[0].match.headers: must be an object of header name to value"},
+    /* A control byte the file quotes is escaped: an error stays one line (fuzz_config). */
+    {ROUTE(",'match':{'headers':{'x-t\\nant':'a'}}"),
+     "t.json: routes[0].match.headers.x-t\\x0aant: " HDRNAME_REASON},
     {ROUTE(",'match':{'path':'/'}"), "t.json: routes[0].match.path: unknown key"},
     {ROUTE(",'shadow':{'percnt':5}"), "t.json: routes[0].shadow.percnt: unknown key"},
     {ROUTE(",'shadow':true"), "t.json: routes[0].shadow: must be an object"},
@@ -829,6 +832,13 @@ static void test_syntax_errors(void **state)
     assert_null(parse_q("", &errs));
     assert_int_equal(errs.n, 1);
     assert_non_null(strstr(errs.lines[0], "t.json: line "));
+    config_errors_dispose(&errs);
+    /* jansson quotes the text near the error, raw newline included: it is
+     * escaped, so the error stays one line (found by fuzz_config). */
+    assert_null(parse_q("'\\\n", &errs));
+    assert_int_equal(errs.n, 1);
+    assert_null(strchr(errs.lines[0], '\n'));
+    assert_non_null(strstr(errs.lines[0], "near '\"\\\\x0a'"));
     config_errors_dispose(&errs);
 }
 

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,6 +329,251 @@ static void test_response_head_rules(void **state)
     free(h);
 }
 
+/* Host values (RFC 9112 3.2 with RFC 3986's host and port), the request line's
+ * spaces, the target's form and header names that fold into framing ones. */
+static void test_strict_edges(void **state)
+{
+    (void)state;
+    static const char *const good_hosts[] = {
+        "a",
+        "shop.example",
+        "Shop.Example:8080",
+        "a:1",
+        "a:65535",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8443",
+        "[2001:db8::7]",
+        "[::ffff:10.0.0.1]",
+        "[v1.fe:x]",
+        "xn--caf-dma.example",
+        "a-b_c~d",
+        "a%20b",
+        "!$&'()*+,;=",
+    };
+    static const char *const bad_hosts[] = {
+        "a b",
+        "evil@a",
+        "a/../admin",
+        "a/",
+        "a?x",
+        "a#x",
+        "a:",
+        "a:b",
+        "a:123456",
+        "a:65536",
+        "a:1:2",
+        ":80",
+        "[::1",
+        "::1",
+        "[::1]x",
+        "[::1]:",
+        "[fe80::1%25eth0]",
+        "[1.2.3.4]",
+        "[v1]",
+        "[v.x]",
+        "[]",
+        "a%2",
+        "a%zz",
+        "a\"b",
+        "a\\b",
+        "caf\xc3\xa9",
+        "a<b>",
+        "a{b}",
+        "a\tb",
+    };
+    struct http_head *h = malloc(sizeof(*h));
+    char req[256];
+    assert_non_null(h);
+    for (size_t i = 0; i < ARRAY_SIZE(good_hosts); i++) {
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", good_hosts[i]);
+        if (parse_req(h, req) != 0)
+            fail_msg("refused Host: %s", good_hosts[i]);
+        assert_true(span_eq(h->host, good_hosts[i]));
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(bad_hosts); i++) {
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad_hosts[i]);
+        if (parse_req(h, req) != FICUS_EBADREQ)
+            fail_msg("accepted Host: %s", bad_hosts[i]);
+    }
+    /* An empty Host names nothing a reverse proxy could route. */
+    assert_int_equal(parse_req(h, "GET / HTTP/1.1\r\nHost:\r\n\r\n"), FICUS_EBADREQ);
+    assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\nHost: \r\n\r\n"), FICUS_EBADREQ);
+
+    static const char *const bad[] = {
+        "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST * HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        "OPTIONS *x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "OPTIONS ** HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET *.html HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a?q=1# HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://a/b#c HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET  /a HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a  HTTP/1.1\r\nHost: a\r\n\r\n",
+        " GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a HTTP/1.1 \r\nHost: a\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nTRANSFER_ENCODING: chunked\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding_: x\r\nTransfer_Encoding: x\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent_Length: 5\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: a\r\ncontent_length: 3\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent_length: 3\r\n\r\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        int rc = parse_req(h, bad[i]);
+        if (rc != FICUS_EBADREQ)
+            fail_msg("got %d, not a refusal, for: %s", rc, bad[i]);
+    }
+    static const char *const good[] = {
+        "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a%23b HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nContent_Length_: 3\r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: a\r\nTransfer_Encodings: x\r\n\r\n",
+        "GET /a HTTP/1.0\r\n\r\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+        if (parse_req(h, good[i]) != 0)
+            fail_msg("refused: %s", good[i]);
+    }
+    assert_int_equal(parse_req(h, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    assert_true(span_eq(h->method, "OPTIONS"));
+    assert_true(span_eq(h->path, "*"));
+
+    /* A backend's response is held to the same framing rule (502 then). */
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer_Encoding: chunked\r\n\r\n";
+    assert_int_equal(http1_parse_head(h, r, strlen(r), false), FICUS_EBADRESP);
+    free(h);
+}
+
+/* An HTTP/1.0 request without Host goes upstream as HTTP/1.1 with the
+ * backend's host; a request with a Host keeps it. */
+static void test_default_host(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    struct forward_info fi = {
+        .client_ip = SPAN_LIT("127.0.0.9"),
+        .content_length = 3,
+        .default_host = SPAN_LIT("legacy.internal"),
+        .default_port = 8080,
+    };
+    struct buf out;
+    buf_init(&out, 0);
+    assert_int_equal(parse_req(h, "POST /echo HTTP/1.0\r\nContent-Length: 3\r\n\r\n"), 0);
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    assert_true(strncmp(out.data, "POST /echo HTTP/1.1\r\nhost: legacy.internal:8080\r\n",
+                        strlen("POST /echo HTTP/1.1\r\nhost: legacy.internal:8080\r\n")) == 0);
+    assert_null(strstr(out.data, "x-forwarded-host"));
+
+    /* Default port left out, IPv6 in brackets. */
+    buf_reset(&out);
+    fi.default_host = SPAN_LIT("::1");
+    fi.default_port = 0;
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    assert_non_null(strstr(out.data, "\r\nhost: [::1]\r\n"));
+
+    /* The client's Host wins; nothing is added. */
+    buf_reset(&out);
+    assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\nHost: shop:81\r\n\r\n"), 0);
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    assert_non_null(strstr(out.data, "\r\nHost: shop:81\r\n"));
+    assert_null(strstr(out.data, "[::1]"));
+    assert_non_null(strstr(out.data, "x-forwarded-host: shop:81\r\n"));
+
+    /* Without a default, nothing is invented. */
+    buf_reset(&out);
+    fi.default_host = (struct span){NULL, 0};
+    assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\n\r\n"), 0);
+    assert_int_equal(http1_write_request_head(&out, h, &fi), 0);
+    assert_null(strcasestr(out.data, "host:"));
+    buf_dispose(&out);
+    free(h);
+}
+
+/* 204 and 304 (and 1xx) never carry a length or a body coding to the client,
+ * whatever the backend sent and whatever length the caller passes; a HEAD
+ * answer keeps the backend's Content-Length. */
+static void test_no_content_responses(void **state)
+{
+    (void)state;
+    struct http_head *h = malloc(sizeof(*h));
+    assert_non_null(h);
+    static const char *const heads[] = {
+        "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\nETag: \"e\"\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nContent-Length: 1\r\n\r\n",
+    };
+    static const int64_t lengths[] = {-2, -1, 0, 5};
+    struct buf out;
+    buf_init(&out, 0);
+    for (size_t i = 0; i < ARRAY_SIZE(heads); i++) {
+        assert_int_equal(http1_parse_head(h, heads[i], strlen(heads[i]), false), 0);
+        for (size_t k = 0; k < ARRAY_SIZE(lengths); k++) {
+            buf_reset(&out);
+            assert_int_equal(http1_write_response_head(&out, h, lengths[k], true), 0);
+            if (strcasestr(out.data, "content-length") != NULL ||
+                strcasestr(out.data, "transfer-encoding") != NULL)
+                fail_msg("head %zu, length %lld:\n%s", i, (long long)lengths[k], out.data);
+            /* The head ends the message: nothing after the blank line. */
+            assert_non_null(strstr(out.data, "\r\n\r\n"));
+            assert_int_equal(strstr(out.data, "\r\n\r\n") + 4 - out.data, out.len);
+        }
+    }
+    assert_non_null(strstr(out.data, "HTTP/1.1 101 Switching Protocols\r\n"));
+    const char *head_ok = "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
+    assert_int_equal(http1_parse_head(h, head_ok, strlen(head_ok), false), 0);
+    buf_reset(&out);
+    assert_int_equal(http1_write_response_head(&out, h, -2, true), 0);
+    assert_non_null(strstr(out.data, "Content-Length: 42\r\n"));
+    buf_dispose(&out);
+    free(h);
+}
+
+/* Access-log fields: quotes, backslashes, controls and non-ASCII bytes are
+ * escaped, and the output never ends inside an escape. */
+static void test_log_escape(void **state)
+{
+    (void)state;
+    char out[64];
+    const char in[] = "/a\"b\\c\r\nd\x01\x7f\xc3\xa9 e\0f";
+    size_t w = http1_log_escape(out, sizeof(out), (struct span){in, sizeof(in) - 1});
+    assert_int_equal(w, strlen(out));
+    assert_string_equal(out, "/a\\\"b\\\\c\\x0d\\x0ad\\x01\\x7f\\xc3\\xa9 e\\x00f");
+    assert_int_equal(http1_log_escape(out, sizeof(out), SPAN_LIT("/plain?x=1&y=2")), 14);
+    assert_string_equal(out, "/plain?x=1&y=2");
+    /* Room for "ab" and not for the whole "\x01": stops before it. */
+    assert_int_equal(http1_log_escape(out, 6, SPAN_LIT("ab\x01z")), 2);
+    assert_string_equal(out, "ab");
+    assert_int_equal(http1_log_escape(out, 7, SPAN_LIT("ab\x01z")), 6);
+    assert_string_equal(out, "ab\\x01");
+    assert_int_equal(http1_log_escape(out, 1, SPAN_LIT("abc")), 0);
+    assert_string_equal(out, "");
+    /* Whatever the input, the output is printable ASCII without a bare quote. */
+    uint64_t seed = 77;
+    for (int iter = 0; iter < 20000; iter++) {
+        char raw[24];
+        size_t n = (size_t)(xorshift64s(&seed) % sizeof(raw));
+        for (size_t i = 0; i < n; i++)
+            raw[i] = (char)xorshift64s(&seed);
+        size_t cap = 1 + (size_t)(xorshift64s(&seed) % sizeof(out));
+        w = http1_log_escape(out, cap, (struct span){raw, n});
+        assert_true(w < cap);
+        assert_int_equal(strlen(out), w);
+        for (size_t i = 0; i < w; i++) {
+            unsigned char c = (unsigned char)out[i];
+            assert_true(c >= 0x20 && c < 0x7f);
+            if (c == '"')
+                assert_true(i > 0 && out[i - 1] == '\\');
+        }
+    }
+}
+
 /* ---- the scanner against a byte-at-a-time model ------------------------------------- */
 
 /* The scanner skips runs of ordinary bytes in tight loops. This is the plain
@@ -469,6 +715,10 @@ int main(void)
         cmocka_unit_test(test_body_length),
         cmocka_unit_test(test_request_head_rules),
         cmocka_unit_test(test_response_head_rules),
+        cmocka_unit_test(test_strict_edges),
+        cmocka_unit_test(test_default_host),
+        cmocka_unit_test(test_no_content_responses),
+        cmocka_unit_test(test_log_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

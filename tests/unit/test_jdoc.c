@@ -227,6 +227,64 @@ static void test_hand_picked_cases(void **state)
     agree("[1,\0]", 5);
 }
 
+/* jansson's lexer loses a NUL it puts back after a number or a literal, so
+ * one NUL right there is skipped; anywhere else a NUL makes the text invalid.
+ * Every case is judged by jansson itself, and the first ones are pinned down
+ * so that a jansson that changed would be noticed here. */
+static void test_nul_bytes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        size_t len;
+        bool json;
+    } cases[] = {
+#define C(lit, ok) {lit, sizeof(lit) - 1, ok}
+        C(" 3\0 ", true),
+        C("3\0", true),
+        C("0\0", true),
+        C("-0\0", true),
+        C("1.5\0", true),
+        C("1e5\0", true),
+        C("true\0", true),
+        C("false\0", true),
+        C("null\0 ", true),
+        C("[1\0]", true),
+        C("[1\0 ]", true),
+        C("[1\0,2]", true),
+        C("[true\0]", true),
+        C("{\"a\":1\0}", true),
+        C("{\"a\":false\0,\"b\":2}", true),
+        C("\0", false),
+        C(" \0", false),
+        C("3\0\0", false),
+        C("3\0x", false),
+        C("3 \0", false),
+        C("0\0 1", false),
+        C("\"a\"\0", false),
+        C("[]\0", false),
+        C("{}\0", false),
+        C("[1\0\0]", false),
+        C("[1 \0]", false),
+        C("[\0 1]", false),
+        C("{\"a\"\0:1}", false),
+        C("{\"a\":\01}", false),
+        C("tru\0e", false),
+        C("-\0", false),
+        C("1.\0", false),
+        C("1e\0", false),
+        C("9223372036854775808\0", false),
+#undef C
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        json_t *j = json_loadb(cases[i].text, cases[i].len, JFLAGS, NULL);
+        if ((j != NULL) != cases[i].json)
+            fail_msg("case %zu: jansson %s it", i, j != NULL ? "accepts" : "refuses");
+        json_decref(j);
+        agree(cases[i].text, cases[i].len);
+    }
+}
+
 /* Nesting: jansson refuses a value deeper than 2048 levels, counting scalars too. */
 static void test_depth_limit(void **state)
 {
@@ -352,7 +410,8 @@ static void gen_value(struct buf *b, uint64_t *seed, int depth)
 static void test_generated_documents_agree(void **state)
 {
     (void)state;
-    static const char damage[] = "{}[],:\"\\ \n0123456789.eE+-tfnu\x01\x7f\x80\xc3\xff";
+    /* NUL included: jansson's handling of it is the one a fuzzer found. */
+    static const char damage[] = "{}[],:\"\\ \n0123456789.eE+-tfnu\x01\x7f\x80\xc3\xff\0";
     uint64_t seed = 12345;
     struct buf b;
     buf_init(&b, 0);
@@ -455,6 +514,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hand_picked_cases),
+        cmocka_unit_test(test_nul_bytes),
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_short_decimals_match_strtod),
         cmocka_unit_test(test_generated_documents_agree),
