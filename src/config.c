@@ -143,6 +143,7 @@ static void defaults_config(struct config *cfg)
     cfg->upstream_ms = 30000;
     cfg->client_idle_ms = 60000;
     cfg->drain_ms = 10000;
+    cfg->tunnel_idle_ms = 300000;
 }
 
 static void defaults_backend(struct backend_cfg *b)
@@ -186,6 +187,7 @@ static void defaults_route(struct route_cfg *rt)
     rt->noise_threshold = 0.05;
 
     rt->fallback = 0;
+    rt->allow_upgrade = true;
 
     rt->guard = false;
     rt->guard_max_divergence_rate = 0.01;
@@ -1571,8 +1573,8 @@ static void route_backend(struct parser *p, json_t *v, const char *loc, const ch
 static void parse_route(struct parser *p, json_t *v, const char *loc, size_t i)
 {
     static const char *const keys[] = {
-        "name",   "match", "legacy",   "new",   "new_percent", "sticky", "override_header",
-        "shadow", "diff",  "fallback", "guard", "ramp",        NULL};
+        "name",   "match", "legacy",   "new",   "new_percent", "sticky",        "override_header",
+        "shadow", "diff",  "fallback", "guard", "ramp",        "allow_upgrade", NULL};
     struct config *cfg = p->cfg;
     struct route_cfg *rt = &cfg->routes[i];
     char l[LOC_MAX];
@@ -1596,6 +1598,7 @@ static void parse_route(struct parser *p, json_t *v, const char *loc, size_t i)
     route_backend(p, v, loc, "legacy", DEFAULT_LEGACY, &rt->legacy);
     route_backend(p, v, loc, "new", DEFAULT_NEW, &rt->new_);
     field_number(p, v, loc, "new_percent", 0, 100, &rt->new_percent);
+    field_bool(p, v, loc, "allow_upgrade", &rt->allow_upgrade);
 
     /* The optional sections, each read by its own function. */
     static const struct {
@@ -1707,8 +1710,8 @@ static void parse_limits(struct parser *p, json_t *v)
 
 static void parse_timeouts(struct parser *p, json_t *v)
 {
-    static const char *const keys[] = {"connect_ms", "upstream_ms", "client_idle_ms", "drain_ms",
-                                       NULL};
+    static const char *const keys[] = {"connect_ms", "upstream_ms",    "client_idle_ms",
+                                       "drain_ms",   "tunnel_idle_ms", NULL};
     const char *loc = "timeouts";
     struct config *cfg = p->cfg;
     if (!read_object(p, v, loc, keys))
@@ -1717,6 +1720,7 @@ static void parse_timeouts(struct parser *p, json_t *v)
     field_int(p, v, loc, "upstream_ms", 1, 86400000, &cfg->upstream_ms);
     field_int(p, v, loc, "client_idle_ms", 1, 86400000, &cfg->client_idle_ms);
     field_int(p, v, loc, "drain_ms", 1, 86400000, &cfg->drain_ms);
+    field_int(p, v, loc, "tunnel_idle_ms", 1, 86400000, &cfg->tunnel_idle_ms);
 }
 
 static void parse_root(struct parser *p, json_t *root)

@@ -66,6 +66,7 @@ enum xstate {
     X_CONNECTING, /* waiting for a connection to the primary (again after a retry or fallback) */
     X_SENDING,    /* connected: the head is written, the body streams up, no response head yet */
     X_RESPONDING, /* the response head arrived: head and body stream to the client */
+    X_TUNNEL,     /* the backend switched protocols (101): bytes pass both ways as they are */
     X_DONE,       /* answered, failed or abandoned: detached, recycled after the loop turn */
     X_N
 };
@@ -120,6 +121,7 @@ struct exchange {
     bool fell_back;  /* new failed and legacy took over */
     bool keep_alive; /* the connection serves another request after this one */
     bool accounted;  /* logged and counted (exchange_account) */
+    bool upgrade;    /* the client asked for a protocol upgrade ficus carries (X_TUNNEL on 101) */
     int attempts;    /* connections the request was sent on */
 
     struct upstream_wait wait;
@@ -134,6 +136,8 @@ struct exchange {
     bool up_reusable;    /* the primary's connection may serve again */
     int status;
     int64_t resp_bytes;
+    int64_t tunnel_up;      /* bytes the client sent through the tunnel */
+    const char *tunnel_end; /* who ended the tunnel: client, backend, idle, shutdown */
     char reqid[64];
     struct exchange *next; /* the worker's spare or retired list */
 
@@ -162,6 +166,10 @@ static void conn_close_or_linger(struct conn *c);
 static void conn_update_reading(struct conn *c);
 static void conn_resume_input(struct conn *c);
 static void exchange_abort(struct exchange *x);
+static size_t tunnel_up(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
+static void tunnel_end(struct exchange *x, const char *why);
+static bool tunnel_start(struct exchange *x);
+static void tunnel_down(struct exchange *x, struct rbuf *rb, const char *p, size_t n);
 static void exchange_account(struct exchange *x, int intr);
 static void exchange_fail(struct exchange *x, int status, const char *msg);
 static size_t exchange_request_body(struct exchange *x, struct rbuf *rb, const char *p, size_t len);
@@ -311,7 +319,7 @@ static int conn_write_buf(struct conn *c, struct buf *b)
 
 static void access_log_line(struct conn *c, struct span method, struct span target,
                             const char *route, const char *backend, int status, int64_t bytes,
-                            double ms, const char *id, const char *outcome);
+                            double ms, const char *id, const char *extra);
 
 /* The access log line of a head refused before it became an exchange (bad
  * bytes, too large, too slow): every answer ficus gives is logged. */
@@ -381,6 +389,10 @@ static void on_conn_timer(uv_timer_t *t)
         conn_close(c);
         return;
     }
+    if (c->x != NULL && c->x->state == X_TUNNEL) {
+        tunnel_end(c->x, "idle"); /* no byte either way for timeouts.tunnel_idle_ms */
+        return;
+    }
     if (c->x != NULL) {
         /* A client that stops sending its request body. */
         exchange_fail(c->x, 408, "request timeout");
@@ -409,6 +421,11 @@ static void conn_arm_timer(struct conn *c)
     if (c->write_failed)
         return; /* the close is already scheduled */
     const struct config *cfg = c->w->cfg;
+    if (c->x != NULL && c->x->state == X_TUNNEL) {
+        conn_deadline(c, (uint64_t)c->x->cfg->tunnel_idle_ms);
+        c->head_timer = false;
+        return;
+    }
     if (c->x != NULL) {
         if (x_sending_body(c->x))
             conn_deadline(c, (uint64_t)cfg->client_idle_ms);
@@ -471,6 +488,10 @@ static size_t conn_process(struct conn *c, struct rbuf *rb, const char *p, size_
             off += head_len;
             continue;
         }
+        if (x->state == X_TUNNEL) {
+            off += tunnel_up(x, rb, p + off, len - off);
+            continue;
+        }
         if (x->req_done || x->state < X_SENDING)
             return off; /* the next pipelined request, or upstream not ready */
         size_t n = exchange_request_body(x, rb, p + off, len - off);
@@ -516,6 +537,10 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 /* The client finished sending (EOF or close_notify). */
 static void conn_on_eof(struct conn *c)
 {
+    if (c->x != NULL && c->x->state == X_TUNNEL) {
+        tunnel_end(c->x, "client"); /* the client ended its side: the tunnel is done */
+        return;
+    }
     if (c->x != NULL && c->x->req_done) {
         /* A half-close after a whole request still wants its response. */
         c->peer_eof = true;
@@ -635,6 +660,8 @@ static void conn_update_reading(struct conn *c)
         want = false;
     else if (x == NULL)
         want = !c->close_after_flush && c->in.len < c->w->cfg->max_header_bytes;
+    else if (x->state == X_TUNNEL)
+        want = c->in.len == 0 && x->up != NULL && upstream_queued(x->up) < WRITE_HIGH_WATER;
     else if (x->req_done)
         want = c->in.len == 0; /* a pipelined request waits in c->in; no epoll churn */
     else
@@ -655,7 +682,8 @@ static void conn_update_reading(struct conn *c)
 
 static void x_set_state(struct exchange *x, enum xstate s)
 {
-    static const char *const names[X_N] = {"new", "connecting", "sending", "responding", "done"};
+    static const char *const names[X_N] = {"new",        "connecting", "sending",
+                                           "responding", "tunnel",     "done"};
     log_debug("conn", "exchange id=%s %s -> %s", x->reqid, names[x->state], names[s]);
     x->state = s;
 }
@@ -733,6 +761,9 @@ static struct exchange *exchange_get(struct conn_worker *cw, struct conn *c)
     x->fell_back = false;
     x->keep_alive = false;
     x->accounted = false;
+    x->upgrade = false;
+    x->tunnel_up = 0;
+    x->tunnel_end = NULL;
     x->attempts = 0;
     memset(&x->wait, 0, sizeof(x->wait));
     x->up = NULL;
@@ -820,6 +851,10 @@ static void exchange_retire(struct exchange *x)
  * request is accounted for as a 499 and everything of the exchange dropped. */
 static void exchange_abort(struct exchange *x)
 {
+    if (x->state == X_TUNNEL) {
+        tunnel_end(x, x->w->stopped ? "shutdown" : "client"); /* either side ends a tunnel */
+        return;
+    }
     if (!x->accounted) {
         x->status = 499; /* nginx's "client closed request" */
         exchange_account(x, x->w->stopped ? INTR_SHUTDOWN : INTR_CLIENT_ABORT);
@@ -848,11 +883,12 @@ static void sni_text(const struct conn *c, char *out, size_t len)
 }
 
 /* One access log line; every answer ficus gives goes through here. TLS
- * connections also say which version and which name (SNI) they asked for; a
- * response that did not end whole says how it ended (outcome=...). */
+ * connections also say which version and which name (SNI) they asked for;
+ * extra (NULL or " key=value ...") says more: how a response that did not end
+ * whole ended (outcome=...), the bytes a tunnel carried to the backend. */
 static void access_log_line(struct conn *c, struct span method, struct span target,
                             const char *route, const char *backend, int status, int64_t bytes,
-                            double ms, const char *id, const char *outcome)
+                            double ms, const char *id, const char *extra)
 {
     if (c->w->srv->access_fd < 0)
         return;
@@ -870,13 +906,12 @@ static void access_log_line(struct conn *c, struct span method, struct span targ
     char esc_method[64], esc_target[520];
     http1_log_escape(esc_method, sizeof(esc_method), method);
     http1_log_escape(esc_target, sizeof(esc_target), target);
-    int n =
-        snprintf(line, sizeof(line),
-                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%s target=\"%s\" "
-                 "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s%s%s\n",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000, c->ip, esc_method, esc_target, route, backend, status,
-                 (long long)bytes, ms, id, tls, outcome ? " outcome=" : "", outcome ? outcome : "");
+    int n = snprintf(line, sizeof(line),
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ client=%s method=%s target=\"%s\" "
+                     "route=%s backend=%s status=%d bytes=%lld ms=%.3f id=%s%s%s\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, c->ip, esc_method, esc_target, route, backend, status,
+                     (long long)bytes, ms, id, tls, extra ? extra : "");
     if (n > 0)
         worker_access_log(c->w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
@@ -893,10 +928,18 @@ static void exchange_account(struct exchange *x, int intr)
         return;
     x->accounted = true;
     uint64_t us = io_now_us() - x->t0;
-    if (x->w->srv->access_fd >= 0) /* no clock read on the request path when the log is off */
+    if (x->w->srv->access_fd >= 0) { /* no clock read on the request path when the log is off */
+        char extra[64] = "";
+        int n = 0;
+        if (x->status == 101)
+            n = snprintf(extra, sizeof(extra), " bytes_up=%lld tunnel_end=%s",
+                         (long long)x->tunnel_up, x->tunnel_end ? x->tunnel_end : "-");
+        if (intr < INTR_N && n >= 0 && (size_t)n < sizeof(extra))
+            snprintf(extra + n, sizeof(extra) - (size_t)n, " outcome=%s", interrupt_names[intr]);
         access_log_line(x->c, x->req.method, x->req.target, x->rt ? x->rt->name : "-",
                         x->backend_role, x->status, x->resp_bytes, (double)us / 1000.0, x->reqid,
-                        intr < INTR_N ? interrupt_names[intr] : NULL);
+                        extra[0] ? extra : NULL);
+    }
     if (x->rt == NULL || x->rt->state == NULL || x->backend < 0)
         return;
     struct route_counters *rc = &x->rt->state->counters[x->w->id];
@@ -1153,6 +1196,8 @@ static bool up_on_head(void *ctx, const struct http_head *h, const char *raw, si
     (void)raw;
     (void)len;
     struct exchange *x = ctx;
+    if (x->upgrade && x->resp.status == 101)
+        return tunnel_start(x);
     if (x->resp.status >= 500 && try_fallback(x, FALLBACK_5XX))
         return false; /* legacy answers instead: this response is dropped */
     x_set_state(x, X_RESPONDING);
@@ -1166,6 +1211,10 @@ static bool up_on_head(void *ctx, const struct http_head *h, const char *raw, si
 static bool up_on_body(void *ctx, struct rbuf *rb, const char *p, size_t n)
 {
     struct exchange *x = ctx;
+    if (x->state == X_TUNNEL) {
+        tunnel_down(x, rb, p, n);
+        return x->state == X_TUNNEL;
+    }
     send_body_down(x, rb, p, n);
     return x->state == X_RESPONDING;
 }
@@ -1173,6 +1222,10 @@ static bool up_on_body(void *ctx, struct rbuf *rb, const char *p, size_t n)
 static void up_on_done(void *ctx, bool reusable)
 {
     struct exchange *x = ctx;
+    if (x->state == X_TUNNEL) {
+        tunnel_end(x, "backend"); /* the backend closed its side */
+        return;
+    }
     x->up_reusable = reusable;
     if (x->chunked_down) {
         if (x->out_head.len > 0) {
@@ -1185,6 +1238,88 @@ static void up_on_done(void *ctx, bool reusable)
     flush_head(x);
     shadow_primary_done(x->cmp, x->resp_bytes);
     exchange_finish(x);
+}
+
+/* ---- tunnels ------------------------------------------------------------------------ */
+
+/* The backend switched protocols: its 101 goes to the client, and from now on
+ * bytes pass both ways as they are, with backpressure each way, until either
+ * side closes or neither sends for timeouts.tunnel_idle_ms. */
+static bool tunnel_start(struct exchange *x)
+{
+    struct conn *c = x->c;
+    x->status = 101;
+    x_set_state(x, X_TUNNEL);
+    atomic_fetch_add_explicit(&x->w->counters.tunnels_open, 1, memory_order_relaxed);
+    upclient_deadline(&x->uc, UPCLIENT_IDLE, 0); /* the connection's deadline covers both ways */
+    if (http1_write_response_head(&x->out_head, &x->resp, -2, true) != 0) {
+        tunnel_end(x, "error");
+        return false;
+    }
+    flush_head(x);
+    log_debug("conn", "tunnel opened id=%s protocol=%.*s", x->reqid, (int)x->resp.upgrade.len,
+              x->resp.upgrade.p);
+    conn_resume_input(c); /* bytes the client sent after its request, then reading */
+    return x->state == X_TUNNEL;
+}
+
+/* Client bytes for the backend: p[0, len) lies in rb, or in the connection's
+ * own buffer when rb is NULL (copied then). Returns len: a tunnel takes all. */
+static size_t tunnel_up(struct exchange *x, struct rbuf *rb, const char *p, size_t len)
+{
+    void *owned = NULL;
+    if (rb == NULL) {
+        owned = malloc(len);
+        if (owned == NULL) {
+            tunnel_end(x, "error");
+            return len;
+        }
+        memcpy(owned, p, len);
+        p = owned;
+    }
+    x->tunnel_up += (int64_t)len;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
+    if (upstream_write(x->up, &b, 1, rb, owned) != 0) {
+        tunnel_end(x, "backend");
+        return len;
+    }
+    conn_arm_timer(x->c); /* a byte either way keeps the tunnel alive */
+    if (upstream_queued(x->up) >= WRITE_HIGH_WATER)
+        conn_update_reading(x->c); /* pauses until the backend drains (up_on_drain) */
+    return len;
+}
+
+/* Backend bytes for the client. */
+static void tunnel_down(struct exchange *x, struct rbuf *rb, const char *p, size_t n)
+{
+    struct conn *c = x->c;
+    x->resp_bytes += (int64_t)n;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    conn_write(c, &b, 1, rb, NULL);
+    if (c->state != CONN_OPEN)
+        return;
+    conn_arm_timer(c);
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= WRITE_HIGH_WATER)
+        upstream_pause(x->up, true); /* resumes in on_conn_written */
+}
+
+/* Ends the tunnel (why: client, backend, idle, shutdown, error): one access
+ * log line with the bytes each way, the backend's connection closed, the
+ * client's closed once what it was sent is written. */
+static void tunnel_end(struct exchange *x, const char *why)
+{
+    if (x->state != X_TUNNEL)
+        return;
+    struct conn *c = x->c;
+    x->tunnel_end = why;
+    atomic_fetch_sub_explicit(&x->w->counters.tunnels_open, 1, memory_order_relaxed);
+    log_debug("conn", "tunnel closed id=%s by=%s up=%lld down=%lld", x->reqid, why,
+              (long long)x->tunnel_up, (long long)x->resp_bytes);
+    exchange_account(x, strcmp(why, "shutdown") == 0 ? INTR_SHUTDOWN : INTR_N);
+    x->up_reusable = false;
+    exchange_retire(x);
+    if (c != NULL && c->state == CONN_OPEN)
+        conn_end(c);
 }
 
 static void exchange_connect(struct exchange *x);
@@ -1235,6 +1370,10 @@ static bool is_idempotent(const struct http_head *req)
 static void up_on_error(void *ctx, int err)
 {
     struct exchange *x = ctx;
+    if (x->state == X_TUNNEL) {
+        tunnel_end(x, "backend");
+        return;
+    }
     bool nothing_back = !upclient_got_any(&x->uc);
     if (err == FICUS_EBADRESP) {
         invalid_response(x);
@@ -1304,6 +1443,8 @@ static void forward_info(const struct exchange *x, struct forward_info *fi, bool
         fi->content_length = x->req.content_length;
     else
         fi->content_length = -1;
+    if (x->upgrade && !shadow)
+        fi->upgrade = x->req.upgrade;
 }
 
 static void on_upstream_ready(void *ctx, struct upconn *u, int status)
@@ -1326,6 +1467,8 @@ static void on_upstream_ready(void *ctx, struct upconn *u, int status)
     x->attempts++;
     upclient_start(&x->uc, u, &exchange_handlers, x, &x->rhead, &x->resp, x->req.is_head,
                    x->cfg->max_header_bytes, UPCLIENT_IDLE, x->cfg->upstream_ms);
+    if (x->upgrade)
+        upclient_expect_upgrade(&x->uc);
 
     struct forward_info fi;
     forward_info(x, &fi, false);
@@ -1495,6 +1638,19 @@ static void exchange_start(struct conn *c, const char *head, size_t head_len, co
     }
     x->backend = d.primary == SPLIT_NEW ? x->rt->new_ : x->rt->legacy;
     x->backend_role = d.primary == SPLIT_NEW ? "new" : "legacy";
+    /* An upgrade (WebSocket) is carried as a tunnel, never shadowed. h2c is not
+     * one ficus makes (no HTTP/2 here): such a request goes on as plain
+     * HTTP/1.1, its Upgrade dropped as hop-by-hop, as RFC 9110 lets a server
+     * ignore it. So does an upgrade asked with a body. */
+    if (x->req.upgrade.len > 0 && x->reqbody.kind == BODY_NONE &&
+        !span_ieq(x->req.upgrade, "h2c")) {
+        if (!x->rt->allow_upgrade) {
+            exchange_fail(x, 403, "upgrade not allowed on this route");
+            return;
+        }
+        x->upgrade = true;
+        d.shadow = false;
+    }
     if (d.shadow) {
         struct forward_info fi;
         forward_info(x, &fi, true);

@@ -257,6 +257,8 @@ static bool conn_token(struct span tok, void *arg)
         *flags |= 1;
     else if (span_ieq(tok, "keep-alive"))
         *flags |= 2;
+    else if (span_ieq(tok, "upgrade"))
+        *flags |= 4;
     return true;
 }
 
@@ -428,7 +430,8 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
     const int bad = is_request ? FICUS_EBADREQ : FICUS_EBADRESP;
     /* Every field but the header slots, by name: a reused head keeps nothing
      * of the message it held before. */
-    h->method = h->target = h->path = h->query = h->host = h->reason = (struct span){NULL, 0};
+    h->method = h->target = h->path = h->query = h->host = h->reason = h->upgrade =
+        (struct span){NULL, 0};
     h->status = 0;
     h->version_minor = 0;
     h->n_headers = 0;
@@ -464,7 +467,8 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
             return bad;
     }
 
-    int hosts = 0, cls = 0, tes = 0, conn_flags = 0;
+    int hosts = 0, cls = 0, tes = 0, conn_flags = 0, upgrades = 0;
+    struct span upgrade = {NULL, 0};
     for (size_t i = 0; i < h->n_headers; i++) {
         struct http_header *hd = &h->headers[i];
         hd->value = trim(hd->value);
@@ -484,6 +488,9 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
             h->host = hd->value;
         } else if (span_ieq(hd->name, "connection")) {
             each_token(hd->value, conn_token, &conn_flags);
+        } else if (span_ieq(hd->name, "upgrade")) {
+            upgrades++;
+            upgrade = hd->value;
         } else if (span_ieq(hd->name, "expect")) {
             if (span_ieq(hd->value, "100-continue"))
                 h->expect_continue = true;
@@ -494,6 +501,10 @@ int http1_parse_head(struct http_head *h, const char *data, size_t len, bool is_
     if (tes && h->version_minor == 0)
         return bad;
     h->keep_alive = h->version_minor == 1 ? !(conn_flags & 1) : (conn_flags & 2) != 0;
+    /* An upgrade is asked for (or, in a 101, made) only with Connection: upgrade
+     * and one non-empty Upgrade, on HTTP/1.1 (RFC 9110 7.8). */
+    if ((conn_flags & 4) && upgrades == 1 && upgrade.len > 0 && h->version_minor == 1)
+        h->upgrade = upgrade;
 
     if (is_request) {
         if (hosts > 1 || (hosts == 0 && h->version_minor == 1))
@@ -825,6 +836,11 @@ int http1_write_request_head(struct buf *out, const struct http_head *req,
         rc = put_header(out, SPAN_LIT("x-request-id"), fi->request_id);
     if (rc == 0 && fi->shadow)
         rc = PUT_LIT(out, "x-ficus-shadow: 1\r\n");
+    if (rc == 0 && fi->upgrade.len) {
+        rc = PUT_LIT(out, "connection: upgrade\r\n");
+        if (rc == 0)
+            rc = put_header(out, SPAN_LIT("upgrade"), fi->upgrade);
+    }
     if (rc == 0)
         rc = buf_append(out, "\r\n", 2);
     return rc;
@@ -887,8 +903,14 @@ int http1_write_response_head(struct buf *out, const struct http_head *resp, int
     } else if (content_length == -1) {
         rc = PUT_LIT(out, "transfer-encoding: chunked\r\n");
     }
-    if (rc == 0 && !keep_alive)
+    if (resp->status == 101 && resp->upgrade.len) {
+        if (rc == 0)
+            rc = PUT_LIT(out, "connection: upgrade\r\n");
+        if (rc == 0)
+            rc = put_header(out, SPAN_LIT("upgrade"), resp->upgrade);
+    } else if (rc == 0 && !keep_alive) {
         rc = PUT_LIT(out, "connection: close\r\n");
+    }
     if (rc == 0)
         rc = buf_append(out, "\r\n", 2);
     return rc;

@@ -162,7 +162,7 @@ struct render_ctx {
 };
 
 static const char *const roles[2] = {"legacy", "new"};
-static const char *const classes[CODE_N] = {"2xx", "3xx", "4xx", "5xx", "error"};
+static const char *const classes[CODE_N] = {"2xx", "3xx", "4xx", "5xx", "error", "1xx"};
 static const char *const interrupts[INTR_N] = {"upstream_reset", "upstream_timeout", "client_abort",
                                                "shutdown"};
 static const char *const outcomes[SHADOW_N] = {"compared",       "skipped_inflight", "skipped_body",
@@ -350,6 +350,14 @@ void metrics_render(struct server *srv, struct buf *out)
     head(out, "ficus_connections", "gauge", "Client connections, by state.");
     buf_printf(out, "ficus_connections{state=\"active\"} %llu\n", active - idle);
     buf_printf(out, "ficus_connections{state=\"idle\"} %llu\n", idle);
+
+    unsigned long long tunnels = 0;
+    for (int w = 0; w < srv->n_workers; w++)
+        tunnels +=
+            atomic_load_explicit(&srv->workers[w].counters.tunnels_open, memory_order_relaxed);
+    head(out, "ficus_tunnels_open", "gauge",
+         "Upgraded connections (WebSocket and the like) carried as tunnels now.");
+    buf_printf(out, "ficus_tunnels_open %llu\n", tunnels);
 
     head(out, "ficus_divergence_records_dropped_total", "counter",
          "Divergence records lost: the record queue was full or memory ran out.");

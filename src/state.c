@@ -450,6 +450,8 @@ int state_describe(const char *path, struct config_errors *errs, char **out)
 
 enum code_class state_code_class(int status)
 {
+    if (status >= 100 && status < 200)
+        return CODE_1XX;
     if (status >= 200 && status < 300)
         return CODE_2XX;
     if (status >= 300 && status < 400)

@@ -42,12 +42,18 @@ void upclient_start(struct upclient *uc, struct upconn *u, const struct upclient
     memset(&uc->scan, 0, sizeof(uc->scan));
     memset(&uc->framer, 0, sizeof(uc->framer));
     uc->got_any = false;
+    uc->upgrade = false;
     uc->deadline_kind = kind;
     uc->deadline_ms = deadline_ms > 0 ? deadline_ms : 0;
     buf_reset(head);
     uc_set_state(uc, UC_HEAD);
     upstream_attach(u, &uc_handlers, uc);
     uc_arm(uc);
+}
+
+void upclient_expect_upgrade(struct upclient *uc)
+{
+    uc->upgrade = true;
 }
 
 void upclient_deadline(struct upclient *uc, enum upclient_deadline kind, int ms)
@@ -127,6 +133,11 @@ static int uc_head_complete(struct upclient *uc)
     struct http_head *h = uc->parsed;
     if (http1_parse_head(h, uc->head->data, uc->head->len, false) != 0)
         return FICUS_EBADRESP;
+    if (h->status == 101 && uc->upgrade && h->upgrade.len > 0) {
+        /* The switch: what follows is the other protocol's bytes, up to the close. */
+        http1_body_init(&uc->framer, BODY_EOF, 0);
+        return 0;
+    }
     if (h->status < 200)
         return 1;
     if (!http1_response_has_body(uc->request_was_head, h->status))

@@ -172,7 +172,8 @@ struct route_cfg {
     double noise_percent;   /* default 2 */
     double noise_threshold; /* default 0.05 */
 
-    unsigned fallback; /* enum fallback_flag bits; default none */
+    unsigned fallback;  /* enum fallback_flag bits; default none */
+    bool allow_upgrade; /* Upgrade requests (WebSocket) tunnelled; default true, else 403 */
 
     bool guard;
     double guard_max_divergence_rate; /* default 0.01 */
@@ -234,6 +235,7 @@ struct config {
     int client_idle_ms; /* default 60000 */
     int header_ms;      /* not in the file: min(client_idle_ms, 10000) */
     int drain_ms;       /* default 10000 */
+    int tunnel_idle_ms; /* an upgraded connection with no byte either way; default 300000 */
 
     /* Owns every array above and the strings that are not in root: lower-cased
      * header names and backend hosts. Freed with the snapshot. */

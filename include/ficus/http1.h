@@ -20,14 +20,16 @@ struct http_header {
 /* A parsed request or response head. Spans point into the buffer that held the
  * raw head; it must outlive the head. */
 struct http_head {
-    struct span method; /* requests */
-    struct span target; /* requests: as sent (origin or absolute form) */
-    struct span path;   /* requests: target without query; for absolute form, the path part */
-    struct span query;  /* requests: after '?', without it; empty when none */
-    struct span host;   /* requests: the Host header value */
-    int status;         /* responses */
-    struct span reason; /* responses */
-    int version_minor;  /* HTTP/1.x */
+    struct span method;  /* requests */
+    struct span target;  /* requests: as sent (origin or absolute form) */
+    struct span path;    /* requests: target without query; for absolute form, the path part */
+    struct span query;   /* requests: after '?', without it; empty when none */
+    struct span host;    /* requests: the Host header value */
+    struct span upgrade; /* the Upgrade header's value when Connection lists "upgrade" and the
+                            message is HTTP/1.1 (one Upgrade header); empty otherwise */
+    int status;          /* responses */
+    struct span reason;  /* responses */
+    int version_minor;   /* HTTP/1.x */
     struct http_header headers[HTTP_MAX_HEADERS];
     size_t n_headers;
     size_t head_len; /* bytes of the raw head, final CRLF CRLF included */
@@ -99,6 +101,8 @@ struct forward_info {
     bool shadow;            /* adds x-ficus-shadow: 1 */
     struct span drop;       /* one more header not to forward (override header), may be empty */
     int64_t content_length; /* -1: chunked; -2: no body */
+    struct span upgrade;    /* non-empty: the request asks for this upgrade, carried to the
+                               backend as "connection: upgrade" and "upgrade: <this>" */
     /* The backend's host (a name or an IP address, IPv6 without brackets) and
      * port (0: the scheme's default, left out), sent as Host when the request
      * has none (HTTP/1.0). May be empty: then nothing is added. */

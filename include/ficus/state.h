@@ -16,7 +16,8 @@
 #define STATE_MAX_WORKERS  256
 #define STATE_HIST_BUCKETS 15 /* 14 bounds from 0.5 ms to 10 s, then +Inf */
 
-enum code_class { CODE_2XX, CODE_3XX, CODE_4XX, CODE_5XX, CODE_ERROR, CODE_N };
+/* Code classes of answered requests; 1xx is a 101 that opened a tunnel. */
+enum code_class { CODE_2XX, CODE_3XX, CODE_4XX, CODE_5XX, CODE_ERROR, CODE_1XX, CODE_N };
 enum shadow_outcome {
     SHADOW_COMPARED,
     SHADOW_SKIPPED_INFLIGHT,

@@ -71,6 +71,7 @@ struct upclient {
     struct head_scan scan;
     struct body_framer framer;
     bool got_any; /* a byte of the response arrived */
+    bool upgrade; /* the request asked for an upgrade: a 101 is final, not interim */
     enum upclient_deadline deadline_kind;
     int deadline_ms; /* 0: none */
 };
@@ -84,6 +85,12 @@ struct upclient {
 void upclient_start(struct upclient *uc, struct upconn *u, const struct upclient_handlers *h,
                     void *ctx, struct buf *head, struct http_head *parsed, bool request_was_head,
                     size_t max_head, enum upclient_deadline kind, int deadline_ms);
+
+/* The request asked for a protocol upgrade: a 101 answer is then the final
+ * head (on_head), and every byte after it is handed over as body (on_body)
+ * until the backend closes (on_done, not reusable): the connection is a
+ * tunnel. Call right after upclient_start. */
+void upclient_expect_upgrade(struct upclient *uc);
 
 /* Re-arms the deadline from now (ms > 0) or stops it (ms == 0), e.g. while the
  * request body is still being sent the backend is not late. */

@@ -29,6 +29,7 @@ struct worker_counters {
     atomic_ulong conns_active;
     atomic_ulong conns_idle;
     atomic_ulong requests;
+    atomic_ulong tunnels_open; /* upgraded connections (WebSocket and the like) */
 };
 
 struct worker {
