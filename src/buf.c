@@ -38,6 +38,21 @@ int buf_reserve(struct buf *b, size_t extra)
     return 0;
 }
 
+int buf_reserve_exact(struct buf *b, size_t extra)
+{
+    size_t need = b->len + extra;
+    if (b->max && need > b->max)
+        return FICUS_ETOOBIG;
+    if (need + 1 <= b->cap)
+        return 0;
+    char *p = realloc(b->data, need + 1);
+    if (p == NULL)
+        return FICUS_ENOMEM;
+    b->data = p;
+    b->cap = need + 1;
+    return 0;
+}
+
 int buf_append(struct buf *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);

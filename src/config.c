@@ -143,6 +143,7 @@ static void defaults_config(struct config *cfg)
     cfg->upstream_ms = 30000;
     cfg->client_idle_ms = 60000;
     cfg->drain_ms = 10000;
+    cfg->shadow_memory_bytes = 256 * MIB;
     cfg->tunnel_idle_ms = 300000;
 }
 
@@ -1698,7 +1699,7 @@ static void parse_access_log(struct parser *p, json_t *v)
 static void parse_limits(struct parser *p, json_t *v)
 {
     static const char *const keys[] = {"max_connections", "max_header_bytes",
-                                       "max_request_body_bytes", NULL};
+                                       "max_request_body_bytes", "shadow_memory_bytes", NULL};
     const char *loc = "limits";
     struct config *cfg = p->cfg;
     if (!read_object(p, v, loc, keys))
@@ -1706,6 +1707,8 @@ static void parse_limits(struct parser *p, json_t *v)
     field_int(p, v, loc, "max_connections", 1, 10000000, &cfg->max_connections);
     field_size(p, v, loc, "max_header_bytes", 1 * KIB, 16 * MIB, &cfg->max_header_bytes);
     field_i64(p, v, loc, "max_request_body_bytes", 0, LLONG_MAX, &cfg->max_request_body_bytes);
+    field_size(p, v, loc, "shadow_memory_bytes", 1 * MIB, (size_t)64 * 1024 * MIB,
+               &cfg->shadow_memory_bytes);
 }
 
 static void parse_timeouts(struct parser *p, json_t *v)

@@ -167,7 +167,7 @@ static const char *const interrupts[INTR_N] = {"upstream_reset", "upstream_timeo
                                                "shutdown"};
 static const char *const outcomes[SHADOW_N] = {"compared",       "skipped_inflight", "skipped_body",
                                                "skipped_method", "timeout",          "error",
-                                               "skipped_queue"};
+                                               "skipped_queue",  "skipped_memory"};
 
 static void render_route(struct route_state *rs, void *arg)
 {

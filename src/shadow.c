@@ -76,6 +76,8 @@ struct comparison {
 
     struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
+    size_t reserved;       /* bytes of limits.shadow_memory_bytes its buffers hold */
+    bool over_budget;      /* a buffer would have passed the budget: not compared */
     struct divrec *record; /* NULL, or the record for the control thread */
     bool record_lost;      /* divergent, but no record could be made (out of memory) */
     bool skipped;
@@ -116,6 +118,7 @@ struct shadow_worker {
 };
 
 static void maybe_compare(struct comparison *c);
+static void budget_release(struct comparison *c);
 
 /* ---- lifetime ---------------------------------------------------------------------- */
 
@@ -197,6 +200,8 @@ static struct comparison *comparison_get(struct shadow_worker *sw)
     c->queued = false;
     c->next_job = NULL;
     c->record = NULL;
+    c->reserved = 0;
+    c->over_budget = false;
     c->record_lost = false;
     c->skipped = false;
     c->divergent = false;
@@ -217,6 +222,7 @@ static void comparison_free(struct comparison *c)
     }
     buf_dispose(&c->req_head); /* the exchange's, handed over */
     free(c->record);
+    budget_release(c);
     pool_set_unref(c->ps);
     config_unref(c->cfg);
     struct shadow_worker *sw = w->shadow;
@@ -255,6 +261,79 @@ static void count_outcome(struct comparison *c, enum shadow_outcome o)
     counter_add(&c->rs->counters[c->w->id].shadow[o], 1);
 }
 
+/* ---- the memory budget ------------------------------------------------------------------- */
+
+/* limits.shadow_memory_bytes bounds what every comparison of the process holds
+ * in its request copy and captures together: a comparison that would pass it
+ * drops what it holds and is skipped (skipped_memory); RSS never grows without
+ * bound however many large responses are compared at once. */
+static void budget_release(struct comparison *c)
+{
+    if (c->reserved > 0)
+        atomic_fetch_sub_explicit(&c->w->srv->shadow_memory, (long long)c->reserved,
+                                  memory_order_relaxed);
+    c->reserved = 0;
+}
+
+static void budget_exceeded(struct comparison *c)
+{
+    if (c->over_budget)
+        return;
+    c->over_budget = true;
+    /* What it holds goes now, not when the slowest side finishes. */
+    buf_dispose(&c->req_body);
+    buf_dispose(&c->primary.body);
+    buf_dispose(&c->shadow.cap.body);
+    if (c->twin != NULL)
+        buf_dispose(&c->twin->cap.body);
+    budget_release(c);
+}
+
+/* Counts a buffer of c growing from before to after bytes against the budget.
+ * Returns false when that passes it: c is then over budget, its buffers gone. */
+static bool budget_grow(struct comparison *c, size_t before, size_t after)
+{
+    if (after <= before)
+        return true;
+    size_t grow = after - before;
+    c->reserved += grow;
+    long long used = atomic_fetch_add_explicit(&c->w->srv->shadow_memory, (long long)grow,
+                                               memory_order_relaxed) +
+                     (long long)grow;
+    if (used <= (long long)c->cfg->shadow_memory_bytes)
+        return true;
+    budget_exceeded(c);
+    return false;
+}
+
+/* Appends to one of c's capture buffers within its cap (FICUS_ETOOBIG) and
+ * the budget (FICUS_EFULL: the comparison is then over budget and its buffers
+ * are gone). The budget counts what the buffer allocates, growth included. */
+static int capture_append(struct comparison *c, struct buf *b, const char *p, size_t n)
+{
+    if (c->over_budget)
+        return FICUS_EFULL;
+    size_t before = b->cap;
+    int rc = buf_reserve(b, n);
+    if (rc != 0)
+        return rc;
+    if (!budget_grow(c, before, b->cap))
+        return FICUS_EFULL;
+    return buf_append(b, p, n);
+}
+
+/* A response whose length is announced gets its capture sized once (within
+ * its cap): doubling a buffer up to it would hold up to twice the bytes. */
+static void capture_presize(struct comparison *c, struct buf *b, const struct http_head *h)
+{
+    if (c->over_budget || h->content_length <= 0 ||
+        (b->max && (uint64_t)h->content_length > b->max) || (size_t)h->content_length < b->cap)
+        return;
+    size_t before = b->cap;
+    if (buf_reserve_exact(b, (size_t)h->content_length) == 0)
+        budget_grow(c, before, b->cap);
+}
+
 /* ---- probes ---------------------------------------------------------------------------- */
 
 static void probe_finish(struct probe *p, const char *error, bool reusable)
@@ -283,11 +362,11 @@ static void probe_finish(struct probe *p, const char *error, bool reusable)
 
 static bool probe_on_head(void *ctx, const struct http_head *h, const char *raw, size_t len)
 {
-    (void)h;
     (void)raw;
     (void)len;
     struct probe *p = ctx;
     p->cap.parsed = p->cap.head_mem; /* upclient parsed it there, from cap.head */
+    capture_presize(p->c, &p->cap.body, h);
     return true;
 }
 
@@ -296,7 +375,7 @@ static bool probe_on_body(void *ctx, struct rbuf *rb, const char *data, size_t l
     (void)rb;
     struct probe *p = ctx;
     p->cap.bytes += (int64_t)len;
-    if (buf_append(&p->cap.body, data, len) == 0)
+    if (capture_append(p->c, &p->cap.body, data, len) == 0)
         return true;
     p->cap.over_cap = true;
     upclient_stop(&p->uc);
@@ -608,7 +687,7 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     const struct route_cfg *rt = c->rt;
     const struct capture *legacy = c->primary_is_new ? &c->shadow.cap : &c->primary;
     const struct capture *newc = c->primary_is_new ? &c->primary : &c->shadow.cap;
-    if (legacy->over_cap || newc->over_cap) {
+    if (c->over_budget || legacy->over_cap || newc->over_cap) {
         c->skipped = true;
         return;
     }
@@ -702,7 +781,11 @@ static void finish_one(struct comparison *c, int status, struct divrec **recs, s
     w->shadow->diff_jobs--;
     struct route_counters *rc = &c->rs->counters[w->id];
     if (status != 0 || c->skipped) {
-        count_outcome(c, SHADOW_SKIPPED_QUEUE);
+        /* Over the budget, over a side's cap (shadow.max_body_bytes), or the
+         * threadpool refused the batch. */
+        count_outcome(c, status != 0      ? SHADOW_SKIPPED_QUEUE
+                         : c->over_budget ? SHADOW_SKIPPED_MEMORY
+                                          : SHADOW_SKIPPED_BODY);
         return;
     }
     const char *err = c->shadow.cap.error;
@@ -881,6 +964,13 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         buf_dispose(head);
         return NULL;
     }
+    /* Admission before work: with the budget spent, nothing is sent or kept. */
+    if (atomic_load_explicit(&w->srv->shadow_memory, memory_order_relaxed) >=
+        (long long)cfg->shadow_memory_bytes) {
+        counter_add(&rc->shadow[SHADOW_SKIPPED_MEMORY], 1);
+        buf_dispose(head);
+        return NULL;
+    }
     int inflight = atomic_fetch_add_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
     if (inflight >= rt->shadow_max_inflight) {
         atomic_fetch_sub_explicit(&rs->shadow_inflight, 1, memory_order_relaxed);
@@ -917,8 +1007,9 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
     buf_init(head, 0);
     c->chunked_body = content_length == -1;
     c->req_body.max = rt->shadow_max_body_bytes;
-    c->primary.body.max = SHADOW_CAPTURE_MAX;
-    c->shadow.cap.body.max = SHADOW_CAPTURE_MAX;
+    /* shadow.max_body_bytes caps each side: the request copy and every response. */
+    c->primary.body.max = rt->shadow_max_body_bytes;
+    c->shadow.cap.body.max = rt->shadow_max_body_bytes;
     c->shadow.c = c;
     c->shadow.is_shadow = true;
     c->shadow.backend = primary_is_new ? rt->legacy : rt->new_;
@@ -931,7 +1022,7 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         if (c->twin != NULL) {
             c->twin->c = c;
             c->twin->backend = rt->legacy;
-            buf_init(&c->twin->cap.body, SHADOW_CAPTURE_MAX);
+            buf_init(&c->twin->cap.body, rt->shadow_max_body_bytes);
             c->pending++;
         }
     }
@@ -950,9 +1041,11 @@ void shadow_request_body(struct comparison *c, const char *p, size_t n)
 {
     if (c == NULL || c->aborted || c->launched)
         return;
-    if (buf_append(&c->req_body, p, n) != 0) {
-        /* Too large to send again: the shadow is skipped, never queued. */
-        count_outcome(c, SHADOW_SKIPPED_BODY);
+    int rc = capture_append(c, &c->req_body, p, n);
+    if (rc != 0) {
+        /* Too large to send again, or over the memory budget: the shadow is
+         * skipped, never queued. */
+        count_outcome(c, rc == FICUS_EFULL ? SHADOW_SKIPPED_MEMORY : SHADOW_SKIPPED_BODY);
         c->aborted = true;
         atomic_fetch_sub_explicit(&c->rs->shadow_inflight, 1, memory_order_relaxed);
         c->shadow.finished = true;
@@ -978,15 +1071,17 @@ void shadow_primary_head(struct comparison *c, const char *head, size_t len)
     if (c->primary.head_mem == NULL)
         c->primary.head_mem = malloc(sizeof(struct http_head));
     if (c->primary.head_mem != NULL && http1_parse_head(c->primary.head_mem, c->primary.head.data,
-                                                        c->primary.head.len, false) == 0)
+                                                        c->primary.head.len, false) == 0) {
         c->primary.parsed = c->primary.head_mem;
+        capture_presize(c, &c->primary.body, c->primary.parsed);
+    }
 }
 
 void shadow_primary_body(struct comparison *c, const char *p, size_t n)
 {
     if (c == NULL || c->primary.over_cap)
         return;
-    if (buf_append(&c->primary.body, p, n) != 0)
+    if (capture_append(c, &c->primary.body, p, n) != 0)
         c->primary.over_cap = true;
 }
 

@@ -23,6 +23,9 @@ int buf_puts(struct buf *b, const char *s);
 /* Makes room for extra more bytes (and the terminating NUL) so that appends
  * up to that size do not reallocate. Same returns as buf_append. */
 int buf_reserve(struct buf *b, size_t extra);
+/* The same, growing to exactly that size rather than to the next doubling: for
+ * a buffer whose final size is known (a body with a Content-Length). */
+int buf_reserve_exact(struct buf *b, size_t extra);
 /* Appends v in decimal. Same returns as buf_append. */
 int buf_put_uint(struct buf *b, uint64_t v);
 /* Appends v in decimal, with a minus sign when negative. Same returns. */

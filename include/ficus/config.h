@@ -229,6 +229,7 @@ struct config {
     int max_connections;            /* default 10000 */
     size_t max_header_bytes;        /* default 65536 */
     int64_t max_request_body_bytes; /* default 100 MiB */
+    size_t shadow_memory_bytes;     /* what comparisons may hold in all; default 256 MiB */
 
     int connect_ms;     /* default 2000 */
     int upstream_ms;    /* default 30000 */

@@ -15,9 +15,6 @@ struct worker;
 struct pool_set;
 struct comparison;
 
-/* Every response capture stops at this many body bytes; a larger response is
- * not compared (counted as skipped). */
-#define SHADOW_CAPTURE_MAX (8 * 1024 * 1024)
 /* Diff jobs a worker may have queued on the threadpool at once. */
 #define SHADOW_MAX_JOBS 512
 /* Finished comparisons a worker keeps for reuse, and the largest buffer one

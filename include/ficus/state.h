@@ -25,7 +25,8 @@ enum shadow_outcome {
     SHADOW_SKIPPED_METHOD,
     SHADOW_TIMEOUT,
     SHADOW_ERROR,
-    SHADOW_SKIPPED_QUEUE, /* the comparison queue or a capture cap was full */
+    SHADOW_SKIPPED_QUEUE,  /* the comparison queue was full */
+    SHADOW_SKIPPED_MEMORY, /* limits.shadow_memory_bytes was spent */
     SHADOW_N
 };
 

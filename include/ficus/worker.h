@@ -76,7 +76,8 @@ struct server {
     uint64_t config_hash;   /* of the bytes last loaded or tried, so a touch reloads nothing */
     uv_async_t worker_done; /* a worker's loop ended */
     atomic_int workers_running;
-    atomic_long conns_total; /* client connections across workers, for limits.max_connections */
+    atomic_long conns_total;    /* client connections across workers, for limits.max_connections */
+    atomic_llong shadow_memory; /* bytes comparisons hold, for limits.shadow_memory_bytes */
     bool draining;
     int access_fd; /* -1: no access log */
     int exit_code;

@@ -17,6 +17,7 @@ import threading
 import time
 import unittest
 
+import harness
 from harness import Client, FicusTestCase, request_bytes, sanitized, stall, wait_until
 from harness_admin import KeepAlive, metric, refused_url, slow
 from harness_shadow import (ProcessBackend, ShadowFicus, assert_record_shape, diff_set, item_doc,
@@ -602,6 +603,90 @@ class Isolation(ShadowCase):
 
 
 # ---------------------------------------------------------------------------------------
+
+
+class MemoryBudget(ShadowCase):
+    """limits.shadow_memory_bytes bounds what every comparison of the process holds: with
+    100 clients at once each asking for a 4 MiB JSON document (both backends answer it),
+    comparisons beyond the budget are skipped and counted (skipped_memory), every client
+    still gets its whole answer, and ficus's resident memory stays under the budget plus
+    a margin (read buffers, the diff's parse of one pair at a time)."""
+
+    BUDGET = 64 << 20
+    MARGIN = 48 << 20
+    CLIENTS = 100
+
+    def test_rss_stays_under_the_budget(self):
+        doc = {"items": [{"id": i, "name": "item-%d" % i, "tags": ["a", "b"], "price": i / 7}
+                         for i in range(48000)]}
+        body = json.dumps(doc).encode()
+        body += b" " * ((4 << 20) - len(body))  # exactly 4 MiB, still JSON
+        self.assertEqual(len(body), 4 << 20)
+        handler = harness.respond_with(200, [("Content-Type", "application/json")], body)
+        legacy = self.backend(handler, name="legacy", keep_body=0)
+        new = self.backend(handler, name="new", keep_body=0)
+        f = self.shadow_ficus(legacy, new, [route(shadow={"max_body_bytes": 8 << 20,
+                                                          "max_inflight": 1000,
+                                                          "timeout_ms": 60000})],
+                              config={"limits": {"shadow_memory_bytes": self.BUDGET}})
+        self.assertEqual(self.get(f, "/item/0")[0], 200)  # warm: pools, buffers
+        f.wait_metric("ficus_comparisons_total", 1, route="items")
+        base = f.rss_kb()
+        peak = [base]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], f.rss_kb())
+                except (OSError, AssertionError):
+                    return
+                time.sleep(0.01)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        got = []
+        lock = threading.Lock()
+        start = threading.Barrier(self.CLIENTS)
+
+        def client(n):
+            start.wait(30)
+            with Client(f.port, timeout=60) as c:
+                c.send(request_bytes("GET", "/item/%d" % n))
+                r = c.read_response(timeout=60)
+                with lock:
+                    got.append((r.status, len(r.body)))
+        threads = [threading.Thread(target=client, args=(n,), daemon=True)
+                   for n in range(1, self.CLIENTS + 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(sorted(got), [(200, 4 << 20)] * self.CLIENTS)
+
+        def accounted():
+            m = f.metrics()
+            return sum(metric(m, "ficus_shadow_total", route="items", outcome=o) or 0
+                       for o in ("compared", "skipped_memory", "skipped_inflight",
+                                 "skipped_queue", "error", "timeout"))
+        wait_until(lambda: accounted() == self.CLIENTS + 1, slow(60),
+                   what="every shadow counted")
+        stop.set()
+        sampler.join(2)
+        m = f.metrics()
+        skipped = metric(m, "ficus_shadow_total", route="items", outcome="skipped_memory")
+        compared = metric(m, "ficus_shadow_total", route="items", outcome="compared")
+        growth = (peak[0] - base) * 1024
+        if os.environ.get("FICUS_IT_VERBOSE"):
+            print("\n[budget] compared %d, skipped_memory %d, rss growth %d MiB"
+                  % (compared, skipped, growth >> 20))
+        self.assertGreater(skipped, 0, "the budget was never reached")
+        self.assertGreater(compared, 1, "nothing was compared")
+        if not sanitized():  # ASan's allocator keeps freed memory in quarantine
+            self.assertLess(growth, self.BUDGET + self.MARGIN, "RSS grew %d MiB with a %d MiB "
+                            "budget" % (growth >> 20, self.BUDGET >> 20))
+        # The budget is given back: a comparison after the storm goes through.
+        self.assertEqual(self.get(f, "/item/999")[0], 200)
+        f.wait_metric("ficus_shadow_total", compared + 1, route="items", outcome="compared")
 
 
 class Methods(ShadowCase):
