@@ -19,11 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KINDS            (DIFF_ERROR + 1)
-#define W                ENDPOINT_WINDOW_BUCKETS
-#define METHOD_MAX       16 /* longer method names go to "other" */
-#define METHODS_MAX      16 /* distinct methods with a trie; more go to "other" */
-#define RATE_NOT_COUNTED 0
+#define KINDS       (DIFF_ERROR + 1)
+#define W           ENDPOINT_WINDOW_BUCKETS
+#define METHOD_MAX  16 /* longer method names go to "other" */
+#define METHODS_MAX 16 /* distinct methods with a trie; more go to "other" */
 
 _Static_assert(KINDS == 7, "diff kinds: the statistics arrays follow enum diff_kind");
 

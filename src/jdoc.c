@@ -334,12 +334,8 @@ static void jnum_split(const char *s, size_t len, struct jnum *j)
         q++;
         if (*q == '+' || *q == '-')
             eneg = *q++ == '-';
-        for (; q < e; q++) {
-            if (x < JNUM_EXP_MAX)
-                x = x * 10 + (*q - '0');
-        }
-        if (x > JNUM_EXP_MAX)
-            x = JNUM_EXP_MAX;
+        for (; q < e; q++)
+            x = x <= (JNUM_EXP_MAX - 9) / 10 ? x * 10 + (*q - '0') : JNUM_EXP_MAX;
         if (eneg)
             x = -x;
     }
