@@ -13,6 +13,7 @@
  * from cfg->arena. config_unref frees both at once; nothing is freed piecemeal. */
 #include "ficus/config.h"
 #include "ficus/common.h"
+#include "ficus/endpoint.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -132,6 +133,8 @@ static void defaults_config(struct config *cfg)
     /* Never modified: the snapshot replaces the pointer when it adds names. */
     cfg->redact_headers = default_redact_headers;
     cfg->n_redact_headers = ARRAY_SIZE(default_redact_headers);
+    cfg->redact_json = NULL;
+    cfg->n_redact_json = 0;
 
     cfg->access_log_path = "-";
 
@@ -186,6 +189,7 @@ static void defaults_route(struct route_cfg *rt)
     rt->noise = false;
     rt->noise_percent = 2;
     rt->noise_threshold = 0.05;
+    rt->noise_warmup = ENDPOINT_WARMUP_DEFAULT;
 
     rt->fallback = 0;
     rt->allow_upgrade = true;
@@ -197,6 +201,10 @@ static void defaults_route(struct route_cfg *rt)
     rt->guard_window_ms = 60000;
 
     rt->ramp = false;
+
+    rt->endpoints = NULL;
+    rt->n_endpoints = 0;
+    rt->max_endpoints = ENDPOINT_MAX_DEFAULT;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -646,6 +654,19 @@ static bool read_pointer(struct parser *p, json_t *v, const char *loc, const cha
     const char *why = json_is_string(v) ? pointer_problem(json_string_value(v))
                                         : "must be a JSON Pointer: \"\" or a string starting "
                                           "with \"/\"";
+    if (why != NULL) {
+        fail(p, loc, "%s", why);
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+/* An endpoint template, "GET /posts/{id}" (endpoint_template_problem). */
+static bool read_endpoint(struct parser *p, json_t *v, const char *loc, const char **out)
+{
+    const char *why = json_is_string(v) ? endpoint_template_problem(json_string_value(v))
+                                        : "must be a string \"METHOD /path\"";
     if (why != NULL) {
         fail(p, loc, "%s", why);
         return false;
@@ -1403,9 +1424,10 @@ static void parse_shadow(struct parser *p, json_t *v, const char *loc, struct ro
 
 static void parse_diff(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
 {
-    static const char *const keys[] = {"ignore_headers", "headers",   "ignore", "unordered",
-                                       "match_by",       "tolerance", "noise",  NULL};
-    static const char *const noise_keys[] = {"percent", "threshold", NULL};
+    static const char *const keys[] = {"ignore_headers",     "headers",   "ignore", "unordered",
+                                       "match_by",           "tolerance", "noise",  "loose_types",
+                                       "media_type_headers", NULL};
+    static const char *const noise_keys[] = {"percent", "threshold", "warmup", NULL};
     struct diff_rules *d = &rt->diff;
     char l[LOC_MAX];
 
@@ -1419,6 +1441,9 @@ static void parse_diff(struct parser *p, json_t *v, const char *loc, struct rout
     field_list(p, v, loc, "unordered", false, "JSON Pointers", read_pointer, &d->unordered,
                &d->n_unordered);
     field_number(p, v, loc, "tolerance", 0, HUGE_VAL, &d->tolerance);
+    field_bool(p, v, loc, "loose_types", &d->loose_types);
+    field_list(p, v, loc, "media_type_headers", false, "header names", read_header_name,
+               &d->media_type_headers, &d->n_media_type_headers);
 
     json_t *match_by = json_object_get(v, "match_by");
     if (match_by != NULL) {
@@ -1460,6 +1485,9 @@ static void parse_diff(struct parser *p, json_t *v, const char *loc, struct rout
         rt->noise = true;
         field_number(p, noise, l, "percent", 0, 100, &rt->noise_percent);
         field_number(p, noise, l, "threshold", 0, 1, &rt->noise_threshold);
+        int warmup = (int)rt->noise_warmup;
+        field_int(p, noise, l, "warmup", 0, 1000000, &warmup);
+        rt->noise_warmup = (unsigned)warmup;
     }
 }
 
@@ -1571,11 +1599,35 @@ static void route_backend(struct parser *p, json_t *v, const char *loc, const ch
         fail(p, l, "no backend named \"%s\"", name);
 }
 
+/* "endpoints" (templates that name endpoints, first match wins) and
+ * "max_endpoints" (the bound on a route's endpoints, the named ones included). */
+static void parse_endpoints(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    char l[LOC_MAX];
+
+    field_int(p, v, loc, "max_endpoints", 1, ENDPOINT_MAX_LIMIT, &rt->max_endpoints);
+    field_list(p, v, loc, "endpoints", false, "endpoint templates \"METHOD /path\"", read_endpoint,
+               &rt->endpoints, &rt->n_endpoints);
+    for (size_t i = 0; i < rt->n_endpoints; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(rt->endpoints[i], rt->endpoints[j]) == 0) {
+                char il[LOC_MAX];
+                loc_index(il, loc_key(l, loc, "endpoints"), i);
+                fail(p, il, "\"%s\" is listed twice", rt->endpoints[i]);
+            }
+        }
+    }
+    if (rt->n_endpoints > (size_t)rt->max_endpoints)
+        fail(p, loc_key(l, loc, "endpoints"), "lists %zu endpoints, more than max_endpoints (%d)",
+             rt->n_endpoints, rt->max_endpoints);
+}
+
 static void parse_route(struct parser *p, json_t *v, const char *loc, size_t i)
 {
-    static const char *const keys[] = {
-        "name",   "match", "legacy",   "new",   "new_percent", "sticky",        "override_header",
-        "shadow", "diff",  "fallback", "guard", "ramp",        "allow_upgrade", NULL};
+    static const char *const keys[] = {"name",          "match",     "legacy",          "new",
+                                       "new_percent",   "sticky",    "override_header", "shadow",
+                                       "diff",          "fallback",  "guard",           "ramp",
+                                       "allow_upgrade", "endpoints", "max_endpoints",   NULL};
     struct config *cfg = p->cfg;
     struct route_cfg *rt = &cfg->routes[i];
     char l[LOC_MAX];
@@ -1618,6 +1670,7 @@ static void parse_route(struct parser *p, json_t *v, const char *loc, size_t i)
     json_t *ov = json_object_get(v, "override_header");
     if (ov != NULL)
         read_header_name(p, ov, loc_key(l, loc, "override_header"), &rt->override_header);
+    parse_endpoints(p, v, loc, rt);
 }
 
 static void parse_routes(struct parser *p, json_t *v)
@@ -1663,8 +1716,8 @@ static void set_redact_headers(struct parser *p, const char **extra, size_t n_ex
 
 static void parse_divergence_log(struct parser *p, json_t *v)
 {
-    static const char *const keys[] = {"path",       "max_bytes",      "keep",
-                                       "body_bytes", "redact_headers", NULL};
+    static const char *const keys[] = {"path",           "max_bytes",   "keep", "body_bytes",
+                                       "redact_headers", "redact_json", NULL};
     const char *loc = "divergence_log";
     struct config *cfg = p->cfg;
     const char **extra = NULL;
@@ -1680,6 +1733,8 @@ static void parse_divergence_log(struct parser *p, json_t *v)
                &n_extra);
     if (n_extra > 0)
         set_redact_headers(p, extra, n_extra);
+    field_list(p, v, loc, "redact_json", false, "JSON Pointers", read_pointer, &cfg->redact_json,
+               &cfg->n_redact_json);
 }
 
 static void parse_access_log(struct parser *p, json_t *v)

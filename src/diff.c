@@ -323,39 +323,62 @@ static void record(struct walk *w, enum diff_kind kind, const struct jv *legacy,
 
 static void walk_value(struct walk *w, const struct jv *a, const struct jv *b);
 
-static bool is_number(const struct jv *v)
-{
-    return v->type == JV_INT || v->type == JV_REAL;
-}
-
-static double number_value(const struct jv *v)
-{
-    return v->type == JV_INT ? (double)v->u.i : v->u.d;
-}
-
-/* Are two numbers equal within the tolerance? Two integers compare as integers
- * so that values beyond 2^53 are not rounded together. */
+/* Are two numbers equal within the tolerance? Without one, by exact decimal
+ * value (jdoc_number_equal). With one, two integers that fit in 64 bits compare
+ * by their exact distance (values beyond 2^53 are not rounded together); any
+ * other pair by the distance of the nearest doubles, and a number beyond the
+ * range of a double is within no tolerance of another. */
 static bool numbers_equal(const struct jv *a, const struct jv *b, double tolerance)
 {
+    int64_t ia, ib;
     double da, db;
 
-    if (a->type == JV_INT && b->type == JV_INT) {
-        int64_t ia = a->u.i, ib = b->u.i;
-        uint64_t gap;
-
-        if (ia == ib)
-            return true;
-        if (!(tolerance > 0))
-            return false;
+    /* The same text is the usual case: settle it without a call. */
+    if (a->n == b->n && memcmp(a->u.num, b->u.num, a->n) == 0)
+        return true;
+    if (jdoc_number_equal(a->u.num, a->n, b->u.num, b->n))
+        return true;
+    if (!(tolerance > 0))
+        return false;
+    if (a->type == JV_INT && b->type == JV_INT && jv_int64(a, &ia) == 0 && jv_int64(b, &ib) == 0) {
         /* The exact distance fits in 64 unsigned bits even when a - b would overflow. */
-        gap = ia > ib ? (uint64_t)ia - (uint64_t)ib : (uint64_t)ib - (uint64_t)ia;
+        uint64_t gap = ia > ib ? (uint64_t)ia - (uint64_t)ib : (uint64_t)ib - (uint64_t)ia;
         return (double)gap <= tolerance;
     }
-    da = number_value(a);
-    db = number_value(b);
-    if (da == db)
+    da = jv_double(a);
+    db = jv_double(b);
+    return isfinite(da) && isfinite(db) && fabs(da - db) <= tolerance;
+}
+
+/* With loose_types, the number a string holds (its text must be exactly a JSON
+ * number), as a number value in *out. False for any other value. */
+static bool string_as_number(const struct jv *v, struct jv *out)
+{
+    bool is_int;
+
+    if (v->type != JV_STRING || !jdoc_number_valid(v->u.s, v->n, &is_int))
+        return false;
+    out->type = is_int ? JV_INT : JV_REAL;
+    out->n = v->n;
+    out->u.num = v->u.s; /* NUL-terminated: the string's own bytes */
+    return true;
+}
+
+/* With loose_types: a number and a string holding a number, compared as two
+ * numbers (tolerance included). Returns false when a and b are not such a pair. */
+static bool loose_pair(const struct jv *a, const struct jv *b, double tolerance, bool *equal)
+{
+    struct jv na, nb;
+
+    if (jv_is_number(a) && string_as_number(b, &nb)) {
+        *equal = numbers_equal(a, &nb, tolerance);
         return true;
-    return tolerance > 0 && fabs(da - db) <= tolerance;
+    }
+    if (string_as_number(a, &na) && jv_is_number(b)) {
+        *equal = numbers_equal(&na, b, tolerance);
+        return true;
+    }
+    return false;
 }
 
 static void walk_object(struct walk *w, const struct jv *a, const struct jv *b)
@@ -458,15 +481,8 @@ static uint64_t value_hash(const struct jv *v)
     case JV_STRING:
         return mix64(hash_bytes(v->u.s, v->n) ^ 0x737472);
     case JV_INT:
-        return mix64((uint64_t)v->u.i ^ 0x696e74);
-    case JV_REAL: {
-        double d = v->u.d;
-        uint64_t bits;
-        if (d == 0)
-            d = 0; /* -0.0 equals 0.0 */
-        memcpy(&bits, &d, sizeof bits);
-        return mix64(bits ^ 0x7265616c);
-    }
+    case JV_REAL: /* 1 equals 1.0: both hash as their exact value */
+        return mix64(jdoc_number_hash(v->u.num, v->n) ^ 0x6e756d);
     case JV_TRUE:
         return 1;
     case JV_FALSE:
@@ -483,7 +499,27 @@ struct idx_table {
     size_t *next; /* index -> next index + 1 in the same bucket */
     uint64_t *hash;
     size_t mask;
+    bool loose; /* loose_types: a string holding a number pairs with that number */
 };
+
+/* With loose_types, a string holding a number stands for that number when
+ * items pair (match_by keys 1 and "1"; identical items of unordered arrays). */
+static const struct jv *pairing_value(const struct jv *v, bool loose, struct jv *tmp)
+{
+    return loose && string_as_number(v, tmp) ? tmp : v;
+}
+
+static uint64_t pairing_hash(const struct jv *v, bool loose)
+{
+    struct jv tmp;
+    return value_hash(pairing_value(v, loose, &tmp));
+}
+
+static bool pairing_equal(const struct jv *a, const struct jv *b, bool loose)
+{
+    struct jv ta, tb;
+    return jv_equal(pairing_value(a, loose, &ta), pairing_value(b, loose, &tb));
+}
 
 static void idx_table_free(struct idx_table *t)
 {
@@ -497,7 +533,7 @@ typedef const struct jv *(*item_fn)(const struct jv *arr, size_t i, const char *
 /* Builds a table over n values; value(i) may be NULL to leave i out. Chains are
  * in ascending index order so that duplicates pair first with first. */
 static int idx_table_init(struct idx_table *t, size_t n, item_fn value, const struct jv *arr,
-                          const char *key)
+                          const char *key, bool loose)
 {
     size_t buckets = 16;
 
@@ -507,6 +543,7 @@ static int idx_table_init(struct idx_table *t, size_t n, item_fn value, const st
     t->next = calloc(n ? n : 1, sizeof *t->next);
     t->hash = calloc(n ? n : 1, sizeof *t->hash);
     t->mask = buckets - 1;
+    t->loose = loose;
     if (t->head == NULL || t->next == NULL || t->hash == NULL) {
         idx_table_free(t);
         return FICUS_ENOMEM;
@@ -516,7 +553,7 @@ static int idx_table_init(struct idx_table *t, size_t n, item_fn value, const st
         size_t b;
         if (v == NULL)
             continue;
-        t->hash[i] = value_hash(v);
+        t->hash[i] = pairing_hash(v, loose);
         b = (size_t)(t->hash[i] & t->mask);
         t->next[i] = t->head[b];
         t->head[b] = i + 1;
@@ -524,15 +561,16 @@ static int idx_table_init(struct idx_table *t, size_t n, item_fn value, const st
     return 0;
 }
 
-/* Finds the first index not yet used whose value is jv_equal to v. */
+/* Finds the first index not yet used whose value is jv_equal to v (numeric
+ * strings taken as numbers when the table is loose). */
 static size_t idx_table_find(const struct idx_table *t, const struct jv *v, const bool *used,
                              item_fn value, const struct jv *arr, const char *key)
 {
-    uint64_t h = value_hash(v);
+    uint64_t h = pairing_hash(v, t->loose);
 
     for (size_t e = t->head[h & t->mask]; e != 0; e = t->next[e - 1]) {
         size_t j = e - 1;
-        if (!used[j] && t->hash[j] == h && jv_equal(value(arr, j, key), v))
+        if (!used[j] && t->hash[j] == h && pairing_equal(value(arr, j, key), v, t->loose))
             return j;
     }
     return SIZE_MAX;
@@ -577,7 +615,8 @@ static void walk_unordered(struct walk *w, const struct jv *a, const struct jv *
     bool *used_b = calloc(nb ? nb : 1, sizeof *used_b);
     struct idx_table t;
 
-    if (used_a == NULL || used_b == NULL || idx_table_init(&t, nb, item_value, b, NULL) != 0) {
+    if (used_a == NULL || used_b == NULL ||
+        idx_table_init(&t, nb, item_value, b, NULL, w->rules->loose_types) != 0) {
         w->err = FICUS_ENOMEM;
         goto out;
     }
@@ -633,7 +672,8 @@ static void walk_keyed(struct walk *w, const struct jv *a, const struct jv *b, c
     size_t nb_keyless = 0, kb = 0;
     struct idx_table t;
 
-    if (pair == NULL || used_b == NULL || idx_table_init(&t, nb, item_key_value, b, key) != 0) {
+    if (pair == NULL || used_b == NULL ||
+        idx_table_init(&t, nb, item_key_value, b, key, w->rules->loose_types) != 0) {
         w->err = FICUS_ENOMEM;
         goto out;
     }
@@ -702,10 +742,17 @@ static void walk_array(struct walk *w, const struct jv *a, const struct jv *b)
 
 static void walk_value(struct walk *w, const struct jv *a, const struct jv *b)
 {
+    bool equal;
+
     if (halted(w) || path_ignored(w))
         return;
-    if (is_number(a) && is_number(b)) {
+    if (jv_is_number(a) && jv_is_number(b)) {
         if (!numbers_equal(a, b, w->rules->tolerance))
+            record(w, DIFF_JSON, a, b);
+        return;
+    }
+    if (w->rules->loose_types && loose_pair(a, b, w->rules->tolerance, &equal)) {
+        if (!equal)
             record(w, DIFF_JSON, a, b);
         return;
     }
@@ -961,6 +1008,22 @@ static bool header_listed(const char *const *names, size_t n, const char *name)
     return false;
 }
 
+/* The media type of a header value: the part before any ";", without spaces
+ * and tabs around it. */
+static struct span media_type(const char *v, size_t len)
+{
+    struct diff_header h = {.value = v, .value_len = len};
+    return header_token(&h, true);
+}
+
+/* Do two values name the same media type (type/subtype case-insensitive,
+ * parameters ignored)? */
+static bool same_media_type(const char *a, size_t na, const char *b, size_t nb)
+{
+    struct span x = media_type(a, na), y = media_type(b, nb);
+    return x.len == y.len && strncasecmp(x.p, y.p, x.len) == 0;
+}
+
 static int diff_headers(const struct diff_rules *rules, const struct diff_response *legacy,
                         const struct diff_response *new_, struct diff_result *out)
 {
@@ -980,7 +1043,11 @@ static int diff_headers(const struct diff_rules *rules, const struct diff_respon
         rc = header_join(legacy, names[i], &lv, &ll, &lf);
         if (rc == 0)
             rc = header_join(new_, names[i], &nv, &nl, &nf);
-        if (rc == 0 && (lf != nf || (lf && (ll != nl || memcmp(lv, nv, ll) != 0)))) {
+        if (rc == 0 && lf && nf &&
+            header_listed(rules->media_type_headers, rules->n_media_type_headers, names[i]) &&
+            same_media_type(lv, ll, nv, nl)) {
+            /* Equal for this comparison: fall through with nothing recorded. */
+        } else if (rc == 0 && (lf != nf || (lf && (ll != nl || memcmp(lv, nv, ll) != 0)))) {
             /* An absent header shows as null, a present one as its (joined) value. */
             jl = lf ? safe_string(&out->arena, lv, ll) : jv_null();
             jn = nf ? safe_string(&out->arena, nv, nl) : jv_null();

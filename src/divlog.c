@@ -186,19 +186,53 @@ struct divrec *divrec_new(const char *route, const char *id, bool divergent, con
     return r;
 }
 
-static void handle(struct divlog *d, struct divrec *rec)
+/* The (kind, normalised path) entries of one record, each once: a list
+ * endpoint whose every item differs shows "/ * /views" once per comparison, so
+ * a path's count stays a number of comparisons and its rate a share of them
+ * (the summary once showed 210 %). Counted beats noise when a path is both. */
+struct rec_stat {
+    const char *kind;
+    char path[1024];
+    bool noise;
+};
+
+static void count_record(struct divlog *d, const struct divrec *rec)
 {
+    struct rec_stat *seen = NULL;
+    size_t n_seen = 0;
     const char *st = rec->stats;
+
+    if (rec->n_stats > 0)
+        seen = malloc(rec->n_stats * sizeof(*seen));
+    if (seen == NULL)
+        return; /* out of memory: the summary misses this record, nothing else does */
     for (size_t i = 0; i < rec->n_stats; i++) {
         unsigned char k = (unsigned char)*st++;
         const char *path = st;
+        struct rec_stat cur;
+        size_t j = 0;
         st += strlen(st) + 1;
-        if (k == DIVREC_NOISE)
-            count_path(d, rec->route, path, "json", true, rec->id);
-        else if (k < DIFF_KIND_N)
-            count_path(d, rec->route, k == DIFF_BODY ? "" : path, diff_kind_name((enum diff_kind)k),
-                       false, rec->id);
+        if (k != DIVREC_NOISE && k >= DIFF_KIND_N)
+            continue;
+        cur.noise = k == DIVREC_NOISE;
+        cur.kind = cur.noise ? "json" : diff_kind_name((enum diff_kind)k);
+        diff_normalize_path(!cur.noise && k == DIFF_BODY ? "" : path, cur.path, sizeof(cur.path));
+        while (j < n_seen &&
+               !(strcmp(seen[j].kind, cur.kind) == 0 && strcmp(seen[j].path, cur.path) == 0))
+            j++;
+        if (j == n_seen)
+            seen[n_seen++] = cur;
+        else if (!cur.noise)
+            seen[j].noise = false;
     }
+    for (size_t j = 0; j < n_seen; j++)
+        count_path(d, rec->route, seen[j].path, seen[j].kind, seen[j].noise, rec->id);
+    free(seen);
+}
+
+static void handle(struct divlog *d, struct divrec *rec)
+{
+    count_record(d, rec);
     if (!rec->divergent) {
         free(rec);
         return;
@@ -365,6 +399,27 @@ unsigned long long divlog_dropped(const struct divlog *d)
     unsigned long long n = d->dropped;
     uv_mutex_unlock((uv_mutex_t *)&d->lock);
     return n;
+}
+
+int divlog_recent_write(struct divlog *d, const char *route, int limit, struct buf *out)
+{
+    int n = 0;
+    int rc;
+
+    drain_queue(d);
+    rc = buf_puts(out, "{\"divergences\":[");
+    for (size_t i = 0; i < d->recent_count && n < limit && rc == 0; i++) {
+        size_t idx = (d->recent_next + DIVLOG_RECENT_MAX - 1 - i) % DIVLOG_RECENT_MAX;
+        const struct divrec *rec = d->recent[idx];
+        if (route != NULL && strcmp(rec->route, route) != 0)
+            continue;
+        /* The line as written: the values exactly as the backends sent them. */
+        if (n++ > 0)
+            rc = buf_append(out, ",", 1);
+        if (rc == 0)
+            rc = buf_append(out, rec->line, rec->line_len);
+    }
+    return rc != 0 ? rc : buf_puts(out, "]}");
 }
 
 json_t *divlog_recent(struct divlog *d, const char *route, int limit)

@@ -5,12 +5,14 @@
  * copied into the arena as one array when the container closes, so each
  * container costs one arena allocation whatever its size. Every rule below
  * follows jansson 2.14's load.c, so that a body is JSON for the diff exactly
- * when it was before. */
+ * when it was before, except that numbers of any size are taken (their text
+ * is kept, never converted while parsing). */
 #include "ficus/jdoc.h"
 #include "ficus/common.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,19 +231,204 @@ static int parse_string(struct jparse *jp, const char **out, size_t *out_len)
     return 0;
 }
 
+/* ---- numbers ---------------------------------------------------------------------------- */
+
+/* The end of the JSON number starting at s (before e), or NULL when the bytes
+ * there are not one. *is_int tells whether it has neither fraction nor exponent. */
+static const unsigned char *number_end(const unsigned char *s, const unsigned char *e, bool *is_int)
+{
+    const unsigned char *q = s;
+
+    *is_int = true;
+    if (q < e && *q == '-')
+        q++;
+    if (q < e && *q == '0') {
+        q++;
+        if (q < e && is_digit(*q))
+            return NULL;
+    } else if (q < e && is_digit(*q)) {
+        while (q < e && is_digit(*q))
+            q++;
+    } else {
+        return NULL;
+    }
+    if (q < e && *q == '.') {
+        *is_int = false;
+        q++;
+        if (!(q < e && is_digit(*q)))
+            return NULL;
+        while (q < e && is_digit(*q))
+            q++;
+    }
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        *is_int = false;
+        q++;
+        if (q < e && (*q == '+' || *q == '-'))
+            q++;
+        if (!(q < e && is_digit(*q)))
+            return NULL;
+        while (q < e && is_digit(*q))
+            q++;
+    }
+    return q;
+}
+
+bool jdoc_number_valid(const char *s, size_t n, bool *is_int)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    bool i;
+
+    if (s == NULL || n == 0)
+        return false;
+    if (number_end(p, p + n, &i) != p + n)
+        return false;
+    if (is_int != NULL)
+        *is_int = i;
+    return true;
+}
+
+/* Exponents saturate here (see jdoc.h): far beyond any double, and small enough
+ * that adding a text length cannot overflow. */
+#define JNUM_EXP_MAX ((int64_t)1 << 62)
+
+/* A valid number text as sign, significant digits and a power of ten: the
+ * value is (neg ? -1 : 1) * digits * 10^exp, where digits has neither leading
+ * nor trailing zeros. The digits are the integer part followed by the fraction
+ * part, read through digit(): no copy. Zero has n == 0 (and no sign). */
+struct jnum {
+    bool neg;
+    const char *ip, *fp; /* integer and fraction digits */
+    size_t ni, nf;
+    size_t lo, n; /* the significant digits: n of them from index lo */
+    int64_t exp;
+};
+
+static char jnum_digit(const struct jnum *j, size_t i)
+{
+    return i < j->ni ? j->ip[i] : j->fp[i - j->ni];
+}
+
+static void jnum_split(const char *s, size_t len, struct jnum *j)
+{
+    const char *e = s + len, *q = s;
+    int64_t x = 0;
+    size_t total, hi;
+
+    j->neg = *q == '-';
+    if (j->neg)
+        q++;
+    j->ip = q;
+    while (q < e && is_digit((unsigned char)*q))
+        q++;
+    j->ni = (size_t)(q - j->ip);
+    j->fp = q;
+    j->nf = 0;
+    if (q < e && *q == '.') {
+        j->fp = ++q;
+        while (q < e && is_digit((unsigned char)*q))
+            q++;
+        j->nf = (size_t)(q - j->fp);
+    }
+    if (q < e) { /* 'e' or 'E' */
+        bool eneg = false;
+        q++;
+        if (*q == '+' || *q == '-')
+            eneg = *q++ == '-';
+        for (; q < e; q++)
+            x = x <= (JNUM_EXP_MAX - 9) / 10 ? x * 10 + (*q - '0') : JNUM_EXP_MAX;
+        if (eneg)
+            x = -x;
+    }
+    total = j->ni + j->nf;
+    j->lo = 0;
+    while (j->lo < total && jnum_digit(j, j->lo) == '0')
+        j->lo++;
+    hi = total;
+    while (hi > j->lo && jnum_digit(j, hi - 1) == '0')
+        hi--;
+    j->n = hi - j->lo;
+    /* digits * 10^exp: the explicit exponent, less the fraction digits, plus the
+     * trailing zeros dropped. */
+    j->exp = x - (int64_t)j->nf + (int64_t)(total - hi);
+    if (j->n == 0) {
+        j->neg = false;
+        j->exp = 0;
+    }
+}
+
+bool jdoc_number_equal(const char *a, size_t na, const char *b, size_t nb)
+{
+    struct jnum x, y;
+
+    if (na == nb && memcmp(a, b, na) == 0)
+        return true;
+    jnum_split(a, na, &x);
+    jnum_split(b, nb, &y);
+    if (x.neg != y.neg || x.n != y.n || x.exp != y.exp)
+        return false;
+    for (size_t i = 0; i < x.n; i++)
+        if (jnum_digit(&x, x.lo + i) != jnum_digit(&y, y.lo + i))
+            return false;
+    return true;
+}
+
+uint64_t jdoc_number_hash(const char *s, size_t n)
+{
+    struct jnum j;
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    jnum_split(s, n, &j);
+    for (size_t i = 0; i < j.n; i++) {
+        h ^= (unsigned char)jnum_digit(&j, j.lo + i);
+        h *= 0x100000001b3ULL;
+    }
+    h ^= (uint64_t)j.exp * 0x9e3779b97f4a7c15ULL + (j.neg ? 0x2d : 0);
+    h *= 0x100000001b3ULL;
+    return h ^ (h >> 31);
+}
+
+int jdoc_number_int64(const char *s, size_t n, int64_t *out)
+{
+    const char *q = s, *e = s + n;
+    bool neg = false;
+    uint64_t m = 0, limit;
+
+    if (q < e && *q == '-') {
+        neg = true;
+        q++;
+    }
+    limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    if (q == e)
+        return -EINVAL;
+    for (; q < e; q++) {
+        uint64_t digit;
+        if (!is_digit((unsigned char)*q))
+            return -EINVAL;
+        digit = (uint64_t)(*q - '0');
+        if (m > (limit - digit) / 10) {
+            /* Too big, unless what follows makes it no integer at all. */
+            while (q < e && is_digit((unsigned char)*q))
+                q++;
+            return q == e ? -ERANGE : -EINVAL;
+        }
+        m = m * 10 + digit;
+    }
+    *out = neg ? (int64_t)(0 - m) : (int64_t)m;
+    return 0;
+}
+
 /* 10^0 .. 10^22 are exact doubles. */
 static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* A real from its text [s, e), already checked against the grammar. Short
- * decimals take Clinger's fast path: a mantissa of at most 15 digits (exact in
- * a double) scaled by an exact power of ten up to 10^22 is one correctly
- * rounded operation, the very double strtod returns. The rest goes through
- * strtod. Overflow is an error, as in jansson ("real number overflow"). */
-static int parse_real(const unsigned char *s, const unsigned char *e, double *out)
+/* Short decimals take Clinger's fast path: a mantissa of at most 15 digits
+ * (exact in a double) scaled by an exact power of ten up to 10^22 is one
+ * correctly rounded operation, the very double strtod returns. The rest goes
+ * through strtod. */
+double jdoc_number_double(const char *s, size_t len)
 {
-    const unsigned char *q = s;
+    const char *q = s, *e = s + len;
     bool neg = *q == '-', after_dot = false;
     uint64_t m = 0;
     int sig = 0, frac = 0, exp10 = 0;
@@ -279,81 +466,51 @@ static int parse_real(const unsigned char *s, const unsigned char *e, double *ou
         double d = (double)m;
         if (m != 0)
             d = scale < 0 ? d / pow10_exact[-scale] : d * pow10_exact[scale];
-        *out = neg ? -d : d;
-        return 0;
+        return neg ? -d : d;
     }
 slow:;
+    /* strtod reads up to the first byte that cannot continue a number: the text
+     * itself serves when it ends there (the texts of a jdoc end with a NUL). */
+    unsigned char after = (unsigned char)s[len];
+    if (!(is_digit(after) || after == '.' || after == 'e' || after == 'E' || after == '+' ||
+          after == '-'))
+        return strtod(s, NULL);
     char tmp[64], *copy = tmp;
-    size_t len = (size_t)(e - s);
     if (len >= sizeof tmp) {
         copy = malloc(len + 1);
         if (copy == NULL)
-            return FICUS_ENOMEM;
+            return NAN;
     }
     memcpy(copy, s, len);
     copy[len] = '\0';
-    errno = 0;
     double d = strtod(copy, NULL);
-    int rc = errno == ERANGE && isinf(d) ? -EINVAL : 0;
     if (copy != tmp)
         free(copy);
-    *out = d;
-    return rc;
+    return d;
 }
 
-/* A number; jp->p is at its first byte ('-' or a digit). */
+/* A number; jp->p is at its first byte ('-' or a digit). Its text is copied
+ * into the arena: a record writes it back as sent. */
 static int parse_number(struct jparse *jp, struct jv *v)
 {
-    const unsigned char *s = jp->p, *q = s, *e = jp->end;
-    bool neg = false, real = false;
+    const unsigned char *s = jp->p;
+    bool is_int;
+    const unsigned char *q = number_end(s, jp->end, &is_int);
+    char *t;
+    size_t n;
 
-    if (*q == '-') {
-        neg = true;
-        q++;
-    }
-    if (q < e && *q == '0') {
-        q++;
-        if (q < e && is_digit(*q))
-            return -EINVAL;
-    } else if (q < e && is_digit(*q)) {
-        while (q < e && is_digit(*q))
-            q++;
-    } else {
+    if (q == NULL)
         return -EINVAL;
-    }
-    if (q < e && *q == '.') {
-        real = true;
-        q++;
-        if (!(q < e && is_digit(*q)))
-            return -EINVAL;
-        while (q < e && is_digit(*q))
-            q++;
-    }
-    if (q < e && (*q == 'e' || *q == 'E')) {
-        real = true;
-        q++;
-        if (q < e && (*q == '+' || *q == '-'))
-            q++;
-        if (!(q < e && is_digit(*q)))
-            return -EINVAL;
-        while (q < e && is_digit(*q))
-            q++;
-    }
+    n = (size_t)(q - s);
+    t = arena_alloc_bytes(jp->a, n + 1);
+    if (t == NULL)
+        return FICUS_ENOMEM;
+    memcpy(t, s, n);
+    t[n] = '\0';
     jp->p = q;
-    if (real) {
-        v->type = JV_REAL;
-        return parse_real(s, q, &v->u.d);
-    }
-    /* An integer must fit in 64 bits (jansson: "too big integer"). */
-    uint64_t m = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-    for (const unsigned char *d = neg ? s + 1 : s; d < q; d++) {
-        uint64_t digit = (uint64_t)(*d - '0');
-        if (m > (limit - digit) / 10)
-            return -EINVAL;
-        m = m * 10 + digit;
-    }
-    v->type = JV_INT;
-    v->u.i = neg ? (int64_t)(0 - m) : (int64_t)m;
+    v->type = is_int ? JV_INT : JV_REAL;
+    v->n = n;
+    v->u.num = t;
     return 0;
 }
 
@@ -614,13 +771,14 @@ bool jv_equal(const struct jv *a, const struct jv *b)
 {
     if (a == b)
         return true;
-    if (a == NULL || b == NULL || a->type != b->type)
+    if (a == NULL || b == NULL)
+        return false;
+    if (a->type != b->type && !(jv_is_number(a) && jv_is_number(b)))
         return false;
     switch (a->type) {
     case JV_INT:
-        return a->u.i == b->u.i;
     case JV_REAL:
-        return a->u.d == b->u.d;
+        return jdoc_number_equal(a->u.num, a->n, b->u.num, b->n);
     case JV_STRING:
         return a->n == b->n && memcmp(a->u.s, b->u.s, a->n) == 0;
     case JV_ARRAY:
@@ -653,11 +811,15 @@ const struct jv *jv_null(void)
 const struct jv *jv_new_int(struct arena *a, int64_t v)
 {
     struct jv *j = arena_alloc(a, sizeof *j);
-    if (j == NULL)
+    char text[24], *copy;
+    int n = snprintf(text, sizeof text, "%lld", (long long)v);
+
+    copy = j != NULL ? arena_strndup(a, text, (size_t)n) : NULL;
+    if (copy == NULL)
         return NULL;
     j->type = JV_INT;
-    j->n = 0;
-    j->u.i = v;
+    j->n = (size_t)n;
+    j->u.num = copy;
     return j;
 }
 
@@ -673,7 +835,7 @@ const struct jv *jv_new_string(struct arena *a, const char *s, size_t n)
     return j;
 }
 
-static int write_value(struct buf *b, const struct jv *v, int precision)
+static int write_value(struct buf *b, const struct jv *v)
 {
     int rc;
 
@@ -689,7 +851,7 @@ static int write_value(struct buf *b, const struct jv *v, int precision)
             if (rc == 0)
                 rc = buf_append(b, ":", 1);
             if (rc == 0)
-                rc = write_value(b, &m->value, precision);
+                rc = write_value(b, &m->value);
         }
         return rc != 0 ? rc : buf_append(b, "}", 1);
     case JV_ARRAY:
@@ -698,15 +860,14 @@ static int write_value(struct buf *b, const struct jv *v, int precision)
             if (i > 0)
                 rc = buf_append(b, ",", 1);
             if (rc == 0)
-                rc = write_value(b, &v->u.items[i], precision);
+                rc = write_value(b, &v->u.items[i]);
         }
         return rc != 0 ? rc : buf_append(b, "]", 1);
     case JV_STRING:
         return buf_json_text(b, v->u.s, v->n);
     case JV_INT:
-        return buf_put_int(b, v->u.i);
     case JV_REAL:
-        return buf_json_real(b, v->u.d, precision);
+        return buf_append(b, v->u.num, v->n);
     case JV_TRUE:
         return buf_append(b, "true", 4);
     case JV_FALSE:
@@ -722,9 +883,10 @@ int jv_write(struct buf *b, const struct jv *v, int precision)
     size_t start = b->len;
     int rc;
 
+    (void)precision;
     if (v == NULL)
         return -EINVAL;
-    rc = write_value(b, v, precision);
+    rc = write_value(b, v);
     if (rc != 0 && b->data != NULL) {
         b->len = start;
         b->data[start] = '\0';

@@ -501,6 +501,13 @@ json_t *metrics_readiness(struct server *srv)
 /* ---- divergence views --------------------------------------------------------------------------
  */
 
+int metrics_divergences_write(struct server *srv, const char *route, int limit, struct buf *out)
+{
+    if (srv->divlog == NULL)
+        return buf_puts(out, "{\"divergences\":[]}");
+    return divlog_recent_write(srv->divlog, route, limit, out);
+}
+
 json_t *metrics_divergences_json(struct server *srv, const char *route, int limit)
 {
     if (srv->divlog == NULL)

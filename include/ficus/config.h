@@ -171,6 +171,7 @@ struct route_cfg {
     bool noise;             /* has diff.noise */
     double noise_percent;   /* default 2 */
     double noise_threshold; /* default 0.05 */
+    unsigned noise_warmup;  /* default 20: an endpoint's first comparisons, all with twins */
 
     unsigned fallback;  /* enum fallback_flag bits; default none */
     bool allow_upgrade; /* Upgrade requests (WebSocket) tunnelled; default true, else 403 */
@@ -185,6 +186,10 @@ struct route_cfg {
     double *ramp_steps; /* increasing, each 0..100 */
     size_t n_ramp_steps;
     int64_t ramp_every_ms;
+
+    const char **endpoints; /* "GET /posts/{id}", checked by endpoint_template_problem */
+    size_t n_endpoints;
+    int max_endpoints; /* default 100; at least n_endpoints */
 
     /* Set by the server (state_table_bind), not by config_parse: the route's
      * live state, which outlives this snapshot. */
@@ -223,6 +228,8 @@ struct config {
     const char **redact_headers; /* lower case; default authorization, cookie,
                                     set-cookie, proxy-authorization */
     size_t n_redact_headers;
+    const char **redact_json; /* JSON Pointers ("*" segments) hidden in bodies and values */
+    size_t n_redact_json;
 
     const char *access_log_path; /* "-": stdout (default); NULL: none */
 

@@ -31,6 +31,15 @@ struct diff_rules {
     struct diff_match_by *match_by; /* arrays whose objects pair by a key */
     size_t n_match_by;
     double tolerance; /* absolute; numbers this close are equal */
+    /* A number and a string holding exactly a JSON number compare as two
+     * numbers ("1" equals 1, "1.50" equals 1.5; tolerance applies), and
+     * match_by keys and identical unordered items pair the same way. */
+    bool loose_types;
+    /* Headers (lower case) whose values compare by media type only: the part
+     * before any ";", without spaces, case-insensitively, so
+     * "application/json" equals "Application/JSON; charset=utf-8". */
+    const char **media_type_headers;
+    size_t n_media_type_headers;
 };
 
 /* One header of a response; name and value need not be NUL-terminated. */
@@ -95,9 +104,10 @@ struct diff_result {
  * compared. An absent header shows as json null. A gzip body that does not
  * decode (or decodes beyond 64 MiB) gives a DIFF_ERROR item for its side with
  * the value "invalid_gzip" (or "gzip_too_large"), null on the other side, and
- * the bodies are not compared. JSON that jdoc_parse rejects (including integers
- * beyond 64 bits) falls back to the byte comparison, whose values are up to 32
- * bytes from the offset, non-UTF-8 bytes written as the text \xNN.
+ * the bodies are not compared. JSON that jdoc_parse rejects falls back to the
+ * byte comparison, whose values are up to 32 bytes from the offset, non-UTF-8
+ * bytes written as the text \xNN. Numbers of any size are JSON: they compare by
+ * exact decimal value (see jdoc.h) and items carry their text as sent.
  * out is initialised first: dispose a used result before. */
 int diff_responses(const struct diff_rules *rules, const struct diff_response *legacy,
                    const struct diff_response *new_, struct diff_result *out);

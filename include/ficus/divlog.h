@@ -69,9 +69,17 @@ unsigned long long divlog_dropped(const struct divlog *d);
  * by the control thread, so a flood of drops is one line a second. */
 void divlog_tick(struct divlog *d);
 
-/* {"divergences": [...]} newest first; route NULL for all. */
+/* Appends {"divergences": [...]}, newest first (route NULL for all), each
+ * record exactly as written to the log: numbers keep every digit the backends
+ * sent. Returns 0 or a buf error. Control thread. */
+int divlog_recent_write(struct divlog *d, const char *route, int limit, struct buf *out);
+/* The same as a jansson tree, re-read from the lines: LOSSY (jansson keeps 64-bit
+ * integers and doubles, and drops a record holding a bigger number). Kept only
+ * until the admin API serves divlog_recent_write's text; then remove it. */
 json_t *divlog_recent(struct divlog *d, const char *route, int limit);
-/* {"paths": [{route, path, kind, count, rate, noise, example_id}]}, most frequent first. */
+/* {"paths": [{route, path, kind, count, rate, noise, example_id}]}, most frequent first.
+ * A path counts at most once per record (comparison), so count <= comparisons
+ * and rate (count and noise_count over the route's comparisons) <= 1. */
 json_t *divlog_summary(struct divlog *d, const char *route);
 
 #endif

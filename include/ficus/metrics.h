@@ -38,7 +38,12 @@ void metrics_route_windows(struct server *srv, const struct route_state *rs, jso
 /* {"ready": bool, "listeners": bool, "backends": {name: bool}}. */
 json_t *metrics_readiness(struct server *srv);
 
-/* Recent divergence records, newest first; route NULL for all. */
+/* Appends {"divergences": [...]}: recent divergence records, newest first
+ * (route NULL for all), each as written, so values keep every digit. Returns 0
+ * or a buf error. The admin API should answer with this text. */
+int metrics_divergences_write(struct server *srv, const char *route, int limit, struct buf *out);
+/* The same as a jansson tree: LOSSY for numbers (see divlog_recent); kept
+ * until the admin module calls metrics_divergences_write. */
 json_t *metrics_divergences_json(struct server *srv, const char *route, int limit);
 /* Per diff path: count, rate, noise, example id. */
 json_t *metrics_summary_json(struct server *srv, const char *route);

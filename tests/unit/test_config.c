@@ -338,6 +338,34 @@ static const struct bad_case bad_cases[] = {
     {ROUTE(",'diff':{'headers':[1]}"), "t.json: routes[0].diff.headers[0]: " HDRNAME_REASON},
     {ROUTE(",'diff':{'ignore_headers':'date'}"),
      "t.json: routes[0].diff.ignore_headers: must be an array of header names"},
+    /* issue 14: loose types, media types, noise warm-up, endpoints, redact_json */
+    {ROUTE(",'diff':{'loose_types':1}"),
+     "t.json: routes[0].diff.loose_types: must be true or false"},
+    {ROUTE(",'diff':{'media_type_headers':['content type']}"),
+     "t.json: routes[0].diff.media_type_headers[0]: " HDRNAME_REASON},
+    {ROUTE(",'diff':{'noise':{'warmup':-1}}"),
+     "t.json: routes[0].diff.noise.warmup: must be an integer from 0 to 1000000"},
+    {ROUTE(",'endpoints':'GET /a'"),
+     "t.json: routes[0].endpoints: must be an array of endpoint templates \"METHOD /path\""},
+    {ROUTE(",'endpoints':['get /a']"),
+     "t.json: routes[0].endpoints[0]: must be \"METHOD /path\" with an upper-case method, such "
+     "as \"GET /posts/{id}\""},
+    {ROUTE(",'endpoints':['GET /posts/x{id}']"),
+     "t.json: routes[0].endpoints[0]: a placeholder must be a whole segment, such as {id} "
+     "(letters, digits, '_')"},
+    {ROUTE(",'endpoints':['GET a']"),
+     "t.json: routes[0].endpoints[0]: the path must start with \"/\""},
+    {ROUTE(",'endpoints':['GET /a','GET /b','GET /a']"),
+     "t.json: routes[0].endpoints[2]: \"GET /a\" is listed twice"},
+    {ROUTE(",'endpoints':['GET /a','GET /b'],'max_endpoints':1"),
+     "t.json: routes[0].endpoints: lists 2 endpoints, more than max_endpoints (1)"},
+    {ROUTE(",'max_endpoints':0"),
+     "t.json: routes[0].max_endpoints: must be an integer from 1 to 10000"},
+    {TOP(",'divergence_log':{'path':'d','redact_json':['password']}"),
+     "t.json: divergence_log.redact_json[0]: must be a JSON Pointer: \"\" or a string starting "
+     "with \"/\""},
+    {TOP(",'divergence_log':{'path':'d','redact_json':'/password'}"),
+     "t.json: divergence_log.redact_json: must be an array of JSON Pointers"},
     {ROUTE(",'fallback':['5xx','5xx']"), "t.json: routes[0].fallback[1]: \"5xx\" is listed twice"},
     {ROUTE(",'fallback':['oops']"),
      "t.json: routes[0].fallback[0]: must be \"connect_error\", \"timeout\" or \"5xx\""},
@@ -543,6 +571,11 @@ static void test_defaults(void **state)
     assert_false(rt->noise);
     assert_true(rt->noise_percent == 2);
     assert_true(rt->noise_threshold == 0.05);
+    assert_int_equal(rt->noise_warmup, 20);
+    assert_false(rt->diff.loose_types);
+    assert_int_equal(rt->diff.n_media_type_headers, 0);
+    assert_int_equal(rt->n_endpoints, 0);
+    assert_int_equal(rt->max_endpoints, 100);
     assert_int_equal(rt->fallback, 0);
     assert_false(rt->guard);
     assert_true(rt->guard_max_divergence_rate == 0.01);
@@ -557,6 +590,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->divlog_keep, 5);
     assert_int_equal(cfg->divlog_body_bytes, 4096);
     assert_int_equal(cfg->n_redact_headers, 4);
+    assert_int_equal(cfg->n_redact_json, 0);
     assert_string_equal(cfg->access_log_path, "-");
     assert_int_equal(cfg->max_connections, 10000);
     assert_int_equal(cfg->max_header_bytes, 65536);
@@ -724,6 +758,32 @@ static void test_every_option(void **state)
     assert_int_equal(cfg->client_idle_ms, 3000);
     assert_int_equal(cfg->header_ms, 3000); /* min(client_idle_ms, 10000) */
     assert_int_equal(cfg->drain_ms, 4);
+    config_unref(cfg);
+}
+
+/* The options of issue 14 read back. */
+static void test_endpoint_and_redaction_options(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        parse_ok("{" LISTEN "," BACKENDS ",'divergence_log':{'path':'d.ndjson','redact_json':"
+                 "['/user/password','/items/*/ssn']},'routes':[{'name':'r','endpoints':"
+                 "['GET /posts/{id}','DELETE /posts/{id}/comments/{cid}'],'max_endpoints':50,"
+                 "'diff':{'loose_types':true,'media_type_headers':['Content-Type'],"
+                 "'noise':{'warmup':0}}}]}");
+    const struct route_cfg *rt = &cfg->routes[0];
+    assert_int_equal(cfg->n_redact_json, 2);
+    assert_string_equal(cfg->redact_json[0], "/user/password");
+    assert_string_equal(cfg->redact_json[1], "/items/*/ssn");
+    assert_int_equal(rt->n_endpoints, 2);
+    assert_string_equal(rt->endpoints[0], "GET /posts/{id}");
+    assert_string_equal(rt->endpoints[1], "DELETE /posts/{id}/comments/{cid}");
+    assert_int_equal(rt->max_endpoints, 50);
+    assert_true(rt->diff.loose_types);
+    assert_int_equal(rt->diff.n_media_type_headers, 1);
+    assert_string_equal(rt->diff.media_type_headers[0], "content-type"); /* lower case */
+    assert_true(rt->noise);
+    assert_int_equal(rt->noise_warmup, 0);
     config_unref(cfg);
 }
 
@@ -1242,6 +1302,7 @@ int main(void)
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_every_option),
+        cmocka_unit_test(test_endpoint_and_redaction_options),
         cmocka_unit_test(test_listen_shorthand),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_many_errors_at_once),

@@ -17,15 +17,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static json_t *parse(const char *text)
-{
-    json_error_t err;
-    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-    if (v == NULL)
-        fail_msg("bad test JSON %s: %s", text, err.text);
-    return v;
-}
-
 /* Parses text into the result's arena, where the items pointing into it live. */
 static const struct jv *doc(struct diff_result *out, const char *text)
 {
@@ -55,29 +46,33 @@ static void jdiff(const struct diff_rules *rules, const char *legacy, const char
     assert_int_equal(diff_json(rules, doc(out, legacy), doc(out, new_), out), 0);
 }
 
-/* Asserts that v equals the JSON text expected, or is NULL when expected is.
- * jansson is the judge: v is written out at full precision and read back. */
+/* Asserts that v is written exactly as the JSON text expected (compacted), or
+ * is NULL when expected is. Numbers must come out as the document sent them. */
 static void assert_value(const struct jv *v, const char *expected)
 {
-    json_t *e, *got;
-    struct buf b;
+    struct buf got, want;
+    struct arena a;
+    const struct jv *e;
 
     if (expected == NULL) {
         assert_null(v);
         return;
     }
     assert_non_null(v);
-    buf_init(&b, 0);
-    assert_int_equal(jv_write(&b, v, 17), 0);
-    got = parse(b.data);
-    e = parse(expected);
-    if (!json_equal(got, e)) {
-        print_error("value %s, expected %s\n", b.data, expected);
+    buf_init(&got, 0);
+    buf_init(&want, 0);
+    arena_init(&a);
+    assert_int_equal(jv_write(&got, v, 17), 0);
+    if (jdoc_parse(&a, expected, strlen(expected), &e) != 0)
+        fail_msg("bad expected JSON %s", expected);
+    assert_int_equal(jv_write(&want, e, 17), 0);
+    if (strcmp(got.data, want.data) != 0) {
+        print_error("value %s, expected %s\n", got.data, want.data);
         fail();
     }
-    json_decref(got);
-    json_decref(e);
-    buf_dispose(&b);
+    arena_dispose(&a);
+    buf_dispose(&got);
+    buf_dispose(&want);
 }
 
 static void assert_item(const struct diff_result *r, size_t i, enum diff_kind kind,
@@ -563,7 +558,9 @@ static void test_big_int64_exact(void **state)
     assert_int_equal(r.n, 1);
     assert_item(&r, 0, DIFF_JSON, "/0", "9223372036854775807", "9223372036854775806");
     assert_int_equal(r.items[0].legacy->type, JV_INT);
-    assert_true(r.items[0].legacy->u.i == INT64_MAX);
+    int64_t v = 0;
+    assert_int_equal(jv_int64(r.items[0].legacy, &v), 0);
+    assert_true(v == INT64_MAX);
     diff_result_dispose(&r);
 }
 
@@ -576,6 +573,157 @@ static void test_floats(void **state)
     jdiff(&rules, "[1.5e300, -0.0, 1e-300, 2.0]", "[1.5e300, 0.0, 2e-300, 2]", &r);
     assert_int_equal(r.n, 1);
     assert_item(&r, 0, DIFF_JSON, "/2", "1e-300", "2e-300");
+    diff_result_dispose(&r);
+}
+
+/* ---- exact values, loose types, media types ---------------------------------------------- */
+
+/* Without a tolerance numbers compare by exact decimal value: spellings of one
+ * value are equal, values that share a double are not; items show the texts
+ * as sent. */
+static void test_numbers_by_exact_value(void **state)
+{
+    struct diff_rules rules = {0};
+    struct diff_result r;
+    (void)state;
+
+    jdiff(&rules,
+          "[1, 100, 0, 9007199254740993, 0.1, 18446744073709551617, 1e400, -0, 1796166754.0,"
+          " 1796166754.1234567]",
+          "[1.0, 1e2, -0.0, 9007199254740992, 0.10000000000000001, 18446744073709551617, 1E+400,"
+          " 0, 1796166754.00, 1796166754.1234568]",
+          &r);
+    assert_int_equal(r.n, 3);
+    assert_item(&r, 0, DIFF_JSON, "/3", "9007199254740993", "9007199254740992");
+    assert_item(&r, 1, DIFF_JSON, "/4", "0.1", "0.10000000000000001");
+    assert_item(&r, 2, DIFF_JSON, "/9", "1796166754.1234567", "1796166754.1234568");
+    diff_result_dispose(&r);
+}
+
+/* A tolerance applies to the numbers both sides sent, of any size: beyond 64
+ * bits by the distance of the nearest doubles; a number beyond a double's
+ * range is within no tolerance of another. */
+static void test_tolerance_beyond_int64_and_double(void **state)
+{
+    struct diff_rules rules = {.tolerance = 0.5};
+    struct diff_result r;
+    (void)state;
+
+    jdiff(&rules, "[18446744073709551617, 1e400, 0.1, 1e400, 18446744073709551617]",
+          "[18446744073709551618, 2e400, 0.10000000000000001, 1e400, 18446744073709559999]", &r);
+    assert_int_equal(r.n, 2);
+    assert_item(&r, 0, DIFF_JSON, "/1", "1e400", "2e400");
+    assert_item(&r, 1, DIFF_JSON, "/4", "18446744073709551617", "18446744073709559999");
+    diff_result_dispose(&r);
+}
+
+static void test_loose_types(void **state)
+{
+    struct diff_rules strict = {0}, loose = {.loose_types = true};
+    struct diff_result r;
+    const char *legacy = "{\"id\":\"1\",\"n\":2,\"f\":\"1.50\",\"e\":\"1e2\",\"neg\":\"-0\","
+                         "\"x\":\"01\",\"p\":\"+1\",\"sp\":\" 1\",\"b\":\"true\",\"s\":\"abc\","
+                         "\"big\":\"18446744073709551617\"}";
+    const char *new_ = "{\"id\":1,\"n\":\"2.0\",\"f\":1.5,\"e\":100,\"neg\":0,\"x\":1,\"p\":1,"
+                       "\"sp\":1,\"b\":true,\"s\":\"abc\",\"big\":18446744073709551617}";
+    (void)state;
+
+    /* Strict: every number against a string differs. */
+    jdiff(&strict, legacy, new_, &r);
+    assert_int_equal(r.n, 10);
+    diff_result_dispose(&r);
+
+    /* Loose: a string holding exactly a JSON number is that number. "01", "+1"
+     * and " 1" are not JSON numbers; "true" is not the boolean. */
+    jdiff(&loose, legacy, new_, &r);
+    assert_int_equal(r.n, 4);
+    assert_item(&r, 0, DIFF_JSON, "/x", "\"01\"", "1");
+    assert_item(&r, 1, DIFF_JSON, "/p", "\"+1\"", "1");
+    assert_item(&r, 2, DIFF_JSON, "/sp", "\" 1\"", "1");
+    assert_item(&r, 3, DIFF_JSON, "/b", "\"true\"", "true");
+    diff_result_dispose(&r);
+
+    /* A differing value shows both sides as sent; tolerance applies. */
+    jdiff(&loose, "[\"1.5\", \"7\"]", "[1.6, 8]", &r);
+    assert_int_equal(r.n, 2);
+    assert_item(&r, 0, DIFF_JSON, "/0", "\"1.5\"", "1.6");
+    diff_result_dispose(&r);
+    struct diff_rules loose_tol = {.loose_types = true, .tolerance = 0.2};
+    jdiff(&loose_tol, "[\"1.5\", \"7\"]", "[1.6, 8]", &r);
+    assert_int_equal(r.n, 1);
+    assert_item(&r, 0, DIFF_JSON, "/1", "\"7\"", "8");
+    diff_result_dispose(&r);
+}
+
+/* match_by pairs items whose keys differ only in type when loose_types is on
+ * (and only then); unordered arrays pair them too. */
+static void test_loose_types_pairing(void **state)
+{
+    struct diff_match_by mb[] = {{"/items", "id"}};
+    const char *unordered[] = {"/tags"};
+    struct diff_rules strict = {
+        .match_by = mb, .n_match_by = 1, .unordered = unordered, .n_unordered = 1};
+    struct diff_rules loose = strict;
+    struct diff_result r;
+    const char *legacy = "{\"items\":[{\"id\":1,\"v\":1},{\"id\":2,\"v\":2},{\"id\":3,\"v\":3}],"
+                         "\"tags\":[\"10\",2,\"x\"]}";
+    const char *new_ = "{\"items\":[{\"id\":\"3\",\"v\":3},{\"id\":\"2.0\",\"v\":2},{\"id\":\"1\","
+                       "\"v\":9}],\"tags\":[\"x\",\"2\",10]}";
+    (void)state;
+    loose.loose_types = true;
+
+    jdiff(&loose, legacy, new_, &r);
+    assert_int_equal(r.n, 1);
+    assert_item(&r, 0, DIFF_JSON, "/items/0/v", "1", "9");
+    diff_result_dispose(&r);
+
+    /* Strict: no key pairs (every item removed and added), and the numeric
+     * tags differ. */
+    jdiff(&strict, legacy, new_, &r);
+    assert_int_equal(r.n, 10);
+    assert_item(&r, 0, DIFF_REMOVED, "/items/0", "{\"id\":1,\"v\":1}", NULL);
+    assert_item(&r, 3, DIFF_ADDED, "/items/0", NULL, "{\"id\":\"3\",\"v\":3}");
+    diff_result_dispose(&r);
+}
+
+static void test_media_type_headers(void **state)
+{
+    const char *media[] = {"content-type"};
+    const char *headers[] = {"content-type", "x-kind"};
+    struct diff_rules plain = {.headers = headers, .n_headers = 2};
+    struct diff_rules by_type = {
+        .headers = headers, .n_headers = 2, .media_type_headers = media, .n_media_type_headers = 1};
+    struct diff_result r;
+    struct diff_header hl[2] = {HDR("Content-Type", "application/json"),
+                                HDR("X-Kind", "text/plain")};
+    struct diff_header hn[2] = {HDR("content-type", " Application/JSON ; charset=utf-8"),
+                                HDR("x-kind", "text/plain; charset=utf-8")};
+    struct diff_response l = resp(200, hl, 2, "", 0);
+    struct diff_response n = resp(200, hn, 2, "", 0);
+    (void)state;
+
+    assert_int_equal(diff_responses(&plain, &l, &n, &r), 0);
+    assert_int_equal(r.n, 2);
+    diff_result_dispose(&r);
+
+    /* Only the listed header compares by media type. */
+    assert_int_equal(diff_responses(&by_type, &l, &n, &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_item(&r, 0, DIFF_HEADER, "x-kind", "\"text/plain\"", "\"text/plain; charset=utf-8\"");
+    diff_result_dispose(&r);
+
+    /* Another media type differs, shown in full; an absent header differs. */
+    hn[0] = HDR("Content-Type", "application/problem+json; charset=utf-8");
+    hn[1] = HDR("X-Kind", "text/plain");
+    assert_int_equal(diff_responses(&by_type, &l, &n, &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_item(&r, 0, DIFF_HEADER, "content-type", "\"application/json\"",
+                "\"application/problem+json; charset=utf-8\"");
+    diff_result_dispose(&r);
+    n = resp(200, hn + 1, 1, "", 0);
+    assert_int_equal(diff_responses(&by_type, &l, &n, &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_item(&r, 0, DIFF_HEADER, "content-type", "\"application/json\"", "null");
     diff_result_dispose(&r);
 }
 
@@ -892,21 +1040,26 @@ static void test_invalid_json_one_side_bytes(void **state)
     diff_result_dispose(&r);
 }
 
-static void test_big_integer_beyond_int64_bytes(void **state)
+/* Integers of any length are JSON numbers (they used to make the body compare
+ * as bytes): compared by value, shown as sent. */
+static void test_big_integer_beyond_int64_is_json(void **state)
 {
     struct diff_rules rules = {0};
     struct diff_result r;
     struct diff_header hl[1], hn[1];
-    const char *lb = "{\"n\":123456789012345678901234567890}";
+    const char *lb = "{\"n\":123456789012345678901234567890,\"m\":18446744073709551617,\"x\":1}";
     struct diff_response l = json_resp("application/json", lb, hl);
-    struct diff_response n =
-        json_resp("application/json", "{\"n\":123456789012345678901234567891}", hn);
+    struct diff_response n = json_resp(
+        "application/json",
+        "{\"n\":123456789012345678901234567891,\"m\":1.8446744073709551617e19,\"x\":2}", hn);
     struct diff_response same = json_resp("application/json", lb, hn);
     (void)state;
 
     assert_int_equal(diff_responses(&rules, &l, &n, &r), 0);
-    assert_int_equal(r.n, 1);
-    assert_item(&r, 0, DIFF_BODY, "34", "\"0}\"", "\"1}\"");
+    assert_int_equal(r.n, 2);
+    assert_item(&r, 0, DIFF_JSON, "/n", "123456789012345678901234567890",
+                "123456789012345678901234567891");
+    assert_item(&r, 1, DIFF_JSON, "/x", "1", "2");
     diff_result_dispose(&r);
 
     assert_int_equal(diff_responses(&rules, &l, &same, &r), 0);
@@ -1420,6 +1573,11 @@ int main(void)
         cmocka_unit_test(test_integer_tolerance),
         cmocka_unit_test(test_big_int64_exact),
         cmocka_unit_test(test_floats),
+        cmocka_unit_test(test_numbers_by_exact_value),
+        cmocka_unit_test(test_tolerance_beyond_int64_and_double),
+        cmocka_unit_test(test_loose_types),
+        cmocka_unit_test(test_loose_types_pairing),
+        cmocka_unit_test(test_media_type_headers),
         cmocka_unit_test(test_ignore_exact_pointer),
         cmocka_unit_test(test_ignore_items_wildcard_etag),
         cmocka_unit_test(test_ignore_wildcard_first_segment),
@@ -1437,7 +1595,7 @@ int main(void)
         cmocka_unit_test(test_charset_parameter_and_case),
         cmocka_unit_test(test_non_json_content_type_compares_bytes),
         cmocka_unit_test(test_invalid_json_one_side_bytes),
-        cmocka_unit_test(test_big_integer_beyond_int64_bytes),
+        cmocka_unit_test(test_big_integer_beyond_int64_is_json),
         cmocka_unit_test(test_text_first_differing_offset),
         cmocka_unit_test(test_text_equal_bodies),
         cmocka_unit_test(test_text_prefix),

@@ -1,5 +1,6 @@
 /* Unit tests for noise learning: rates, the minimum sample count, index
- * normalisation, error samples, the bound on tracked paths and noise_each. */
+ * normalisation, error samples, the bound on tracked paths, noise_each, and
+ * scopes: a timestamp of one endpoint among many is noise within its warm-up. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "ficus/common.h"
 #include "ficus/diff.h"
 #include "ficus/noise.h"
 
@@ -249,12 +251,85 @@ static void test_map_is_bounded(void **state)
     noise_free(ns);
 }
 
+static void observe_in(struct noise_stats *ns, const char *scope, const char *const *paths,
+                       size_t n)
+{
+    struct diff_result r;
+
+    make_result(&r, paths, n);
+    noise_observe_in(ns, scope, &r);
+    diff_result_dispose(&r);
+}
+
+/* Twenty endpoints warm up with 20 twins each; a timestamp differs in every
+ * sample of one of them. Route-wide that is 5 % (not above the default
+ * threshold: never noise); in its endpoint it is noise after 5 samples. */
+static void test_scope_is_not_diluted(void **state)
+{
+    struct noise_stats *ns = noise_new(0.05);
+    const char *ts[] = {"/meta/generated_at"};
+    char scope[20][32];
+    (void)state;
+
+    for (int e = 0; e < 20; e++)
+        snprintf(scope[e], sizeof scope[e], "GET /r%d/{id}", e);
+    for (int round = 0; round < 20; round++) {
+        for (int e = 0; e < 20; e++) {
+            observe_in(ns, scope[e], e == 3 ? ts : NULL, e == 3 ? 1 : 0);
+            /* Its own samples decide from the fifth on (before, the route's). */
+            if (e == 3 && round + 1 >= NOISE_MIN_SAMPLES)
+                assert_true(noise_is_noise_in(ns, scope[3], "/meta/generated_at"));
+        }
+    }
+    assert_int_equal(noise_samples(ns), 400);
+    assert_int_equal(noise_samples_in(ns, scope[3]), 20);
+    assert_false(noise_is_noise(ns, "/meta/generated_at"));
+    assert_true(noise_is_noise_in(ns, scope[3], "/meta/generated_at"));
+    /* Another endpoint's samples decide for it: not noise there. */
+    assert_false(noise_is_noise_in(ns, scope[4], "/meta/generated_at"));
+    /* A scope with too few samples of its own falls back to the route. */
+    observe_in(ns, "GET /young", NULL, 0);
+    assert_false(noise_is_noise_in(ns, "GET /young", "/meta/generated_at"));
+    noise_free(ns);
+
+    ns = noise_new(0.05);
+    for (int i = 0; i < 10; i++)
+        observe_in(ns, i < 8 ? "GET /old" : "GET /young", ts, 1);
+    assert_true(noise_is_noise_in(ns, "GET /young", "/meta/generated_at")); /* route-wide */
+    noise_free(ns);
+}
+
+/* At the default threshold (0.05) a timestamp that differs between two calls
+ * only now and then (a millisecond clock, calls often in the same millisecond)
+ * is noise within an endpoint's 20 warm-up twins: two differences in 20 are
+ * 10 %. */
+static void test_timestamp_noise_within_warmup(void **state)
+{
+    const char *ts[] = {"/updated_at"};
+    uint64_t seed = 11;
+    (void)state;
+
+    for (int run = 0; run < 200; run++) {
+        struct noise_stats *ns = noise_new(0.05);
+        int differed = 0;
+        for (int i = 0; i < 20; i++) {
+            bool d = xorshift64s(&seed) % 3 == 0; /* one call in three crosses a millisecond */
+            differed += d;
+            observe_in(ns, "GET /posts/{id}", d ? ts : NULL, d ? 1 : 0);
+        }
+        assert_int_equal(noise_is_noise_in(ns, "GET /posts/{id}", "/updated_at"), differed >= 2);
+        noise_free(ns);
+    }
+}
+
 static void test_null_safety(void **state)
 {
     (void)state;
     noise_free(NULL);
     assert_int_equal(noise_samples(NULL), 0);
+    assert_int_equal(noise_samples_in(NULL, "GET /"), 0);
     assert_false(noise_is_noise(NULL, "/a"));
+    assert_false(noise_is_noise_in(NULL, "GET /", "/a"));
 }
 
 int main(void)
@@ -269,6 +344,8 @@ int main(void)
         cmocka_unit_test(test_non_pointer_paths),
         cmocka_unit_test(test_error_results_are_not_samples),
         cmocka_unit_test(test_map_is_bounded),
+        cmocka_unit_test(test_scope_is_not_diluted),
+        cmocka_unit_test(test_timestamp_noise_within_warmup),
         cmocka_unit_test(test_null_safety),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
