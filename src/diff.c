@@ -453,12 +453,7 @@ static uint64_t mix64(uint64_t x)
 
 static uint64_t hash_bytes(const char *p, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
+    return hash_fnv1a(p, len, FNV_SEED);
 }
 
 static uint64_t value_hash(const struct jv *v)

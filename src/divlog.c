@@ -1,4 +1,5 @@
 #include "ficus/divlog.h"
+#include "ficus/common.h"
 #include "ficus/diff.h"
 #include "ficus/log.h"
 #include "ficus/worker.h"
@@ -98,16 +99,11 @@ static void rotate(struct divlog *d)
 
 static unsigned hash_key(const char *route, const char *path, const char *kind)
 {
-    unsigned h = 2166136261u;
-    for (const char *s = route; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    h = (h ^ 0xff) * 16777619u;
-    for (const char *s = path; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    h = (h ^ 0xfe) * 16777619u;
-    for (const char *s = kind; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h % SUMMARY_BUCKETS;
+    /* The NUL after each part keeps ("ab", "c") apart from ("a", "bc"). */
+    uint64_t h = hash_fnv1a(route, strlen(route) + 1, FNV_SEED);
+    h = hash_fnv1a(path, strlen(path) + 1, h);
+    h = hash_fnv1a(kind, strlen(kind), h);
+    return (unsigned)(h % SUMMARY_BUCKETS);
 }
 
 static void count_path(struct divlog *d, const char *route, const char *raw_path, const char *kind,

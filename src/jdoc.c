@@ -375,15 +375,15 @@ bool jdoc_number_equal(const char *a, size_t na, const char *b, size_t nb)
 uint64_t jdoc_number_hash(const char *s, size_t n)
 {
     struct jnum j;
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV_SEED;
 
     jnum_split(s, n, &j);
     for (size_t i = 0; i < j.n; i++) {
-        h ^= (unsigned char)jnum_digit(&j, j.lo + i);
-        h *= 0x100000001b3ULL;
+        unsigned char d = (unsigned char)jnum_digit(&j, j.lo + i);
+        h = hash_fnv1a(&d, 1, h); /* the digits one at a time: they are not contiguous */
     }
-    h ^= (uint64_t)j.exp * 0x9e3779b97f4a7c15ULL + (j.neg ? 0x2d : 0);
-    h *= 0x100000001b3ULL;
+    uint64_t tail = (uint64_t)j.exp * 0x9e3779b97f4a7c15ULL + (j.neg ? 0x2d : 0);
+    h = hash_fnv1a(&tail, sizeof(tail), h);
     return h ^ (h >> 31);
 }
 
@@ -518,11 +518,7 @@ static int parse_value(struct jparse *jp, struct jv *v, unsigned depth);
 
 static uint64_t key_hash(const char *k, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325ULL ^ n;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)k[i];
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = hash_fnv1a(k, n, FNV_SEED ^ n);
     return h ^ (h >> 29);
 }
 

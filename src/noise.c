@@ -4,6 +4,7 @@
  * insertion order (so noise_each is stable); an open-addressing table of entry
  * indexes finds them. */
 #include "ficus/noise.h"
+#include "ficus/common.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,11 +36,7 @@ struct noise_stats {
 
 static uint64_t key_hash(const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = hash_fnv1a(s, strlen(s), FNV_SEED);
     return h ^ (h >> 29);
 }
 
