@@ -122,18 +122,27 @@ static bool too_big_for_jansson(const char *p, size_t n)
     return inf;
 }
 
-/* Replaces [start, end) of *text with " 0 " (spaces keep the 0 from joining
- * what is around it). */
+/* What replaces a number jansson refuses for its size: " 0 " (spaces keep the
+ * 0 from joining what is around it), but " 0" before a NUL, which jansson
+ * skips only right after a number. */
+static const char *zero_for(const char *text, size_t len, size_t end)
+{
+    return end < len && text[end] == '\0' ? " 0" : " 0 ";
+}
+
+/* Replaces [start, end) of *text with zero_for's text. */
 static void put_zero(char **text, size_t *len, size_t start, size_t end, bool *subst)
 {
-    char *copy = malloc(*len - (end - start) + 4);
+    const char *z = zero_for(*text, *len, end);
+    size_t zl = strlen(z);
+    char *copy = malloc(*len - (end - start) + zl + 1);
     ORACLE_CHECK(copy != NULL);
     memcpy(copy, *text, start);
-    memcpy(copy + start, " 0 ", 3);
-    memcpy(copy + start + 3, *text + end, *len - end);
+    memcpy(copy + start, z, zl);
+    memcpy(copy + start + zl, *text + end, *len - end);
     if (*subst)
         free(*text);
-    *len = *len - (end - start) + 3;
+    *len = *len - (end - start) + zl;
     copy[*len] = '\0';
     *text = copy;
     *subst = true;
@@ -168,7 +177,7 @@ static json_t *jansson_judge(char **text, size_t *len, bool *subst)
             size_t n = lex_number(*text + i, *len - i, &valid);
             if (valid && too_big_for_jansson(*text + i, n)) {
                 ORACLE_CHECK(buf_append(&out, *text + copied, i - copied) == 0);
-                ORACLE_CHECK(buf_append(&out, " 0 ", 3) == 0);
+                ORACLE_CHECK(buf_puts(&out, zero_for(*text, *len, i + n)) == 0);
                 copied = i + n;
             }
             i += n - 1;

@@ -272,8 +272,8 @@ static void test_containers_keep_insertion_order(void **state)
         "[]",
         "{\"z\":1,\"a\":[1,2.5,\"x\",null,true,false,{}],\"m\":{\"b\":[],\"a\":{\"c\":-0.0}}}",
         "[[[[1]]],{\"\\u00e9k\":\"v\\u0000w\"}]",
-        "{\"id\":42,\"name\":\"widget\",\"price\":9.99,\"tags\":[\"a\",\"b\"],"
-        "\"meta\":{\"generated_at\":\"2026-01-01T00:00:00Z\"}}",
+        ("{\"id\":42,\"name\":\"widget\",\"price\":9.99,\"tags\":[\"a\",\"b\"],"
+         "\"meta\":{\"generated_at\":\"2026-01-01T00:00:00Z\"}}"),
     };
     for (size_t i = 0; i < ARRAY_SIZE(docs); i++) {
         json_t *j = json_loads(docs[i], JSON_ALLOW_NUL, &err);

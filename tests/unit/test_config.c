@@ -1128,7 +1128,7 @@ static void test_state_store(void **state)
         "t.json: state_store.bogus: unknown key",
         "t.json: state_store.endpoints[0]: must start with http:// or https://",
         "t.json: state_store.endpoints[1]: must name the port, as in \"http://127.0.0.1:2379\"",
-        "t.json: state_store.prefix: " PREFIX_REASON,
+        ("t.json: state_store.prefix: " PREFIX_REASON),
         "t.json: state_store.lease_ttl_s: must be an integer from 2 to 3600",
     };
     for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
