@@ -7,7 +7,7 @@ if(CMOCKA_FOUND)
         target_compile_options(${name} PRIVATE ${FICUS_WARNINGS})
         target_link_libraries(${name} PRIVATE ficus_core PkgConfig::CMOCKA)
         add_test(NAME unit/${name} COMMAND ${name})
-        set_tests_properties(unit/${name} PROPERTIES TIMEOUT 120
+        set_tests_properties(unit/${name} PROPERTIES TIMEOUT 300
                              ENVIRONMENT "FICUS_TESTDATA=${CMAKE_SOURCE_DIR}/tests/data")
     endforeach()
 else()
