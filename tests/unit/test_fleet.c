@@ -207,9 +207,17 @@ static void test_route_roundtrip(void **state)
 {
     (void)state;
     const struct fleet_ack acks[] = {
-        {"/id", "json", "GET /posts/{id}", "ids are strings now"},
-        {"content-type", "header", "", ""},
+        {.id = "a1",
+         .path = "/id",
+         .kind = "json",
+         .endpoint = "GET /posts/{id}",
+         .note = "ids are strings now",
+         .at = 1795341600000LL},
+        {.path = "content-type", .kind = "header", .endpoint = "", .note = ""},
     };
+    char derived[FLEET_ACK_ID_MAX + 1];
+    fleet_ack_id("content-type", "header", "", derived);
+    assert_int_equal(strlen(derived), 16);
     struct fleet_route r;
     fleet_route_init(&r);
     r.new_percent = 25;
@@ -227,16 +235,19 @@ static void test_route_roundtrip(void **state)
     struct buf b;
     buf_init(&b, 0);
     assert_int_equal(fleet_route_encode(&b, &r), 0);
-    char *want =
+    char *want_fmt =
         unq("{'kind':'ficus.route','version':1,'new_percent':25,'shadow_percent':100,'ramp_step':2,"
             "'ramp_next_at':'2026-11-22T11:00:00.000Z','ramp_stopped':false,"
             "'rollback':{'reason':'guard','detail':'divergence rate 0.12 > 0.01 \\'quoted\\'',"
             "'at':'2026-11-22T10:00:00.000Z'},"
-            "'acknowledgements':[{'path':'/id','kind':'json','endpoint':'GET /posts/{id}',"
-            "'note':'ids are strings now'},{'path':'content-type','kind':'header'}],"
+            "'acknowledgements':[{'id':'a1','path':'/id','kind':'json','endpoint':'GET "
+            "/posts/{id}','note':'ids are strings now','at':'2026-11-22T10:00:00.000Z'},"
+            "{'id':'%s','path':'content-type','kind':'header'}],"
             "'updated_by':'web-1-4242-9f3a','updated_at':'2026-11-22T10:00:00.123Z'}");
+    char want[1024];
+    snprintf(want, sizeof(want), want_fmt, derived);
+    free(want_fmt);
     assert_string_equal(b.data, want);
-    free(want);
 
     struct fleet_route back;
     char why[FLEET_WHY_MAX];
@@ -254,6 +265,10 @@ static void test_route_roundtrip(void **state)
     assert_string_equal(back.acks[0].endpoint, "GET /posts/{id}");
     assert_string_equal(back.acks[1].path, "content-type");
     assert_string_equal(back.acks[1].note, "");
+    assert_string_equal(back.acks[0].id, "a1");
+    assert_true(back.acks[0].at == 1795341600000LL);
+    assert_string_equal(back.acks[1].id, derived);
+    assert_true(back.acks[1].at == 0);
     assert_string_equal(back.updated_by, "web-1-4242-9f3a");
     assert_true(back.updated_at == r.updated_at);
 
@@ -273,10 +288,11 @@ static void test_route_roundtrip(void **state)
     /* Defaults written back: null, false, [], no shadow_percent. */
     buf_reset(&b);
     assert_int_equal(fleet_route_encode(&b, &back), 0);
-    want = unq("{'kind':'ficus.route','version':1,'new_percent':0.5,'ramp_step':-1,"
-               "'ramp_next_at':null,'ramp_stopped':false,'rollback':null,'acknowledgements':[]}");
-    assert_string_equal(b.data, want);
-    free(want);
+    char *want2 = unq("{'kind':'ficus.route','version':1,'new_percent':0.5,'ramp_step':-1,"
+                      "'ramp_next_at':null,'ramp_stopped':false,'rollback':null,"
+                      "'acknowledgements':[]}");
+    assert_string_equal(b.data, want2);
+    free(want2);
     fleet_route_dispose(&back);
     buf_dispose(&b);
 }
@@ -479,7 +495,7 @@ static void test_route_limits(void **state)
 static void test_route_encode_refuses(void **state)
 {
     (void)state;
-    struct fleet_ack bad_ack = {"/a", "weird", "", ""};
+    struct fleet_ack bad_ack = {.path = "/a", .kind = "weird", .endpoint = "", .note = ""};
     char long_detail[FLEET_DETAIL_MAX + 2];
     memset(long_detail, 'd', sizeof(long_detail) - 1);
     long_detail[sizeof(long_detail) - 1] = '\0';
