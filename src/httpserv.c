@@ -45,6 +45,7 @@ struct hconn {
     size_t in_off;    /* bytes of in already answered (dropped once per read) */
     struct head_scan scan;
     struct http_head head; /* the request in HCONN_BODY */
+    const char *head_at;   /* where head's bytes were when it was parsed */
     uint64_t body_len;     /* its Content-Length */
     uint64_t read_at;      /* deadline of the read state (loop ms); 0: none */
     uint64_t write_at;     /* deadline of the queued answers; 0: none */
@@ -321,7 +322,18 @@ static void hconn_reply(struct hconn *c, struct httpserv_reply *r, bool is_head,
 static void hconn_answer(struct hconn *c)
 {
     struct httpserv *s = c->s;
-    const char *body = c->in.data + c->in_off + c->head.head_len;
+    const char *at = c->in.data + c->in_off;
+    if (at != c->head_at) {
+        /* The reads of the body moved the bytes (an answered request dropped
+         * from the front, a bigger buffer): the head's spans are taken again
+         * from where its bytes are now. */
+        if (http1_parse_head(&c->head, at, c->head.head_len, true) != 0) {
+            hconn_refuse(c, 400, "bad request");
+            return;
+        }
+        c->head_at = at;
+    }
+    const char *body = at + c->head.head_len;
     struct httpserv_reply r;
     reply_init(&r);
     r.conn = c;
@@ -409,6 +421,7 @@ static void hconn_head_done(struct hconn *c)
         hconn_refuse(c, 400, "bad request");
         return;
     }
+    c->head_at = data;
     if (c->head.chunked) {
         hconn_refuse(c, 400, "send a content-length");
         return;

@@ -296,6 +296,12 @@ unsigned long long state_changes(const struct state_table *t, enum state_source 
     return src < STATE_SRC_N ? t->changes[src] : 0;
 }
 
+void state_count_change(struct state_table *t, enum state_source src)
+{
+    if (src < STATE_SRC_N)
+        t->changes[src]++;
+}
+
 const struct fleet_ack *state_acks(const struct route_state *rs, size_t *n)
 {
     *n = rs->acks != NULL ? rs->acks->n : 0;

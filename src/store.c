@@ -551,15 +551,17 @@ static void on_write(void *ctx, int status, int endpoint, struct etcdv3_answer *
         return;
     }
     if (a->succeeded) {
+        if (w->src == STATE_SRC_GUARD && w->ch.kind == FLEET_CHANGE_ROLLBACK)
+            r->pending_rollback = false;
         /* Applied here now; the watch brings the same revision back, which is
          * then skipped. */
         if (a->header.revision > r->mod_revision) {
             r->mod_revision = a->header.revision;
             if (fleet_route_copy(&r->value, &w->next) == 0)
                 r->have = true;
-            if (w->src == STATE_SRC_GUARD && w->ch.kind == FLEET_CHANGE_ROLLBACK)
-                r->pending_rollback = false;
             route_to_state(s, r, w->src);
+        } else {
+            state_count_change(s->state, w->src); /* the watch applied it first */
         }
         if (w->seed)
             log_info("store", "route written to etcd from the state file route=%s", w->route);

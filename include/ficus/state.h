@@ -199,6 +199,9 @@ void state_reset(struct state_table *t, struct route_state *rs, const struct rou
 
 /* Changes applied since the start, by where they came from. */
 unsigned long long state_changes(const struct state_table *t, enum state_source src);
+/* Counts a change of src that was applied already (quietly, as the store's
+ * watch brought this instance's own write back before the write's answer). */
+void state_count_change(struct state_table *t, enum state_source src);
 
 /* ---- the state file ----------------------------------------------------- */
 
