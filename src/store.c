@@ -98,7 +98,7 @@ struct store {
     bool contacted;
     uint64_t last_contact; /* loop ms */
     char last_error[ERROR_TEXT_MAX];
-    char unavailable[ERROR_TEXT_MAX + 160];
+    char unavailable[ERROR_TEXT_MAX + 200];
     uv_timer_t backoff_timer;
     uv_timer_t keepalive_timer;
     int open_handles;
@@ -288,7 +288,7 @@ const char *store_unavailable_reason(struct store *s)
 {
     if (s->type == STATE_STORE_FILE || s->phase == ES_LIVE)
         return "";
-    char age[64] = "never";
+    char age[32] = "never";
     if (s->contacted)
         snprintf(age, sizeof(age), "%.1f s ago", (double)(loop_now(s) - s->last_contact) / 1000.0);
     snprintf(s->unavailable, sizeof(s->unavailable),
@@ -534,9 +534,18 @@ static void on_write(void *ctx, int status, int endpoint, struct etcdv3_answer *
         return;
     }
     if (status != 0) {
-        char why[ERROR_TEXT_MAX + 64];
-        snprintf(why, sizeof(why), "the state store (etcd) did not take the change: %s",
-                 status_text(status, a));
+        char why[ERROR_TEXT_MAX + 120];
+        bool maybe = status == FICUS_ETIMEOUT || status == UV_EOF || status == UV_ECONNRESET ||
+                     status == UV_EPIPE || status == FICUS_EBADRESP;
+        if (maybe)
+            /* The txn may have reached etcd: it may still be applied. */
+            snprintf(why, sizeof(why),
+                     "the state store (etcd) did not answer in time (%s); the change may still "
+                     "be applied: look before trying again",
+                     status_text(status, a));
+        else
+            snprintf(why, sizeof(why), "the state store (etcd) did not take the change: %s",
+                     status_text(status, a));
         if (transport_trouble(status, a))
             es_fail(s, status_text(status, a), true);
         write_end(w,
