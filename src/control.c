@@ -23,7 +23,8 @@
 static void on_guard_written(void *ctx, int result, const char *why)
 {
     const char *route = ctx;
-    if (result != 0)
+    /* FICUS_EFULL: a write of the route is under way; the next tick decides again. */
+    if (result != 0 && result != FICUS_EFULL)
         log_warn("control", "guard rollback not written to the state store route=%s err=%s (%s)",
                  route, ficus_strerror(result), why);
 }
@@ -79,7 +80,7 @@ static void guard_check(struct server *srv, const struct route_cfg *rt)
 static void on_ramp_written(void *ctx, int result, const char *why)
 {
     const char *route = ctx;
-    if (result != 0)
+    if (result != 0 && result != FICUS_EFULL)
         log_info("control", "ramp step not taken route=%s err=%s (%s); tried again later", route,
                  ficus_strerror(result), why);
 }
