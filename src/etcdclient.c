@@ -362,6 +362,8 @@ static int watch_on_msg(void *arg, const struct etcdv3_watch_msg *m)
     }
     uint64_t gen = w->generation;
     int rc = w->h->on_message(w->ctx, m);
+    if (rc != 0 && w->generation == gen && w->state != EW_OFF)
+        watch_close(c); /* the owner asked to stop: no on_end */
     if (rc != 0 || w->generation != gen || w->state == EW_OFF)
         return rc != 0 ? rc : 1; /* stopped: feed no more */
     return 0;

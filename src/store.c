@@ -529,7 +529,7 @@ static void on_write(void *ctx, int status, int endpoint, struct etcdv3_answer *
     struct sroute *r = sroute_find(s, w->route, strlen(w->route));
     if (r != NULL)
         r->writing--;
-    if (status == UV_ECANCELED || s->phase == ES_STOPPING || s->phase == ES_STOPPED) {
+    if (status == UV_ECANCELED) {
         write_end(w, FICUS_EUNAVAILABLE, "ficus is stopping; the change may not have been written");
         return;
     }
