@@ -328,7 +328,7 @@ static void file_change(struct state_table *t, struct route_state *rs,
         return;
     }
     bool was_overridden = rs->overridden;
-    rc = state_apply(t, rs, &next, -1, STATE_SRC_QUIET);
+    rc = state_apply(t, rs, &next, -1, src);
     const char *why = "";
     if (rc == 0) {
         int saved = state_save(t);
@@ -337,10 +337,10 @@ static void file_change(struct state_table *t, struct route_state *rs,
              * rollback stays: new's traffic must stop whatever the disk says. */
             state_apply(t, rs, &cur, -1, STATE_SRC_QUIET);
             rs->overridden = was_overridden;
+            if (src < STATE_SRC_N)
+                t->changes[src]--; /* counted by the apply that was undone */
             rc = saved;
             why = "could not write the state file; nothing was changed";
-        } else if (src < STATE_SRC_N) {
-            t->changes[src]++;
         }
     } else {
         why = "out of memory";
