@@ -26,6 +26,7 @@ Internal modes (used by the harness itself, not meant to be called by hand):
 
 import asyncio
 import atexit
+import base64
 import datetime
 import http.client
 import json
@@ -45,7 +46,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +71,7 @@ SCENARIOS = [
     ("5", "idle", "Idle keep-alive connections: memory per connection"),
     ("6", "https", "HTTPS (TLS on the client side)"),
     ("7", "workers2", "Plain forwarding with 2 workers per proxy"),
+    ("8", "fleet", "Plain forwarding with the live state in etcd, changed 10 times a second"),
 ]
 
 PROXIES = ("ficus", "nginx", "haproxy")
@@ -132,7 +136,7 @@ class Settings:
                 continue
             hit = [s[0] for s in SCENARIOS if item in (s[0], s[1])]
             if not hit:
-                die("BENCH_SCENARIOS: unknown scenario %r (use numbers 1-7 or names: %s)"
+                die("BENCH_SCENARIOS: unknown scenario %r (use numbers 1-8 or names: %s)"
                     % (item, ", ".join(s[1] for s in SCENARIOS)))
             if hit[0] not in chosen:
                 chosen.append(hit[0])
@@ -1228,6 +1232,89 @@ class Bench:
             self.h.stop(be["proc"])
 
 
+    def start_etcd(self):
+        """One etcd member on free ports (Debian's etcd-server); returns (proc, client URL)."""
+        cp, pp = self.h.port(), self.h.port()
+        d = self.h.dir("etcd")
+        url, peer = "http://127.0.0.1:%d" % cp, "http://127.0.0.1:%d" % pp
+        p = self.h.spawn("etcd", ["etcd", "--name", "bench", "--data-dir", str(d / "data"),
+                                  "--listen-client-urls", url, "--advertise-client-urls", url,
+                                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                                  "--initial-cluster", "bench=" + peer, "--logger", "zap",
+                                  "--log-outputs", "stderr"], cwd=d, log=d / "etcd.log")
+        self.h.wait_http(p, cp, "/health")
+        return p, url
+
+    def scenario_fleet(self):
+        sec = Section("8. Plain forwarding with the live state in etcd, changed 10 times a second")
+        if "ficus" not in self.s.targets:
+            sec.na = "n/a: ficus is not among BENCH_TARGETS"
+            return [sec]
+        if shutil.which("etcd") is None:
+            sec.na = "n/a: etcd not found (Debian package etcd-server)"
+            return [sec]
+        etcd, url = self.start_etcd()
+        be = self.start_backend()
+        targets = []
+        stop = threading.Event()
+        changes = [0]
+        prefix = "/bench/"
+
+        def changer():
+            """Writes the route's live state straight into etcd 10 times a second, as
+            another instance's PATCH would: new_percent 0 and 0.01 in turn (a random
+            request goes to new once in 10,000)."""
+            i = 0
+            while not stop.wait(0.1):
+                i += 1
+                value = json.dumps({"kind": "ficus.route", "version": 1,
+                                    "new_percent": 0.01 if i % 2 else 0})
+                body = json.dumps({"key": base64.b64encode((prefix + "routes/all").encode())
+                                   .decode(), "value": base64.b64encode(value.encode()).decode()})
+                req = urllib.request.Request(url + "/v3/kv/put", data=body.encode(),
+                                             method="POST")
+                try:
+                    urllib.request.urlopen(req, timeout=2).read()
+                    changes[0] += 1
+                except OSError:
+                    pass
+
+        try:
+            for label, store in (("ficus (state file)", None),
+                                 ("ficus (etcd, 10 changes/s)",
+                                  {"type": "etcd", "endpoints": [url], "prefix": prefix,
+                                   "timeout_ms": 1000, "lease_ttl_s": 5})):
+                port = self.h.port()
+                d = self.h.dir(label + "-data")
+                cfg = self.ficus_config(port, be["legacy"], be["new"], admin_port=self.h.port(),
+                                        extra_dir=d)
+                cfg["state_file"] = str(d / "state.json")
+                if store:
+                    cfg["state_store"] = store
+                p = self.start_ficus(label, cfg)
+                targets.append(Target(label, "ficus", p, port, ref="ficus (state file)"))
+            sec.intro = ("GET /small through two ficus instances: one keeps the live state in "
+                         "its state file, the other in etcd (one local member) while the "
+                         "route's value there changes 10 times a second; the etcd instance's "
+                         "watch applies each change to its workers' atomics on the control "
+                         "thread. Ratios are against the state-file row.")
+            t = threading.Thread(target=changer, daemon=True)
+            t.start()
+            self.measure(sec, targets, "/small", None)
+            stop.set()
+            t.join(5)
+            sec.notes.append("%d changes written to etcd during the run; the etcd instance "
+                             "counted: %s" % (changes[0], self.ficus_metrics(
+                                 targets[1], prefixes=("ficus_state_changes_total",
+                                                       "ficus_state_store_up"))))
+            return [sec]
+        finally:
+            stop.set()
+            self.stop_targets(targets)
+            self.h.stop(be["proc"])
+            self.h.stop(etcd)
+
+
 # ---------------------------------------------------------------------------------------
 # formatting
 
@@ -1406,7 +1493,7 @@ def main():
     b = Bench(s, h)
     runners = {"1": b.scenario_plain, "2": b.scenario_sizes, "3": b.scenario_shadow,
                "4": b.scenario_shadow_delay, "5": b.scenario_idle, "6": b.scenario_https,
-               "7": b.scenario_workers2}
+               "7": b.scenario_workers2, "8": b.scenario_fleet}
     rendered = []
     rc = 0
     interrupted = None

@@ -9,8 +9,10 @@
 #include "ficus/log.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
+#include "ficus/store.h"
 #include "ficus/worker.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <stdlib.h>
@@ -107,6 +109,46 @@ static double rate(unsigned long long part, unsigned long long whole)
     return whole ? (double)part / (double)whole : 0.0;
 }
 
+/* ---- the live state's store (issue 13): what a route's JSON and the routes'
+ * top level add --------------------------------------------------------------------------- */
+
+static json_t *acks_json(const struct route_state *rs)
+{
+    size_t n;
+    const struct fleet_ack *a = state_acks(rs, &n);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:s,s:s,s:s}", "id", a[i].id, "path", a[i].path, "kind", a[i].kind);
+        json_object_set_new(o, "endpoint",
+                            a[i].endpoint[0] ? json_string(a[i].endpoint) : json_null());
+        json_object_set_new(o, "note", json_string(a[i].note));
+        if (a[i].at > 0) {
+            char t[FLEET_TIME_LEN + 1];
+            fleet_time_format(a[i].at, t);
+            json_object_set_new(o, "at", json_string(t));
+        } else {
+            json_object_set_new(o, "at", json_null());
+        }
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
+/* The acknowledged differences and the ramp's schedule of a route. */
+static void admin_route_store_json(const struct route_state *rs, json_t *j)
+{
+    json_object_set_new(j, "acknowledgements", acks_json(rs));
+    json_t *ramp = json_object_get(j, "ramp");
+    if (json_is_object(ramp)) {
+        char t[FLEET_TIME_LEN + 1];
+        if (rs->ramp_next_at > 0 && !rs->ramp_stopped)
+            fleet_time_format(rs->ramp_next_at, t);
+        json_object_set_new(ramp, "next_at",
+                            rs->ramp_next_at > 0 && !rs->ramp_stopped ? json_string(t)
+                                                                      : json_null());
+    }
+}
+
 static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
 {
     const struct config *cfg = srv->cfg;
@@ -165,6 +207,7 @@ static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
     }
     json_object_set_new(j, "last_rollback",
                         rs->last_rollback[0] ? json_string(rs->last_rollback) : json_null());
+    admin_route_store_json(rs, j);
 
     struct route_totals t;
     state_totals(srv->state, rs, &t);
@@ -216,13 +259,99 @@ static void get_routes(struct admin *a, struct reply *r)
         json_array_append_new(listen, json_pack("{s:s,s:b}", "address", cfg->listens[i].addr.text,
                                                 "tls", cfg->listens[i].tls));
     reply_json(r, 200,
-               json_pack("{s:o,s:b,s:o,s:o}", "routes", routes, "persisted",
-                         state_persisted(a->srv->state), "listen", listen, "redact_headers",
-                         strings_json(cfg->redact_headers, cfg->n_redact_headers)));
+               json_pack("{s:o,s:b,s:o,s:o,s:o}", "routes", routes, "persisted",
+                         store_persists(a->srv->store), "listen", listen, "redact_headers",
+                         strings_json(cfg->redact_headers, cfg->n_redact_headers), "state_store",
+                         store_status_json(a->srv->store, true)));
+}
+
+/* ---- changes of the live state (issue 13): answered once the store took them ----------- */
+
+enum admin_op_kind { OP_PATCH, OP_ROLLBACK, OP_ACK_ADD, OP_ACK_DELETE };
+
+/* A change on its way through the state store; its answer is deferred. */
+struct admin_op {
+    struct server *srv;
+    enum admin_op_kind kind;
+    char route[128];
+    struct httpserv_later *later;
+    json_t *ack;  /* the acknowledgement added or removed, for the answer */
+    bool existed; /* OP_ACK_ADD: it was there already */
+};
+
+static void reply_to_httpserv(struct reply *r, struct httpserv_reply *out)
+{
+    out->status = r->status;
+    out->ctype = r->ctype;
+    if (r->allow != NULL)
+        httpserv_reply_header(out, "allow", r->allow);
+    buf_dispose(&out->body);
+    out->body = r->body; /* the server sends and frees it */
+    buf_init(&r->body, 0);
+}
+
+/* The store's answer to a change: the admin answer. */
+static void on_op_done(void *ctx, int result, const char *why)
+{
+    struct admin_op *op = ctx;
+    struct reply r = {0};
+    buf_init(&r.body, 0);
+    const struct route_cfg *rt = find_route(op->srv, op->route, strlen(op->route));
+    if (rt == NULL) {
+        reply_error(&r, 404, "no such route (the configuration was reloaded meanwhile)");
+    } else if (result == 0) {
+        struct route_state *rs = rt->state;
+        if (op->kind == OP_PATCH)
+            log_info("admin", "route changed route=%s new_percent=%g shadow_percent=%g", rt->name,
+                     atomic_load(&rs->new_percent), atomic_load(&rs->shadow_percent));
+        if (op->kind == OP_ACK_ADD || op->kind == OP_ACK_DELETE) {
+            json_t *j = json_pack("{s:s,s:O,s:o}", "route", rt->name, "acknowledgement", op->ack,
+                                  "acknowledgements", acks_json(rs));
+            reply_json(&r, op->kind == OP_ACK_ADD && !op->existed ? 201 : 200, j);
+        } else {
+            json_t *out = admin_route_json(op->srv, rt);
+            json_object_set_new(out, "persisted", json_boolean(store_persists(op->srv->store)));
+            reply_json(&r, 200, out);
+        }
+    } else if (result == FICUS_ECONFLICT) {
+        reply_json(&r, 409,
+                   json_pack("{s:s,s:o}", "error", why, "route", admin_route_json(op->srv, rt)));
+    } else if (result == FICUS_EUNAVAILABLE) {
+        reply_error(&r, 503, why[0] ? why : "the state store is unreachable; nothing was changed");
+    } else if (result == -EINVAL) {
+        reply_error(&r, 400, why[0] ? why : "the change is not valid");
+    } else {
+        reply_error(&r, 500, why[0] ? why : ficus_strerror(result));
+    }
+    reply_to_httpserv(&r, httpserv_later_reply(op->later));
+    buf_dispose(&r.body);
+    httpserv_later_send(op->later);
+    json_decref(op->ack);
+    free(op);
+}
+
+/* Starts a change of rt whose answer comes from on_op_done. Returns the
+ * operation, or NULL with an answer in r (out of memory). */
+static struct admin_op *op_begin(struct admin *a, const struct route_cfg *rt,
+                                 enum admin_op_kind kind, struct httpserv_reply *out,
+                                 struct reply *r)
+{
+    struct admin_op *op = calloc(1, sizeof(*op));
+    if (op != NULL)
+        op->later = httpserv_defer(out);
+    if (op == NULL || op->later == NULL) {
+        free(op);
+        reply_error(r, 500, "out of memory");
+        return NULL;
+    }
+    op->srv = a->srv;
+    op->kind = kind;
+    snprintf(op->route, sizeof(op->route), "%s", rt->name);
+    return op;
 }
 
 static void patch_route(struct admin *a, const struct route_cfg *rt, const char *body, size_t len,
-                        struct reply *r)
+                        struct httpserv_reply *out, struct reply *r)
 {
     json_error_t je;
     json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
@@ -265,23 +394,188 @@ static void patch_route(struct admin *a, const struct route_cfg *rt, const char 
         reply_error(r, 409, "route is under an active ramp: roll it back to stop the ramp first");
         return;
     }
-    if (state_set(a->srv->state, rs, np, sp) != 0) {
-        reply_error(r, 500, "could not write the state file; nothing was changed");
+    struct admin_op *op = op_begin(a, rt, OP_PATCH, out, r);
+    if (op == NULL)
         return;
-    }
-    log_info("admin", "route changed route=%s new_percent=%g shadow_percent=%g", rt->name,
-             atomic_load(&rs->new_percent), atomic_load(&rs->shadow_percent));
-    json_t *out = admin_route_json(a->srv, rt);
-    json_object_set_new(out, "persisted", json_boolean(state_persisted(a->srv->state)));
-    reply_json(r, 200, out);
+    struct fleet_change ch;
+    fleet_change_init(&ch, FLEET_CHANGE_PERCENT);
+    ch.new_percent = np;
+    ch.shadow_percent = sp;
+    state_change(a->srv->state, rs, &ch, STATE_SRC_ADMIN, on_op_done, op);
 }
 
-static void post_rollback(struct admin *a, const struct route_cfg *rt, struct reply *r)
+static void post_rollback(struct admin *a, const struct route_cfg *rt, struct httpserv_reply *out,
+                          struct reply *r)
 {
-    state_rollback(a->srv->state, rt->state, "manual", "rolled back through the admin API");
-    json_t *out = admin_route_json(a->srv, rt);
-    json_object_set_new(out, "persisted", json_boolean(state_persisted(a->srv->state)));
-    reply_json(r, 200, out);
+    struct admin_op *op = op_begin(a, rt, OP_ROLLBACK, out, r);
+    if (op == NULL)
+        return;
+    struct fleet_change ch;
+    fleet_change_init(&ch, FLEET_CHANGE_ROLLBACK);
+    ch.rollback = FLEET_ROLLBACK_MANUAL;
+    ch.detail = "rolled back through the admin API";
+    state_change(a->srv->state, rt->state, &ch, STATE_SRC_ADMIN, on_op_done, op);
+}
+
+/* ---- acknowledged differences (issue 14's API, stored with the live state) --------------- */
+
+static json_t *ack_entry_json(const struct fleet_ack *k)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s}", "id", k->id, "path", k->path, "kind", k->kind);
+    json_object_set_new(o, "endpoint",
+                        k->endpoint && k->endpoint[0] ? json_string(k->endpoint) : json_null());
+    json_object_set_new(o, "note", json_string(k->note ? k->note : ""));
+    char t[FLEET_TIME_LEN + 1];
+    fleet_time_format(k->at, t);
+    json_object_set_new(o, "at", k->at > 0 ? json_string(t) : json_null());
+    return o;
+}
+
+/* Reads a text field of an acknowledgement into *out ("" when absent and
+ * optional). Returns false with the reply set when it is invalid. */
+static bool ack_text(json_t *body, const char *name, bool required, const char **out,
+                     struct reply *r)
+{
+    json_t *v = json_object_get(body, name);
+    char msg[160];
+    *out = "";
+    if (v == NULL || (json_is_null(v) && !required)) {
+        if (!required)
+            return true;
+        snprintf(msg, sizeof(msg), "%s is required", name);
+        reply_error(r, 400, msg);
+        return false;
+    }
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    size_t n = s != NULL ? json_string_length(v) : 0;
+    bool ok = s != NULL && n <= FLEET_ACK_TEXT_MAX && (!required || n > 0) && strlen(s) == n;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (unsigned char)s[i] >= 0x20 && s[i] != 0x7f;
+    if (!ok) {
+        snprintf(msg, sizeof(msg),
+                 "%s must be a%s string of at most %d bytes without control characters", name,
+                 required ? " non-empty" : "", FLEET_ACK_TEXT_MAX);
+        reply_error(r, 400, msg);
+        return false;
+    }
+    *out = s;
+    return true;
+}
+
+static void post_ack(struct admin *a, const struct route_cfg *rt, const char *body, size_t len,
+                     struct httpserv_reply *out, struct reply *r)
+{
+    static const char *const keys[] = {"path", "kind", "endpoint", "note", NULL};
+    json_error_t je;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        reply_error(r, 400,
+                    "body must be a JSON object like {\"path\": \"/id\", \"kind\": "
+                    "\"json\", \"endpoint\": \"GET /posts/{id}\", \"note\": \"...\"}");
+        return;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(j, key, v)
+    {
+        bool known = false;
+        for (size_t i = 0; keys[i] != NULL; i++)
+            known = known || strcmp(keys[i], key) == 0;
+        if (!known) {
+            json_decref(j);
+            reply_error(r, 400,
+                        "unknown key: an acknowledgement has path, kind, endpoint and note");
+            return;
+        }
+    }
+    struct fleet_ack k = {0};
+    if (!ack_text(j, "path", true, &k.path, r) || !ack_text(j, "kind", true, &k.kind, r) ||
+        !ack_text(j, "endpoint", false, &k.endpoint, r) ||
+        !ack_text(j, "note", false, &k.note, r)) {
+        json_decref(j);
+        return; /* the reply says why */
+    }
+    if (!fleet_ack_kind_valid(k.kind)) {
+        json_decref(j);
+        reply_error(r, 400,
+                    "kind must be one of status, header, json, added, removed, body, error");
+        return;
+    }
+    char id[FLEET_ACK_ID_MAX + 1];
+    fleet_ack_id(k.path, k.kind, k.endpoint, id);
+    k.id = id;
+    k.at = state_now_ms();
+    size_t n;
+    const struct fleet_ack *cur = state_acks(rt->state, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(cur[i].id, id) == 0) {
+            /* Acknowledged already: the same entry. */
+            json_t *o =
+                json_pack("{s:s,s:o,s:o}", "route", rt->name, "acknowledgement",
+                          ack_entry_json(&cur[i]), "acknowledgements", acks_json(rt->state));
+            json_decref(j);
+            reply_json(r, 200, o);
+            return;
+        }
+    }
+    if (n >= FLEET_ACKS_MAX) {
+        json_decref(j);
+        reply_error(r, 400, "a route holds at most 256 acknowledgements: remove one first");
+        return;
+    }
+    struct fleet_ack *next = calloc(n + 1, sizeof(*next));
+    struct admin_op *op = next != NULL ? op_begin(a, rt, OP_ACK_ADD, out, r) : NULL;
+    if (op == NULL) {
+        free(next);
+        json_decref(j);
+        if (r->status == 0)
+            reply_error(r, 500, "out of memory");
+        return;
+    }
+    if (n > 0)
+        memcpy(next, cur, n * sizeof(*next));
+    next[n] = k;
+    op->ack = ack_entry_json(&k);
+    /* Copied by the store before this returns. */
+    state_acks_replace(a->srv->state, rt->state, next, n + 1, STATE_SRC_ADMIN, on_op_done, op);
+    free(next);
+    json_decref(j);
+}
+
+static void delete_ack(struct admin *a, const struct route_cfg *rt, struct span id,
+                       struct httpserv_reply *out, struct reply *r)
+{
+    size_t n;
+    const struct fleet_ack *cur = state_acks(rt->state, &n);
+    size_t at = n;
+    for (size_t i = 0; i < n; i++) {
+        if (span_eq(id, cur[i].id))
+            at = i;
+    }
+    if (at == n) {
+        reply_error(r, 404, "no such acknowledgement");
+        return;
+    }
+    struct fleet_ack *next = n > 1 ? calloc(n - 1, sizeof(*next)) : NULL;
+    if (n > 1 && next == NULL) {
+        reply_error(r, 500, "out of memory");
+        return;
+    }
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (i != at)
+            next[k++] = cur[i];
+    }
+    json_t *gone = ack_entry_json(&cur[at]);
+    struct admin_op *op = op_begin(a, rt, OP_ACK_DELETE, out, r);
+    if (op == NULL) {
+        json_decref(gone);
+        free(next);
+        return;
+    }
+    op->ack = gone;
+    state_acks_replace(a->srv->state, rt->state, next, n - 1, STATE_SRC_ADMIN, on_op_done, op);
+    free(next);
 }
 
 static void post_reload(struct admin *a, struct reply *r)
@@ -318,8 +612,63 @@ static struct span query_param(struct span query, const char *name)
     return (struct span){NULL, 0};
 }
 
+/* /api/v1/routes/{name}/acknowledgements[/{id}]: true when sub is one of
+ * them (and r or the deferral answers). */
+static bool admin_route_sub(struct admin *a, const struct http_head *h, struct span name,
+                            struct span sub, const char *body, size_t blen,
+                            struct httpserv_reply *out, struct reply *r)
+{
+    static const char acks[] = "/acknowledgements";
+    const size_t al = sizeof(acks) - 1;
+    if (sub.len < al || memcmp(sub.p, acks, al) != 0 || (sub.len > al && sub.p[al] != '/'))
+        return false;
+    struct span id = {sub.p + al + 1, sub.len > al ? sub.len - al - 1 : 0};
+    bool one = sub.len > al;
+    bool get = span_eq(h->method, "GET") || span_eq(h->method, "HEAD");
+    const char *want = one ? "DELETE" : "POST";
+    if (!get && !span_eq(h->method, want)) {
+        r->allow = one ? "GET, DELETE" : "GET, POST";
+        reply_error(r, 405, "method not allowed");
+        return true;
+    }
+    const struct route_cfg *rt = find_route(a->srv, name.p, name.len);
+    if (rt == NULL) {
+        reply_error(r, 404, "no such route");
+        return true;
+    }
+    if (one && (id.len == 0 || id.len > FLEET_ACK_ID_MAX || memchr(id.p, '/', id.len) != NULL)) {
+        reply_error(r, 404, "no such acknowledgement");
+        return true;
+    }
+    if (get) {
+        if (!one) {
+            reply_json(r, 200,
+                       json_pack("{s:s,s:o}", "route", rt->name, "acknowledgements",
+                                 acks_json(rt->state)));
+            return true;
+        }
+        size_t n;
+        const struct fleet_ack *cur = state_acks(rt->state, &n);
+        for (size_t i = 0; i < n; i++) {
+            if (span_eq(id, cur[i].id)) {
+                reply_json(r, 200, ack_entry_json(&cur[i]));
+                return true;
+            }
+        }
+        reply_error(r, 404, "no such acknowledgement");
+        return true;
+    }
+    if (!authorized(a, h, r))
+        return true;
+    if (one)
+        delete_ack(a, rt, id, out, r);
+    else
+        post_ack(a, rt, body, blen, out, r);
+    return true;
+}
+
 static void dispatch(struct admin *a, const struct http_head *h, const char *body, size_t blen,
-                     struct reply *r)
+                     struct httpserv_reply *out, struct reply *r)
 {
     struct span p = h->path;
     bool get = span_eq(h->method, "GET") || span_eq(h->method, "HEAD");
@@ -347,11 +696,15 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
         } else if (span_eq(p, "/readyz")) {
             json_t *j = metrics_readiness(a->srv);
             bool ready = json_is_true(json_object_get(j, "ready"));
+            /* A store outage never makes an instance unready (it would take the
+             * whole fleet out of its load balancer): shown, not counted. */
+            json_object_set_new(j, "state_store", store_status_json(a->srv->store, false));
             reply_json(r, ready ? 200 : 503, j);
         } else if (span_eq(p, "/metrics")) {
             r->status = 200;
             r->ctype = "text/plain; version=0.0.4; charset=utf-8";
             metrics_render(a->srv, &r->body);
+            store_render_metrics(a->srv->store, &r->body);
         } else if (span_eq(p, "/api/v1/routes")) {
             get_routes(a, r);
         } else {
@@ -399,7 +752,11 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
         const char *slash = memchr(name, '/', nlen);
         bool rollback = false;
         if (slash != NULL) {
-            if (!span_eq((struct span){slash, (size_t)(name + nlen - slash)}, "/rollback")) {
+            struct span sub = {slash, (size_t)(name + nlen - slash)};
+            if (admin_route_sub(a, h, (struct span){name, (size_t)(slash - name)}, sub, body, blen,
+                                out, r))
+                return;
+            if (!span_eq(sub, "/rollback")) {
                 reply_error(r, 404, "not found");
                 return;
             }
@@ -424,9 +781,9 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
         if (!authorized(a, h, r))
             return;
         if (rollback)
-            post_rollback(a, rt, r);
+            post_rollback(a, rt, out, r);
         else
-            patch_route(a, rt, body, blen, r);
+            patch_route(a, rt, body, blen, out, r);
         return;
     }
     reply_error(r, 404, "not found");
@@ -439,13 +796,9 @@ static void on_admin_request(void *ctx, const struct http_head *h, struct span b
 {
     struct reply r = {0};
     buf_init(&r.body, 0);
-    dispatch(ctx, h, body.p, body.len, &r);
-    out->status = r.status;
-    out->ctype = r.ctype;
-    if (r.allow != NULL)
-        httpserv_reply_header(out, "allow", r.allow);
-    buf_dispose(&out->body);
-    out->body = r.body; /* the server sends and frees it */
+    dispatch(ctx, h, body.p, body.len, out, &r);
+    reply_to_httpserv(&r, out); /* ignored when the answer was deferred */
+    buf_dispose(&r.body);
 }
 
 int admin_start(struct server *srv, uv_loop_t *loop, struct admin **out)

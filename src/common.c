@@ -35,6 +35,10 @@ const char *ficus_strerror(int err)
         return "tls error";
     case FICUS_ESTORE:
         return "state store error";
+    case FICUS_ECONFLICT:
+        return "changed by another writer";
+    case FICUS_EUNAVAILABLE:
+        return "state store unreachable";
     default:
         return uv_strerror(err);
     }

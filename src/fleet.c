@@ -486,13 +486,34 @@ static bool id_ok(const char *s, bool required)
     return fleet_name_valid((struct span){s, strlen(s)}, FLEET_ID_MAX);
 }
 
-static bool ack_kind_ok(const char *k)
+bool fleet_ack_kind_valid(const char *k)
 {
     for (size_t i = 0; k != NULL && i < ARRAY_SIZE(ack_kinds); i++) {
         if (strcmp(k, ack_kinds[i]) == 0)
             return true;
     }
     return false;
+}
+
+static bool ack_kind_ok(const char *k)
+{
+    return fleet_ack_kind_valid(k);
+}
+
+void fleet_ack_id(const char *path, const char *kind, const char *endpoint, char *out)
+{
+    /* The three texts with a NUL after each, so that ("a", "b") and ("ab", "")
+     * differ. */
+    uint64_t h = FNV_SEED;
+    const char *parts[3] = {path ? path : "", kind ? kind : "", endpoint ? endpoint : ""};
+    for (size_t i = 0; i < 3; i++)
+        h = hash_fnv1a(parts[i], strlen(parts[i]) + 1, h);
+    snprintf(out, FLEET_ACK_ID_MAX + 1, "%016llx", (unsigned long long)h);
+}
+
+static bool ack_id_ok(const char *s)
+{
+    return s != NULL && fleet_name_valid((struct span){s, strlen(s)}, FLEET_ACK_ID_MAX);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -549,7 +570,8 @@ static bool route_ok(const struct fleet_route *r)
         const struct fleet_ack *a = &r->acks[i];
         if (!text_ok(a->path, FLEET_ACK_TEXT_MAX, true) || !ack_kind_ok(a->kind) ||
             !text_ok(a->endpoint, FLEET_ACK_TEXT_MAX, false) ||
-            !text_ok(a->note, FLEET_ACK_TEXT_MAX, false))
+            !text_ok(a->note, FLEET_ACK_TEXT_MAX, false) ||
+            (a->id != NULL && a->id[0] != '\0' && !ack_id_ok(a->id)) || a->at < 0)
             return false;
     }
     return id_ok(r->updated_by, false) && r->updated_at >= 0;
@@ -585,13 +607,23 @@ int fleet_route_encode(struct buf *b, const struct fleet_route *r)
     RETURN_IF(buf_puts(b, ",\"acknowledgements\":["));
     for (size_t i = 0; i < r->n_acks; i++) {
         const struct fleet_ack *a = &r->acks[i];
-        RETURN_IF(buf_puts(b, i ? ",{\"path\":" : "{\"path\":"));
-        RETURN_IF(buf_json_string(b, a->path, strlen(a->path)));
+        char id[FLEET_ACK_ID_MAX + 1];
+        if (a->id != NULL && a->id[0] != '\0')
+            snprintf(id, sizeof(id), "%s", a->id);
+        else
+            fleet_ack_id(a->path, a->kind, a->endpoint, id);
+        RETURN_IF(buf_puts(b, i ? ",{\"id\":" : "{\"id\":"));
+        RETURN_IF(buf_json_string(b, id, strlen(id)));
+        RETURN_IF(put_text(b, "path", a->path));
         RETURN_IF(put_text(b, "kind", a->kind));
         if (a->endpoint != NULL && a->endpoint[0] != '\0')
             RETURN_IF(put_text(b, "endpoint", a->endpoint));
         if (a->note != NULL && a->note[0] != '\0')
             RETURN_IF(put_text(b, "note", a->note));
+        if (a->at > 0) {
+            RETURN_IF(buf_puts(b, ",\"at\":"));
+            RETURN_IF(put_time(b, a->at));
+        }
         RETURN_IF(buf_puts(b, "}"));
     }
     RETURN_IF(buf_puts(b, "]"));
@@ -628,7 +660,7 @@ static bool read_rollback(struct vd *d, const json_t *root, struct fleet_route *
 
 static bool read_acks(struct vd *d, const json_t *root, struct fleet_route *r)
 {
-    static const char *const keys[] = {"path", "kind", "endpoint", "note", NULL};
+    static const char *const keys[] = {"id", "path", "kind", "endpoint", "note", "at", NULL};
     const json_t *acks = json_object_get(root, "acknowledgements");
     if (acks == NULL)
         return true;
@@ -650,17 +682,36 @@ static bool read_acks(struct vd *d, const json_t *root, struct fleet_route *r)
         snprintf(loc, sizeof(loc), "acknowledgements[%zu]", i);
         if (!json_is_object(a))
             return vfail(d, "%s: must be an object", loc);
+        out[i].at = 0;
         if (!known_keys(d, a, loc, keys) ||
+            !read_text(d, a, loc, "id", false, FLEET_ACK_ID_MAX, &out[i].id) ||
             !read_text(d, a, loc, "path", true, FLEET_ACK_TEXT_MAX, &out[i].path) ||
             !read_text(d, a, loc, "kind", true, 16, &out[i].kind) ||
             !read_text(d, a, loc, "endpoint", false, FLEET_ACK_TEXT_MAX, &out[i].endpoint) ||
-            !read_text(d, a, loc, "note", false, FLEET_ACK_TEXT_MAX, &out[i].note))
+            !read_text(d, a, loc, "note", false, FLEET_ACK_TEXT_MAX, &out[i].note) ||
+            !read_time(d, a, loc, "at", false, false, &out[i].at))
             return false;
         if (!ack_kind_ok(out[i].kind))
             return vfail(d,
                          "%s.kind: must be one of status, header, json, added, removed, body, "
                          "error",
                          loc);
+        if (out[i].id[0] == '\0') {
+            char *id = arena_alloc_bytes(d->arena, FLEET_ACK_ID_MAX + 1);
+            if (id == NULL) {
+                d->nomem = true;
+                return false;
+            }
+            fleet_ack_id(out[i].path, out[i].kind, out[i].endpoint, id);
+            out[i].id = id;
+        } else if (!ack_id_ok(out[i].id)) {
+            return vfail(d, "%s.id: must be 1 to %d letters, digits, '_', '.', '-'", loc,
+                         FLEET_ACK_ID_MAX);
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(out[j].id, out[i].id) == 0)
+                return vfail(d, "%s.id: \"%s\" appears twice", loc, out[i].id);
+        }
     }
     r->acks = out;
     r->n_acks = n;
@@ -695,6 +746,146 @@ int fleet_route_decode(const char *p, size_t len, struct fleet_route *r, char *w
         return d.nomem ? FICUS_ENOMEM : FICUS_EBADRESP;
     }
     return 0;
+}
+
+/* Copies the n acknowledgements at src into arena; NULL when out of memory. */
+static struct fleet_ack *copy_acks(struct arena *a, const struct fleet_ack *src, size_t n)
+{
+    struct fleet_ack *out = arena_alloc(a, n * sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct fleet_ack *s = &src[i];
+        char id[FLEET_ACK_ID_MAX + 1];
+        if (s->id != NULL && s->id[0] != '\0')
+            snprintf(id, sizeof(id), "%s", s->id);
+        else
+            fleet_ack_id(s->path, s->kind, s->endpoint, id);
+        out[i].id = arena_strndup(a, id, strlen(id));
+        out[i].path = arena_strndup(a, s->path ? s->path : "", s->path ? strlen(s->path) : 0);
+        out[i].kind = arena_strndup(a, s->kind ? s->kind : "", s->kind ? strlen(s->kind) : 0);
+        out[i].endpoint =
+            arena_strndup(a, s->endpoint ? s->endpoint : "", s->endpoint ? strlen(s->endpoint) : 0);
+        out[i].note = arena_strndup(a, s->note ? s->note : "", s->note ? strlen(s->note) : 0);
+        out[i].at = s->at;
+        if (out[i].id == NULL || out[i].path == NULL || out[i].kind == NULL ||
+            out[i].endpoint == NULL || out[i].note == NULL)
+            return NULL;
+    }
+    return out;
+}
+
+static const char *copy_text(struct arena *a, const char *s, bool *nomem)
+{
+    if (s == NULL)
+        return "";
+    char *c = arena_strndup(a, s, strlen(s));
+    if (c == NULL) {
+        *nomem = true;
+        return "";
+    }
+    return c;
+}
+
+int fleet_route_copy(struct fleet_route *dst, const struct fleet_route *src)
+{
+    fleet_route_dispose(dst);
+    bool nomem = false;
+    dst->new_percent = src->new_percent;
+    dst->shadow_percent = src->shadow_percent;
+    dst->ramp_step = src->ramp_step;
+    dst->ramp_next_at = src->ramp_next_at;
+    dst->ramp_stopped = src->ramp_stopped;
+    dst->rollback = src->rollback;
+    dst->rollback_detail = copy_text(&dst->arena, src->rollback_detail, &nomem);
+    dst->rollback_at = src->rollback_at;
+    dst->updated_by = copy_text(&dst->arena, src->updated_by, &nomem);
+    dst->updated_at = src->updated_at;
+    if (src->n_acks > 0) {
+        dst->acks = copy_acks(&dst->arena, src->acks, src->n_acks);
+        dst->n_acks = src->n_acks;
+        nomem = nomem || dst->acks == NULL;
+    }
+    if (nomem) {
+        fleet_route_dispose(dst);
+        return FICUS_ENOMEM;
+    }
+    return 0;
+}
+
+void fleet_change_init(struct fleet_change *ch, enum fleet_change_kind kind)
+{
+    memset(ch, 0, sizeof(*ch));
+    ch->kind = kind;
+    ch->new_percent = -1;
+    ch->shadow_percent = -1;
+    ch->rollback = FLEET_ROLLBACK_NONE;
+    ch->detail = "";
+    ch->ramp_step = -1;
+}
+
+int fleet_route_change(const struct fleet_route *cur, const struct fleet_change *ch, int64_t now_ms,
+                       const char *by, struct fleet_route *out)
+{
+    int rc = fleet_route_copy(out, cur);
+    if (rc != 0)
+        return rc;
+    bool nomem = false;
+    switch (ch->kind) {
+    case FLEET_CHANGE_PERCENT:
+        if (ch->new_percent >= 0)
+            out->new_percent = ch->new_percent;
+        if (ch->shadow_percent >= 0)
+            out->shadow_percent = ch->shadow_percent;
+        if ((ch->new_percent >= 0 && ch->new_percent > 100) ||
+            (ch->shadow_percent >= 0 && ch->shadow_percent > 100))
+            rc = -EINVAL;
+        break;
+    case FLEET_CHANGE_ROLLBACK:
+        if (ch->rollback != FLEET_ROLLBACK_MANUAL && ch->rollback != FLEET_ROLLBACK_GUARD) {
+            rc = -EINVAL;
+            break;
+        }
+        out->new_percent = 0;
+        out->ramp_stopped = true;
+        out->ramp_next_at = 0;
+        out->rollback = ch->rollback;
+        out->rollback_detail = copy_text(&out->arena, ch->detail, &nomem);
+        out->rollback_at = now_ms > 0 ? now_ms : 1;
+        break;
+    case FLEET_CHANGE_RAMP:
+        if (ch->new_percent >= 0)
+            out->new_percent = ch->new_percent;
+        out->ramp_step = ch->ramp_step;
+        out->ramp_next_at = ch->ramp_next_at;
+        out->ramp_stopped = ch->ramp_stopped;
+        if (ch->new_percent > 100)
+            rc = -EINVAL;
+        break;
+    case FLEET_CHANGE_ACKS:
+        if (ch->n_acks > FLEET_ACKS_MAX || (ch->n_acks > 0 && ch->acks == NULL)) {
+            rc = -EINVAL;
+            break;
+        }
+        out->acks = ch->n_acks > 0 ? copy_acks(&out->arena, ch->acks, ch->n_acks) : NULL;
+        out->n_acks = ch->n_acks;
+        nomem = ch->n_acks > 0 && out->acks == NULL;
+        break;
+    default:
+        rc = -EINVAL;
+        break;
+    }
+    if (rc == 0 && !nomem) {
+        out->updated_by = copy_text(&out->arena, by, &nomem);
+        out->updated_at = now_ms > 0 ? now_ms : 0;
+    }
+    if (rc == 0 && nomem)
+        rc = FICUS_ENOMEM;
+    if (rc == 0 && !route_ok(out))
+        rc = -EINVAL;
+    if (rc != 0)
+        fleet_route_dispose(out);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

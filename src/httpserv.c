@@ -21,14 +21,16 @@
 #define HTTPSERV_WARN_MS 1000
 
 enum hconn_state {
-    HCONN_IDLE,   /* no byte of the next request yet (timer: idle, once nothing is queued) */
-    HCONN_HEAD,   /* part of a head is in (timer: the head deadline from its first byte) */
-    HCONN_BODY,   /* the head is in, its body is not complete (timer: the body deadline) */
-    HCONN_LINGER, /* the last answer is queued: send it, shut down, discard what comes */
-    HCONN_CLOSED, /* uv_close in flight; freed in its callback */
+    HCONN_IDLE,     /* no byte of the next request yet (timer: idle, once nothing is queued) */
+    HCONN_HEAD,     /* part of a head is in (timer: the head deadline from its first byte) */
+    HCONN_BODY,     /* the head is in, its body is not complete (timer: the body deadline) */
+    HCONN_LINGER,   /* the last answer is queued: send it, shut down, discard what comes */
+    HCONN_DEFERRED, /* a handler answers later: nothing is read or answered until it does */
+    HCONN_CLOSED,   /* uv_close in flight; freed in its callback */
 };
 
-static const char *const hconn_state_names[] = {"idle", "head", "body", "linger", "closed"};
+static const char *const hconn_state_names[] = {"idle",   "head",     "body",
+                                                "linger", "deferred", "closed"};
 _Static_assert(ARRAY_SIZE(hconn_state_names) == HCONN_CLOSED + 1, "a name for every state");
 
 struct hconn {
@@ -43,6 +45,7 @@ struct hconn {
     size_t in_off;    /* bytes of in already answered (dropped once per read) */
     struct head_scan scan;
     struct http_head head; /* the request in HCONN_BODY */
+    const char *head_at;   /* where head's bytes were when it was parsed */
     uint64_t body_len;     /* its Content-Length */
     uint64_t read_at;      /* deadline of the read state (loop ms); 0: none */
     uint64_t write_at;     /* deadline of the queued answers; 0: none */
@@ -50,8 +53,20 @@ struct hconn {
     size_t write_bytes;    /* queued, not yet written */
     int writes;            /* uv_write requests in flight */
     bool reading;
-    bool shut;     /* uv_shutdown issued */
-    bool peer_eof; /* the client closed its side */
+    bool shut;                    /* uv_shutdown issued */
+    bool peer_eof;                /* the client closed its side */
+    bool in_handler;              /* the request handler runs */
+    struct httpserv_later *later; /* the deferral of the request being answered */
+};
+
+/* An answer a handler gives later. Owned by its caller until
+ * httpserv_later_send; c is NULL once the connection is gone. */
+struct httpserv_later {
+    struct hconn *c;
+    struct httpserv_reply reply;
+    bool is_head;
+    bool keep_alive;
+    bool ready; /* sent inside the handler: hconn_answer sends it */
 };
 
 struct httpserv {
@@ -76,6 +91,7 @@ struct hwrite {
 
 static void hconn_process(struct hconn *c);
 static void hconn_update(struct hconn *c);
+static void reply_dispose(struct httpserv_reply *r);
 static void hconn_read_start(struct hconn *c);
 
 /* ---- the server's life ------------------------------------------------------------------- */
@@ -122,6 +138,16 @@ static void hconn_close(struct hconn *c, const char *why)
     if (c->state == HCONN_CLOSED)
         return;
     log_debug(c->s->o.name, "connection closed reason=%s", why);
+    if (c->later != NULL) {
+        struct httpserv_later *l = c->later;
+        c->later = NULL;
+        if (l->ready) { /* sent inside the handler: nobody holds it any more */
+            reply_dispose(&l->reply);
+            free(l);
+        } else {
+            l->c = NULL; /* its owner sends into nothing later */
+        }
+    }
     hconn_set_state(c, HCONN_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, on_hconn_closed);
     uv_close((uv_handle_t *)&c->timer, on_hconn_closed);
@@ -237,6 +263,7 @@ static void reply_init(struct httpserv_reply *r)
     r->ctype = NULL;
     buf_init(&r->headers, 0);
     buf_init(&r->body, 0);
+    r->conn = NULL;
 }
 
 static void reply_dispose(struct httpserv_reply *r)
@@ -270,34 +297,119 @@ static void hconn_refuse(struct hconn *c, int status, const char *msg)
     hconn_linger(c);
 }
 
-/* Starts the next request: its head and body are in; the handler answers. */
-static void hconn_answer(struct hconn *c)
+/* Queues a handler's answer (given at once or later) to the request in
+ * c->head, and gets ready for the next request or ends the connection. */
+static void hconn_reply(struct hconn *c, struct httpserv_reply *r, bool is_head, bool keep_alive)
 {
     struct httpserv *s = c->s;
-    const char *body = c->in.data + c->in_off + c->head.head_len;
-    struct httpserv_reply r;
-    reply_init(&r);
-    s->o.on_request(s->o.ctx, &c->head, (struct span){body, (size_t)c->body_len}, &r);
-    if (c->state == HCONN_CLOSED) { /* the handler stopped the server */
-        reply_dispose(&r);
-        return;
-    }
-    if (r.status < 100 || r.status > 999) {
+    if (r->status < 100 || r->status > 999) {
         log_error(s->o.name, "a handler gave no status: answering 500");
-        buf_reset(&r.body);
-        httpserv_reply_error(&r, 500, "internal error");
+        buf_reset(&r->body);
+        httpserv_reply_error(r, 500, "internal error");
     }
-    bool keep = c->head.keep_alive && !s->stopping;
-    hconn_send(c, &r, c->head.is_head, keep);
-    reply_dispose(&r);
-    c->in_off += c->head.head_len + (size_t)c->body_len;
-    memset(&c->scan, 0, sizeof(c->scan));
+    bool keep = keep_alive && !s->stopping;
+    hconn_send(c, r, is_head, keep);
     if (!keep)
         hconn_linger(c);
     else if (c->state != HCONN_CLOSED) {
         hconn_set_state(c, HCONN_IDLE);
         c->read_at = 0; /* the idle deadline starts once the answer is written */
     }
+}
+
+/* Starts the next request: its head and body are in; the handler answers,
+ * now or later. */
+static void hconn_answer(struct hconn *c)
+{
+    struct httpserv *s = c->s;
+    const char *at = c->in.data + c->in_off;
+    if (at != c->head_at) {
+        /* The reads of the body moved the bytes (an answered request dropped
+         * from the front, a bigger buffer): the head's spans are taken again
+         * from where its bytes are now. */
+        if (http1_parse_head(&c->head, at, c->head.head_len, true) != 0) {
+            hconn_refuse(c, 400, "bad request");
+            return;
+        }
+        c->head_at = at;
+    }
+    const char *body = at + c->head.head_len;
+    struct httpserv_reply r;
+    reply_init(&r);
+    r.conn = c;
+    c->in_handler = true;
+    s->o.on_request(s->o.ctx, &c->head, (struct span){body, (size_t)c->body_len}, &r);
+    c->in_handler = false;
+    struct httpserv_later *l = c->later;
+    if (l != NULL && l->ready) {
+        /* Deferred and sent inside the handler: its reply is the answer. */
+        c->later = NULL;
+        reply_dispose(&r);
+        r = l->reply;
+        free(l);
+    } else if (l == NULL && c->state == HCONN_CLOSED) {
+        reply_dispose(&r); /* the handler stopped the server */
+        return;
+    }
+    c->in_off += c->head.head_len + (size_t)c->body_len;
+    memset(&c->scan, 0, sizeof(c->scan));
+    if (c->later != NULL) {
+        /* The answer comes later: nothing more is read or answered meanwhile. */
+        reply_dispose(&r);
+        hconn_set_state(c, HCONN_DEFERRED);
+        c->read_at = 0;
+        return;
+    }
+    if (c->state == HCONN_CLOSED) {
+        reply_dispose(&r);
+        return;
+    }
+    hconn_reply(c, &r, c->head.is_head, c->head.keep_alive);
+    reply_dispose(&r);
+}
+
+struct httpserv_later *httpserv_defer(struct httpserv_reply *r)
+{
+    struct hconn *c = r->conn;
+    if (c == NULL || !c->in_handler || c->later != NULL)
+        return NULL; /* not a handler's reply, or deferred already */
+    struct httpserv_later *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    reply_init(&l->reply);
+    l->c = c;
+    l->is_head = c->head.is_head;
+    l->keep_alive = c->head.keep_alive;
+    c->later = l;
+    return l;
+}
+
+struct httpserv_reply *httpserv_later_reply(struct httpserv_later *l)
+{
+    return &l->reply;
+}
+
+void httpserv_later_send(struct httpserv_later *l)
+{
+    struct hconn *c = l->c;
+    if (c == NULL) { /* the client left or the server stopped */
+        reply_dispose(&l->reply);
+        free(l);
+        return;
+    }
+    if (c->in_handler) {
+        l->ready = true; /* hconn_answer sends it when the handler returns */
+        return;
+    }
+    c->later = NULL;
+    hconn_reply(c, &l->reply, l->is_head, l->keep_alive);
+    reply_dispose(&l->reply);
+    free(l);
+    if (c->state == HCONN_CLOSED)
+        return;
+    if (c->state != HCONN_LINGER)
+        hconn_process(c); /* pipelined requests that waited */
+    hconn_update(c);
 }
 
 /* The head is complete (c->scan.pos bytes from in_off): parse and check it. */
@@ -309,6 +421,7 @@ static void hconn_head_done(struct hconn *c)
         hconn_refuse(c, 400, "bad request");
         return;
     }
+    c->head_at = data;
     if (c->head.chunked) {
         hconn_refuse(c, 400, "send a content-length");
         return;
@@ -337,7 +450,7 @@ static void hconn_head_done(struct hconn *c)
 static void hconn_process(struct hconn *c)
 {
     struct httpserv *s = c->s;
-    while (c->write_bytes < HTTPSERV_WRITE_HIGH) {
+    while (c->write_bytes < HTTPSERV_WRITE_HIGH && c->state != HCONN_DEFERRED) {
         size_t avail = c->in.len - c->in_off;
         if (c->state == HCONN_IDLE) {
             if (avail == 0)
@@ -405,7 +518,8 @@ static void hconn_update(struct hconn *c)
             }
         }
     }
-    bool want = !c->peer_eof && (c->state == HCONN_LINGER || c->write_bytes < HTTPSERV_WRITE_HIGH);
+    bool want = !c->peer_eof && c->state != HCONN_DEFERRED &&
+                (c->state == HCONN_LINGER || c->write_bytes < HTTPSERV_WRITE_HIGH);
     if (want != c->reading) {
         if (want) {
             hconn_read_start(c);
@@ -442,6 +556,8 @@ static void on_hconn_timer(uv_timer_t *t)
         case HCONN_LINGER:
             hconn_close(c, "linger deadline");
             return;
+        case HCONN_DEFERRED: /* the deferral's owner bounds the wait */
+            break;
         case HCONN_CLOSED:
             return;
         }

@@ -13,6 +13,7 @@
 #include "ficus/shadow.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
+#include "ficus/store.h"
 #include "ficus/tls.h"
 
 #include <errno.h>
@@ -45,7 +46,8 @@ static int compare_addrs(const void *a, const void *b)
  * getaddrinfo's first address of the first server that resolves, for the
  * request path that knows one address per backend (issue 19 phase 2 replaces
  * it with every server's list and the resolver). */
-static int resolve_backend(struct config *cfg, struct backend_cfg *be, struct config_errors *errs)
+static int resolve_backend(struct config *cfg, struct backend_cfg *be, const char *where,
+                           struct config_errors *errs)
 {
     const char *why[BACKEND_SERVERS_MAX];
     size_t resolved = 0;
@@ -93,7 +95,9 @@ static int resolve_backend(struct config *cfg, struct backend_cfg *be, struct co
         const struct backend_server_cfg *sv = &be->servers[i];
         if (sv->n_addrs > 0)
             continue;
-        if (be->servers_listed)
+        if (where != NULL)
+            snprintf(loc, sizeof(loc), "%s", where);
+        else if (be->servers_listed)
             snprintf(loc, sizeof(loc), "backends.%s.servers[%zu]", be->name, i);
         else
             snprintf(loc, sizeof(loc), "backends.%s.url", be->name);
@@ -116,7 +120,12 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
         return NULL;
     int bad = tls_config_load(cfg, errs);
     for (size_t i = 0; i < cfg->n_backends && !bad; i++)
-        bad |= resolve_backend(cfg, &cfg->backends[i], errs);
+        bad |= resolve_backend(cfg, &cfg->backends[i], NULL, errs);
+    for (size_t i = 0; i < cfg->state_store.n_endpoints && !bad; i++) {
+        char where[48];
+        snprintf(where, sizeof(where), "state_store.endpoints[%zu]", i);
+        bad |= resolve_backend(cfg, &cfg->state_store.endpoints[i], where, errs);
+    }
     if (bad) {
         config_unref(cfg);
         return NULL;
@@ -428,6 +437,7 @@ int server_reload(struct server *srv, struct config_errors *errs)
     config_unref(srv->cfg);
     srv->cfg = cfg;
     config_watch(srv);
+    store_config_changed(srv->store);
     log_info("server", "configuration reloaded path=%s routes=%zu", cfg->path, cfg->n_routes);
     return 0;
 }
@@ -464,7 +474,8 @@ void server_stop(struct server *srv)
     log_info("server", "stopping: draining for up to %d ms", srv->cfg->drain_ms);
     admin_stop(srv->admin);
     srv->admin = NULL;
-    config_watch(srv); /* draining: no more reloads */
+    store_stop(srv->store); /* leaves the fleet: the lease is revoked */
+    config_watch(srv);      /* draining: no more reloads */
     metrics_probe_stop(srv);
     signal_workers(srv, 1);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
@@ -546,6 +557,7 @@ int server_run(const char *path)
     srv->config_path = path;
     srv->cfg = cfg;
     srv->reload = server_reload;
+    srv->stop = server_stop;
     srv->loop = uv_default_loop();
     srv->started_at = (int64_t)time(NULL);
     srv->state = state_table_new(cfg->workers, cfg->state_file);
@@ -559,7 +571,7 @@ int server_run(const char *path)
         free(srv);
         return 1;
     }
-    if (cfg->state_file == NULL)
+    if (cfg->state_file == NULL && cfg->state_store.type == STATE_STORE_FILE)
         log_warn("server", "no state_file: runtime changes to routes live in memory only");
     srv->divlog = divlog_new(srv, srv->loop);
     srv->access_fd = open_access_log(cfg);
@@ -584,6 +596,14 @@ int server_run(const char *path)
         return 1;
     }
 
+    /* The state store last: nothing above can fail after it has handles. Out
+     * of memory here leaves the file store's defaults (no etcd). */
+    srv->store = store_new(srv);
+    if (srv->store == NULL) {
+        log_error("server", "out of memory creating the state store");
+        srv->exit_code = 1;
+    }
+
     uv_signal_init(srv->loop, &srv->sig_term);
     uv_signal_init(srv->loop, &srv->sig_int);
     uv_signal_init(srv->loop, &srv->sig_hup);
@@ -605,6 +625,9 @@ int server_run(const char *path)
     srv->config_hash = config_file_hash(path);
     config_watch(srv);
     metrics_probe_start(srv);
+    store_start(srv->store);
+    if (srv->store == NULL)
+        server_stop(srv);
     if (cfg->admin) {
         rc = admin_start(srv, srv->loop, &srv->admin);
         if (rc != 0) {
@@ -633,6 +656,7 @@ int server_run(const char *path)
     free(srv->workers);
     if (srv->access_fd >= 0)
         close(srv->access_fd);
+    store_free(srv->store);
     config_unref(srv->cfg);
     state_table_free(srv->state);
     int code = srv->exit_code;

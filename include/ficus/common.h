@@ -24,6 +24,8 @@ enum ficus_error {
     FICUS_ENOMEM,           /* allocation failed */
     FICUS_ETLS,             /* TLS handshake or record failure */
     FICUS_ESTORE,           /* the state store (etcd) answered an error */
+    FICUS_ECONFLICT,        /* another writer changed the value first (compare-and-swap lost) */
+    FICUS_EUNAVAILABLE,     /* the state store cannot be reached now */
 };
 
 /* Describes err, a ficus or libuv error code. The string is static. */

@@ -36,8 +36,9 @@
  *    "ramp_stopped":false,                 a rollback stopped the ramp
  *    "rollback":{"reason":"guard","detail":"divergence rate 0.12 > 0.01",
  *                "at":"2026-11-22T10:00:00.000Z"},   or null: none
- *    "acknowledgements":[{"path":"/id","kind":"json",
- *                         "endpoint":"GET /posts/{id}","note":"ids are strings now"}],
+ *    "acknowledgements":[{"id":"5f0c2a9e41d3b7a8","path":"/id","kind":"json",
+ *                         "endpoint":"GET /posts/{id}","note":"ids are strings now",
+ *                         "at":"2026-11-22T10:00:00.000Z"}],
  *    "updated_by":"web-1-4242-9f3a","updated_at":"2026-11-22T10:00:00.000Z"}
  * ficus.ramp_driver, version 1:
  *   {"kind":"ficus.ramp_driver","version":1,"id":"web-1-4242-9f3a",
@@ -67,6 +68,7 @@
 #define FLEET_DETAIL_MAX   160          /* a rollback's detail */
 #define FLEET_ACKS_MAX     256          /* acknowledgements per route */
 #define FLEET_ACK_TEXT_MAX 512          /* an acknowledgement's path, endpoint or note */
+#define FLEET_ACK_ID_MAX   32           /* an acknowledgement's id */
 #define FLEET_ROUTES_MAX   4096         /* routes in one instance value */
 #define FLEET_WHY_MAX      160          /* a refusal's reason */
 #define FLEET_TIME_LEN     24           /* "2026-11-22T10:00:00.000Z" */
@@ -123,13 +125,26 @@ bool fleet_time_parse(const char *s, size_t n, int64_t *unix_ms);
 enum fleet_rollback { FLEET_ROLLBACK_NONE, FLEET_ROLLBACK_MANUAL, FLEET_ROLLBACK_GUARD };
 
 /* An acknowledged difference (issue 14): path and kind required, endpoint and
- * note "" when absent. kind is one of the record's diff kinds. */
+ * note "" when absent. kind is one of the record's diff kinds. id names it for
+ * removal: when a value has none, decoding makes it with fleet_ack_id (so an
+ * entry written by hand can be removed too). at is when it was made (unix ms;
+ * 0 when absent). */
 struct fleet_ack {
+    const char *id;
     const char *path;
     const char *kind;
     const char *endpoint;
     const char *note;
+    int64_t at;
 };
+
+/* The id of the acknowledgement of (path, kind, endpoint): 16 hex digits of a
+ * hash of the three, so that acknowledging the same difference twice names
+ * the same entry. endpoint may be NULL. out holds FLEET_ACK_ID_MAX + 1 bytes. */
+void fleet_ack_id(const char *path, const char *kind, const char *endpoint, char *out);
+/* Is kind one of the diff kinds an acknowledgement may name (status, header,
+ * json, added, removed, body, error)? */
+bool fleet_ack_kind_valid(const char *kind);
 
 /* The live state of a route. Decoded strings live in arena; for encoding, the
  * caller's strings are only read. */
@@ -162,6 +177,46 @@ int fleet_route_decode(const char *p, size_t len, struct fleet_route *r, char *w
 
 /* "guard", "manual", "" for NONE. */
 const char *fleet_rollback_name(enum fleet_rollback r);
+
+/* Copies src into dst (initialised; an earlier value is disposed first), its
+ * strings into dst's arena. Returns 0 or FICUS_ENOMEM. */
+int fleet_route_copy(struct fleet_route *dst, const struct fleet_route *src);
+
+/* A change of a route's live state, as the admin API, the guard and the ramp
+ * ask for it. The caller's strings and acknowledgements are only read. */
+enum fleet_change_kind {
+    FLEET_CHANGE_PERCENT,  /* new_percent and/or shadow_percent (-1 leaves one as it is) */
+    FLEET_CHANGE_ROLLBACK, /* new_percent 0, the ramp stopped, rollback and detail recorded */
+    FLEET_CHANGE_RAMP,     /* the ramp's position: new_percent (-1: as it is), ramp_step,
+                              ramp_next_at, ramp_stopped */
+    FLEET_CHANGE_ACKS,     /* the acknowledgements replaced by acks */
+    FLEET_CHANGE_N
+};
+
+struct fleet_change {
+    enum fleet_change_kind kind;
+    double new_percent;
+    double shadow_percent;
+    enum fleet_rollback rollback; /* ROLLBACK: MANUAL or GUARD */
+    const char *detail;           /* ROLLBACK */
+    int ramp_step;
+    int64_t ramp_next_at;
+    bool ramp_stopped;
+    const struct fleet_ack *acks;
+    size_t n_acks;
+};
+
+/* Sets the change's fields to "nothing" (percentages -1...) for kind. */
+void fleet_change_init(struct fleet_change *ch, enum fleet_change_kind kind);
+
+/* Pure: the value cur becomes when ch is applied at now_ms (unix ms) by the
+ * instance by ("" or NULL: none), written into out (initialised; strings
+ * copied into its arena). A rollback keeps the acknowledgements and the
+ * shadow percentage. Returns 0, -EINVAL when the result would not encode (a
+ * percentage out of range, too many acknowledgements, a bad text), or
+ * FICUS_ENOMEM. */
+int fleet_route_change(const struct fleet_route *cur, const struct fleet_change *ch, int64_t now_ms,
+                       const char *by, struct fleet_route *out);
 
 /* ---- the ramp driver ---------------------------------------------------- */
 

@@ -1,8 +1,9 @@
 /* A small HTTP/1.1 server on a libuv loop for ficus's own endpoints (the admin
  * API, the demo backends), not for the proxy's data path. Requests carry no
  * body or a Content-Length body up to a cap (chunked request bodies are
- * refused with 400); one handler answers each complete request at once; the
- * answers of pipelined requests leave in order; keep-alive as the client asks.
+ * refused with 400); one handler answers each complete request, at once or
+ * later (httpserv_defer: after a round trip elsewhere); the answers of
+ * pipelined requests leave in order; keep-alive as the client asks.
  *
  * Framing is strict and every wait has a deadline: a connection without a
  * request in progress is closed after idle_ms; a head must be complete
@@ -26,6 +27,8 @@
 #include <uv.h>
 
 struct httpserv;
+struct httpserv_later;
+struct hconn;
 
 /* What a handler answers. The server initialises it before the handler runs
  * and disposes of it after the answer is queued; the handler fills it in and
@@ -35,6 +38,7 @@ struct httpserv_reply {
     const char *ctype;  /* static string; NULL: application/json */
     struct buf headers; /* more header lines, each "name: value\r\n" */
     struct buf body;    /* not sent for HEAD; its length still is */
+    struct hconn *conn; /* private: the connection, for httpserv_defer */
 };
 
 /* Answers one complete request. req and its spans, and body, live until the
@@ -72,6 +76,23 @@ int httpserv_port(const struct httpserv *s);
  * are dropped); the server frees itself once all are closed, within the
  * loop's next iterations. The handler is not called again. Accepts NULL. */
 void httpserv_stop(struct httpserv *s);
+
+/* Called by a handler that answers later: the reply it was given is not
+ * sent; the connection reads and answers nothing more (pipelined requests
+ * wait, their answers stay in order) until httpserv_later_send. The caller
+ * must send within a bounded time (its own deadline). Returns the deferral,
+ * or NULL when out of memory (the handler answers at once then). */
+struct httpserv_later *httpserv_defer(struct httpserv_reply *r);
+
+/* The reply of a deferral, to fill in before httpserv_later_send; empty and
+ * initialised as a handler's is. */
+struct httpserv_reply *httpserv_later_reply(struct httpserv_later *l);
+
+/* Sends the deferred answer and frees l. When the client left or the server
+ * stopped meanwhile, the answer is dropped (nothing else happens). May be
+ * called inside the handler that deferred (the answer then leaves as a
+ * handler's). */
+void httpserv_later_send(struct httpserv_later *l);
 
 /* Sets the reply to status with the JSON body {"error":"msg"} and a newline
  * (msg is written as given: pass no quote or backslash). */

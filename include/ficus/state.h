@@ -7,6 +7,7 @@
 #define FICUS_STATE_H
 
 #include "ficus/config.h"
+#include "ficus/fleet.h"
 #include "ficus/noise.h"
 #include <uv.h>
 #include <stdatomic.h>
@@ -60,19 +61,25 @@ struct route_counters {
     atomic_ullong fallbacks;
 } __attribute__((aligned(64)));
 
+struct state_acks;
+
 struct route_state {
     char name[128];
     _Atomic double new_percent;
     _Atomic double shadow_percent;
     atomic_int shadow_inflight; /* across workers, for shadow.max_inflight */
     /* Control thread only: */
-    bool overridden; /* new/shadow percent come from the admin API, guard or ramp */
+    bool overridden; /* new/shadow percent come from the admin API, guard, ramp or the store */
     bool present;    /* the current configuration has this route */
     unsigned long long rollbacks_manual, rollbacks_guard;
-    char last_rollback[160]; /* "2026-...Z guard: divergence rate 0.12 > 0.01", or "" */
-    int ramp_step;           /* index into ramp_steps of the current step, -1: none */
+    char last_rollback[224];      /* "2026-...Z guard: divergence rate 0.12 > 0.01", or "" */
+    enum fleet_rollback rollback; /* the last rollback (NONE: none), as last_rollback says */
+    char rollback_detail[FLEET_DETAIL_MAX + 1];
+    int64_t rollback_at; /* unix ms; 0 without a rollback */
+    int ramp_step;       /* index into ramp_steps of the current step, -1: none */
     bool ramp_stopped;
-    int64_t ramp_next_ms;            /* when the next step is due (uv_now of the control loop) */
+    int64_t ramp_next_at;            /* unix ms when the next step is due; 0: not scheduled */
+    struct state_acks *acks;         /* acknowledged differences; NULL: none */
     struct route_counters *counters; /* one per worker */
     void *samples;                   /* the metrics sampler's ring, freed with the entry */
     struct noise_stats *noise;       /* legacy-vs-legacy statistics, under noise_lock */
@@ -95,6 +102,25 @@ struct route_totals {
 
 struct state_table;
 
+/* Where a change of the live state came from, for ficus_state_changes_total:
+ * this instance's admin API, guard or ramp, or the state store (a value
+ * another instance or an operator wrote, read from etcd). */
+enum state_source {
+    STATE_SRC_ADMIN,
+    STATE_SRC_GUARD,
+    STATE_SRC_RAMP,
+    STATE_SRC_STORE,
+    STATE_SRC_N,
+    STATE_SRC_QUIET = STATE_SRC_N /* applied without counting (an undo, the cache) */
+};
+
+/* "admin", "guard", "ramp", "store". Static. */
+const char *state_source_name(enum state_source s);
+
+/* The wall clock in unix milliseconds (ramp times and rollbacks are wall
+ * times: they are shared between machines). */
+int64_t state_now_ms(void);
+
 /* Returns a table for n_workers workers that persists to path (NULL: memory
  * only), or NULL when out of memory. */
 struct state_table *state_table_new(int n_workers, const char *path);
@@ -116,22 +142,88 @@ int state_table_bind(struct state_table *t, struct config *cfg);
 /* The entry of a route, or NULL. */
 struct route_state *state_find(struct state_table *t, const char *name);
 
-/* Sets a route's percentages (a negative value leaves that one as it is), marks
- * it overridden, and persists the table. Returns 0, or a negative error when
- * the state file could not be written (the change is then not applied). */
-int state_set(struct state_table *t, struct route_state *rs, double new_percent,
-              double shadow_percent);
+/* ---- changes ------------------------------------------------------------ */
 
-/* Rolls a route back: new_percent to 0 at once (even when the state file cannot
- * be written), its ramp stopped, the rollback counted and described in
- * last_rollback ("TIME reason: detail"). reason is "manual" or "guard". Control
- * thread only. */
-void state_rollback(struct state_table *t, struct route_state *rs, const char *reason,
-                    const char *detail);
+/* Hears how a change ended: 0 (applied), FICUS_ECONFLICT (another writer
+ * changed the route first: nothing was written and the current state is
+ * applied), FICUS_EUNAVAILABLE (the state store cannot be reached: nothing
+ * was changed, except a guard's rollback, applied here at once), -EINVAL (the
+ * change is not valid), or another error; why says it in words for an API
+ * answer or a log ("" for 0; a static string or one that lives until cb
+ * returns). */
+typedef void (*state_change_cb)(void *ctx, int result, const char *why);
+
+/* What carries changes to where the live state lives: a state store above
+ * this module registers one (state_set_writer). It applies ch to rs as the
+ * store agrees, then calls cb exactly once, later or before it returns. */
+struct state_writer {
+    void (*change)(void *wctx, struct route_state *rs, const struct fleet_change *ch,
+                   enum state_source src, state_change_cb cb, void *ctx);
+};
+
+/* Registers the writer (w and wctx outlive the table's use; NULL: the built-in
+ * one, which applies at once and writes the state file). */
+void state_set_writer(struct state_table *t, const struct state_writer *w, void *wctx);
+
+/* Changes a route's live state (percentages, rollback, ramp position or
+ * acknowledgements) through the table's writer; cb (may be NULL) hears the
+ * end, exactly once, perhaps before this returns. The built-in writer applies
+ * the change to every worker at once and writes the state file; when the file
+ * cannot be written the change is undone (FICUS_E... of the write), except a
+ * rollback, which stays applied. Control thread only. */
+void state_change(struct state_table *t, struct route_state *rs, const struct fleet_change *ch,
+                  enum state_source src, state_change_cb cb, void *ctx);
+
+/* Replaces a route's acknowledged differences with the n at acks (copied)
+ * through the writer, as state_change. */
+void state_acks_replace(struct state_table *t, struct route_state *rs, const struct fleet_ack *acks,
+                        size_t n, enum state_source src, state_change_cb cb, void *ctx);
+
+/* A route's acknowledged differences: sets *n and returns them (NULL when
+ * none); they live until the route's next change. */
+const struct fleet_ack *state_acks(const struct route_state *rs, size_t *n);
+
+/* The live state of rs as a value (out initialised; strings copied into its
+ * arena). Returns 0 or FICUS_ENOMEM. */
+int state_value(const struct route_state *rs, struct fleet_route *out);
+
+/* Applies the value v to rs: percentages to every worker at once (a
+ * shadow_percent of -1 becomes cfg_shadow, or stays as it is when cfg_shadow
+ * is negative too), ramp position, rollback and acknowledgements; marks it
+ * overridden. A rollback newer than the table is counted and logged. Counted
+ * in the changes of src. Returns 0 or FICUS_ENOMEM (nothing applied then). */
+int state_apply(struct state_table *t, struct route_state *rs, const struct fleet_route *v,
+                double cfg_shadow, enum state_source src);
+
+/* The route's live state is gone from the store: back to the configuration's
+ * percentages (rt NULL: as they are), not overridden, no ramp position, no
+ * rollback, no acknowledgements. Counted in the changes of src. */
+void state_reset(struct state_table *t, struct route_state *rs, const struct route_cfg *rt,
+                 enum state_source src);
+
+/* Changes applied since the start, by where they came from. */
+unsigned long long state_changes(const struct state_table *t, enum state_source src);
+/* Counts a change of src that was applied already (quietly, as the store's
+ * watch brought this instance's own write back before the write's answer). */
+void state_count_change(struct state_table *t, enum state_source src);
+
+/* ---- the state file ----------------------------------------------------- */
 
 /* Writes every overridden route to the state file atomically (temp file,
  * fsync, rename, fsync of the directory). 0 without a state file. */
 int state_save(struct state_table *t);
+
+/* The state store's revision the file reflects, written at the top of the
+ * state file by the next state_save (0: none, the file store). */
+void state_set_revision(struct state_table *t, int64_t revision);
+/* The revision the loaded state file named (0: none). */
+int64_t state_loaded_revision(const struct state_table *t);
+
+/* Marks the table changed without writing it: the etcd store writes its
+ * cache at most once a second (state_save_if_dirty). */
+void state_mark_dirty(struct state_table *t);
+/* Writes the file when changed since the last write. Returns state_save's. */
+int state_save_if_dirty(struct state_table *t);
 
 /* Is there a state file? */
 bool state_persisted(const struct state_table *t);

@@ -22,6 +22,7 @@ struct shadow_worker;
 struct state_table;
 struct admin;
 struct divlog;
+struct store;
 
 /* Per-worker counters: written only by their worker, read by the control
  * thread with relaxed atomic loads (no lock on the request path). */
@@ -82,6 +83,7 @@ struct server {
     int access_fd; /* -1: no access log */
     int exit_code;
     struct state_table *state; /* live route state (percentages, counters) */
+    struct store *store;       /* where the live state lives: the state file or etcd */
     struct admin *admin;       /* NULL without an admin listener */
     struct divlog *divlog;     /* divergence records (control thread) */
     int64_t started_at;        /* unix seconds */
@@ -89,6 +91,9 @@ struct server {
      * admin API's reload; set by server.c). Returns 0 or FICUS_ECONFIG with
      * errs filled; the running configuration stays then. */
     int (*reload)(struct server *srv, struct config_errors *errs);
+    /* Starts a graceful stop (set by server.c), for the modules below it that
+     * find the process cannot go on (the state store's endpoint is no etcd). */
+    void (*stop)(struct server *srv);
 };
 
 /* A pseudo-random 64-bit number from the worker's generator (no lock). */

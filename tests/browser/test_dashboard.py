@@ -620,6 +620,63 @@ class DashboardTest(unittest.TestCase):
         if self.routes()["orders"]["overridden"]:
             self.assertEqual(self.field("orders", "new-percent"), "0")
 
+    def test_5_state_store_panel(self):
+        """Where the live state comes from: the state file here (from the real API), and
+        an etcd fleet that lost its store (the real answer with an etcd state_store put
+        in by a DevTools interception, in the shape /api/v1/routes gives it)."""
+        p = self.open_dashboard()
+        p.wait_for("!document.getElementById('store').classList.contains('hidden')", 10,
+                   "the state store panel")
+        store = lambda f: p.evaluate(  # noqa: E731
+            "document.querySelector('#store [data-field=\"%s\"]').textContent" % f)
+        self.assertEqual(store("store-status"), "state file · live")
+        self.assertEqual(api_json(self.admin, "/api/v1/routes")["state_store"]["type"], "file")
+        self.assertTrue(p.evaluate("document.getElementById('store-banner').classList"
+                                   ".contains('hidden')"))
+        fleet = {"type": "etcd", "status": "stale", "last_contact_s": 12.4, "revision": 42,
+                 "source": "etcd", "prefix": "/ficus/prod/", "endpoint": "http://10.0.0.1:2379",
+                 "phase": "backoff", "error": "http://10.0.0.1:2379: watch ended: end of file",
+                 "instance": "web-1-42-00aa",
+                 "instances": [{"id": "web-1-42-00aa", "self": True},
+                               {"id": "web-2-77-0b0b", "self": False},
+                               {"id": "web-3-19-0c0c", "self": False}],
+                 "ramp_driver": "web-2-77-0b0b", "values_ignored": 0}
+
+        def fulfil(params):
+            doc = api_json(self.admin, "/api/v1/routes")
+            doc["state_store"] = fleet
+            p.send("Fetch.fulfillRequest", {
+                "requestId": params["requestId"], "responseCode": 200,
+                "responseHeaders": [{"name": "content-type", "value": "application/json"}],
+                "body": base64.b64encode(json.dumps(doc).encode()).decode()})
+
+        p.on("Fetch.requestPaused", fulfil)
+        p.call("Fetch.enable", {"patterns": [{"urlPattern": "*/api/v1/routes"}]})
+        try:
+            p.wait_for("document.querySelector('#store [data-field=\"store-status\"]')"
+                       ".textContent === 'etcd · stale'", 10, "the etcd store, stale")
+            self.assertEqual(store("store-revision"), "revision 42")
+            self.assertEqual(store("store-contact"), "last contact 12 s ago")
+            self.assertEqual(store("store-count"), "3 live instances:")
+            chips = p.evaluate("[...document.querySelectorAll('#store [data-instance]')]"
+                               ".map(e => [e.dataset.instance, e.className, e.textContent])")
+            self.assertEqual([c[0] for c in chips], [i["id"] for i in fleet["instances"]])
+            self.assertIn("self", chips[0][1])
+            self.assertIn("drives the ramp", chips[1][2])
+            banner = p.evaluate("document.getElementById('store-banner').textContent")
+            self.assertFalse(p.evaluate("document.getElementById('store-banner').classList"
+                                        ".contains('hidden')"))
+            self.assertIn("serving the last state seen 12 s ago", banner)
+            self.assertIn("refused (503)", banner)
+            p.screenshot(os.path.join(self.out, "dashboard-fleet.png"), full_page=False)
+        finally:
+            p.call("Fetch.disable")
+        p.wait_for("document.querySelector('#store [data-field=\"store-status\"]')"
+                   ".textContent === 'state file · live'", 10, "the file store again")
+        self.assertTrue(p.evaluate("document.getElementById('store-banner').classList"
+                                   ".contains('hidden')"))
+        self.assert_no_page_errors()
+
     def test_9_clean_exit(self):
         """Every ficus run of this class exits 0 on SIGTERM with a clean log."""
         code = self.ficus.stop()

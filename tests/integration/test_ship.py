@@ -389,6 +389,69 @@ class Compose(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(PROM_DIR, rf)), rf)
 
 
+class ComposeFleet(unittest.TestCase):
+    """The compose profile "fleet": two ficus instances sharing their live state through one
+    etcd (docker/ficus-fleet.json), scraped by Prometheus when they run."""
+
+    FLEET = ("etcd", "ficus-a", "ficus-b", "traffic-fleet")
+
+    def setUp(self):
+        require_yaml(self)
+        self.compose = load_yaml("docker", "compose.yaml")
+        self.services = self.compose["services"]
+        self.cfg = load_json("docker", "ficus-fleet.json")
+
+    def test_fleet_services_are_in_the_profile_only(self):
+        for name, svc in self.services.items():
+            self.assertEqual(svc.get("profiles", []), ["fleet"] if name in self.FLEET else [],
+                             name)
+
+    def test_instances_share_one_etcd_with_the_shipped_routes(self):
+        store = self.cfg["state_store"]
+        self.assertEqual(store["type"], "etcd")
+        cmd = self.services["etcd"]["command"]
+        flags = dict(a.split("=", 1) for a in cmd if a.startswith("--"))
+        port = flags["--listen-client-urls"].rsplit(":", 1)[1]
+        self.assertEqual(store["endpoints"], ["http://etcd:%s" % port])
+        self.assertEqual(flags["--advertise-client-urls"], store["endpoints"][0])
+        shipped = shipped_config()
+        self.assertEqual({k: v for k, v in self.cfg.items() if k != "state_store"}, shipped,
+                         "the fleet runs the shipped configuration with a state_store")
+        for name in ("ficus-a", "ficus-b"):
+            svc = self.services[name]
+            mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+            self.assertEqual(mounts["/etc/ficus/ficus.json"], "./ficus-fleet.json")
+            self.assertIn(os.path.dirname(self.cfg["state_file"]), mounts)
+            self.assertIn("etcd", svc["depends_on"])
+            self.assertIn(self.cfg["admin"]["token_env"], svc["environment"])
+            self.assertGreater(int(svc["stop_grace_period"][:-1]), drain_seconds(self.cfg))
+            published = {int(p.rsplit(":", 2)[-1]) for p in svc["ports"]}
+            self.assertEqual(published, {listen_port(self.cfg), admin_port(self.cfg)})
+        # Each instance keeps its own cache and logs; no two services publish one port.
+        a, b = (set(self.services[n]["volumes"]) for n in ("ficus-a", "ficus-b"))
+        self.assertEqual(a & b, {"./ficus-fleet.json:/etc/ficus/ficus.json:ro"})
+        host_ports = [p.rsplit(":", 1)[0].rsplit(":", 1)[-1] for svc in self.services.values()
+                      for p in svc.get("ports", [])]
+        self.assertEqual(len(host_ports), len(set(host_ports)), host_ports)
+        cmd = self.services["traffic-fleet"]["command"]
+        self.assertEqual(cmd[cmd.index("--target") + 1], "http://ficus-a:%d"
+                         % listen_port(self.cfg))
+
+    def test_fleet_configuration_passes_ficus_check(self):
+        if not os.access(ficus_bin(), os.X_OK):
+            self.skipTest("no ficus binary at %s (set FICUS_BIN)" % ficus_bin())
+        rc, out, err = ficus_check(repo_path("docker", "ficus-fleet.json"))
+        self.assertEqual((rc, out.strip()), (0, "ok"), err)
+
+    def test_prometheus_scrapes_the_fleet_when_it_runs(self):
+        prom = load_yaml("docker", "prometheus", "prometheus.yml")
+        jobs = {sc["job_name"]: sc for sc in prom["scrape_configs"]}
+        sd = jobs["ficus-fleet"]["dns_sd_configs"]
+        self.assertEqual(sorted(n for c in sd for n in c["names"]), ["ficus-a", "ficus-b"])
+        self.assertEqual({c["port"] for c in sd}, {admin_port(self.cfg)})
+        self.assertEqual(jobs["ficus-fleet"]["metrics_path"], "/metrics")
+
+
 class Kubernetes(unittest.TestCase):
     def setUp(self):
         require_yaml(self)

@@ -207,9 +207,17 @@ static void test_route_roundtrip(void **state)
 {
     (void)state;
     const struct fleet_ack acks[] = {
-        {"/id", "json", "GET /posts/{id}", "ids are strings now"},
-        {"content-type", "header", "", ""},
+        {.id = "a1",
+         .path = "/id",
+         .kind = "json",
+         .endpoint = "GET /posts/{id}",
+         .note = "ids are strings now",
+         .at = 1795341600000LL},
+        {.path = "content-type", .kind = "header", .endpoint = "", .note = ""},
     };
+    char derived[FLEET_ACK_ID_MAX + 1];
+    fleet_ack_id("content-type", "header", "", derived);
+    assert_int_equal(strlen(derived), 16);
     struct fleet_route r;
     fleet_route_init(&r);
     r.new_percent = 25;
@@ -227,16 +235,19 @@ static void test_route_roundtrip(void **state)
     struct buf b;
     buf_init(&b, 0);
     assert_int_equal(fleet_route_encode(&b, &r), 0);
-    char *want =
+    char *want_fmt =
         unq("{'kind':'ficus.route','version':1,'new_percent':25,'shadow_percent':100,'ramp_step':2,"
             "'ramp_next_at':'2026-11-22T11:00:00.000Z','ramp_stopped':false,"
             "'rollback':{'reason':'guard','detail':'divergence rate 0.12 > 0.01 \\'quoted\\'',"
             "'at':'2026-11-22T10:00:00.000Z'},"
-            "'acknowledgements':[{'path':'/id','kind':'json','endpoint':'GET /posts/{id}',"
-            "'note':'ids are strings now'},{'path':'content-type','kind':'header'}],"
+            "'acknowledgements':[{'id':'a1','path':'/id','kind':'json','endpoint':'GET "
+            "/posts/{id}','note':'ids are strings now','at':'2026-11-22T10:00:00.000Z'},"
+            "{'id':'%s','path':'content-type','kind':'header'}],"
             "'updated_by':'web-1-4242-9f3a','updated_at':'2026-11-22T10:00:00.123Z'}");
+    char want[1024];
+    snprintf(want, sizeof(want), want_fmt, derived);
+    free(want_fmt);
     assert_string_equal(b.data, want);
-    free(want);
 
     struct fleet_route back;
     char why[FLEET_WHY_MAX];
@@ -254,6 +265,10 @@ static void test_route_roundtrip(void **state)
     assert_string_equal(back.acks[0].endpoint, "GET /posts/{id}");
     assert_string_equal(back.acks[1].path, "content-type");
     assert_string_equal(back.acks[1].note, "");
+    assert_string_equal(back.acks[0].id, "a1");
+    assert_true(back.acks[0].at == 1795341600000LL);
+    assert_string_equal(back.acks[1].id, derived);
+    assert_true(back.acks[1].at == 0);
     assert_string_equal(back.updated_by, "web-1-4242-9f3a");
     assert_true(back.updated_at == r.updated_at);
 
@@ -273,10 +288,11 @@ static void test_route_roundtrip(void **state)
     /* Defaults written back: null, false, [], no shadow_percent. */
     buf_reset(&b);
     assert_int_equal(fleet_route_encode(&b, &back), 0);
-    want = unq("{'kind':'ficus.route','version':1,'new_percent':0.5,'ramp_step':-1,"
-               "'ramp_next_at':null,'ramp_stopped':false,'rollback':null,'acknowledgements':[]}");
-    assert_string_equal(b.data, want);
-    free(want);
+    char *want2 = unq("{'kind':'ficus.route','version':1,'new_percent':0.5,'ramp_step':-1,"
+                      "'ramp_next_at':null,'ramp_stopped':false,'rollback':null,"
+                      "'acknowledgements':[]}");
+    assert_string_equal(b.data, want2);
+    free(want2);
     fleet_route_dispose(&back);
     buf_dispose(&b);
 }
@@ -479,7 +495,7 @@ static void test_route_limits(void **state)
 static void test_route_encode_refuses(void **state)
 {
     (void)state;
-    struct fleet_ack bad_ack = {"/a", "weird", "", ""};
+    struct fleet_ack bad_ack = {.path = "/a", .kind = "weird", .endpoint = "", .note = ""};
     char long_detail[FLEET_DETAIL_MAX + 2];
     memset(long_detail, 'd', sizeof(long_detail) - 1);
     long_detail[sizeof(long_detail) - 1] = '\0';
@@ -789,6 +805,175 @@ static void test_reuse_and_failure_leave_nothing(void **state)
     fleet_instance_dispose(NULL);
 }
 
+/* ---- acknowledgements and changes ---- */
+
+static void test_ack_ids(void **state)
+{
+    (void)state;
+    char a[FLEET_ACK_ID_MAX + 1], b[FLEET_ACK_ID_MAX + 1], c[FLEET_ACK_ID_MAX + 1];
+    fleet_ack_id("/id", "json", "GET /posts/{id}", a);
+    fleet_ack_id("/id", "json", "GET /posts/{id}", b);
+    assert_string_equal(a, b); /* the same difference names the same entry */
+    assert_int_equal(strlen(a), 16);
+    for (size_t i = 0; i < 16; i++)
+        assert_non_null(strchr("0123456789abcdef", a[i]));
+    fleet_ack_id("/id", "json", NULL, b);
+    fleet_ack_id("/id", "json", "", c);
+    assert_string_equal(b, c); /* no endpoint is "" */
+    assert_string_not_equal(a, b);
+    fleet_ack_id("ab", "", "", b);
+    fleet_ack_id("a", "b", "", c);
+    assert_string_not_equal(b, c); /* the parts are kept apart */
+    assert_true(fleet_ack_kind_valid("json") && fleet_ack_kind_valid("error"));
+    assert_false(fleet_ack_kind_valid("JSON") || fleet_ack_kind_valid("") ||
+                 fleet_ack_kind_valid(NULL));
+
+    /* Read back: an entry without an id gets the derived one; two entries with one
+     * id are refused; a bad id or time too. */
+    struct fleet_route r;
+    char why[FLEET_WHY_MAX];
+    fleet_route_init(&r);
+    char *v = unq("{'kind':'ficus.route','version':1,'new_percent':1,'acknowledgements':["
+                  "{'path':'/id','kind':'json','endpoint':'GET /posts/{id}'},"
+                  "{'id':'mine-1','path':'/x','kind':'added','at':'2026-11-22T10:00:00Z'}]}");
+    assert_int_equal(fleet_route_decode(v, strlen(v), &r, why), 0);
+    free(v);
+    assert_string_equal(r.acks[0].id, a);
+    assert_string_equal(r.acks[1].id, "mine-1");
+    assert_true(r.acks[1].at == 1795341600000LL);
+    static const struct {
+        const char *value, *why;
+    } bad[] = {
+        {"{'kind':'ficus.route','version':1,'new_percent':1,'acknowledgements':["
+         "{'path':'/a','kind':'json'},{'path':'/a','kind':'json','note':'again'}]}",
+         "appears twice"},
+        {"{'kind':'ficus.route','version':1,'new_percent':1,'acknowledgements':["
+         "{'id':'a b','path':'/a','kind':'json'}]}",
+         "acknowledgements[0].id: must be 1 to 32"},
+        {"{'kind':'ficus.route','version':1,'new_percent':1,'acknowledgements':["
+         "{'path':'/a','kind':'json','at':'yesterday'}]}",
+         "acknowledgements[0].at: must be a UTC time"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        char *t = unq(bad[i].value);
+        assert_int_equal(fleet_route_decode(t, strlen(t), &r, why), FICUS_EBADRESP);
+        free(t);
+        if (strstr(why, bad[i].why) == NULL)
+            fail_msg("case %zu: \"%s\" does not say \"%s\"", i, why, bad[i].why);
+    }
+    fleet_route_dispose(&r);
+}
+
+static void test_route_change(void **state)
+{
+    (void)state;
+    const struct fleet_ack acks[] = {
+        {.path = "/id", .kind = "json", .endpoint = "", .note = "strings now", .at = 5},
+    };
+    struct fleet_route cur, out;
+    fleet_route_init(&cur);
+    fleet_route_init(&out);
+    cur.new_percent = 25;
+    cur.shadow_percent = 50;
+    cur.ramp_step = 1;
+    cur.ramp_next_at = 1795345200000LL;
+    cur.acks = acks;
+    cur.n_acks = 1;
+    const int64_t now = 1795341600123LL;
+
+    /* Percentages: -1 leaves one as it is; who and when are recorded. */
+    struct fleet_change ch;
+    fleet_change_init(&ch, FLEET_CHANGE_PERCENT);
+    ch.new_percent = 30;
+    assert_int_equal(fleet_route_change(&cur, &ch, now, "web-1-1-0001", &out), 0);
+    assert_true(out.new_percent == 30 && out.shadow_percent == 50);
+    assert_int_equal(out.n_acks, 1);
+    assert_string_equal(out.acks[0].note, "strings now");
+    assert_ptr_not_equal(out.acks[0].note, acks[0].note); /* copied */
+    assert_string_equal(out.updated_by, "web-1-1-0001");
+    assert_true(out.updated_at == now);
+    assert_int_equal(out.ramp_step, 1);
+
+    /* A rollback: 0 %, the ramp stopped, reason, detail and time; shadow and the
+     * acknowledgements stay. */
+    char detail[64];
+    snprintf(detail, sizeof(detail), "divergence rate 0.5 > 0.01");
+    fleet_change_init(&ch, FLEET_CHANGE_ROLLBACK);
+    ch.rollback = FLEET_ROLLBACK_GUARD;
+    ch.detail = detail;
+    assert_int_equal(fleet_route_change(&cur, &ch, now, "", &out), 0);
+    detail[0] = 'X'; /* the caller's string was copied */
+    assert_true(out.new_percent == 0 && out.shadow_percent == 50);
+    assert_true(out.ramp_stopped);
+    assert_int_equal(out.rollback, FLEET_ROLLBACK_GUARD);
+    assert_string_equal(out.rollback_detail, "divergence rate 0.5 > 0.01");
+    assert_true(out.rollback_at == now);
+    assert_int_equal(out.n_acks, 1);
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(fleet_route_encode(&b, &out), 0); /* a valid value */
+
+    /* A ramp step: its position and when the next is due. */
+    fleet_change_init(&ch, FLEET_CHANGE_RAMP);
+    ch.new_percent = 50;
+    ch.ramp_step = 2;
+    ch.ramp_next_at = now + 1000;
+    assert_int_equal(fleet_route_change(&cur, &ch, now, "web-2-2-0002", &out), 0);
+    assert_true(out.new_percent == 50 && out.ramp_step == 2 && out.ramp_next_at == now + 1000);
+    assert_false(out.ramp_stopped);
+
+    /* Acknowledgements replaced whole (here: emptied). */
+    fleet_change_init(&ch, FLEET_CHANGE_ACKS);
+    assert_int_equal(fleet_route_change(&cur, &ch, now, "", &out), 0);
+    assert_int_equal(out.n_acks, 0);
+    assert_null(out.acks);
+    assert_true(out.new_percent == 25);
+
+    /* Refused: a percentage out of range, a rollback without a reason, too many
+     * acknowledgements, a bad kind. out is left empty. */
+    struct fleet_ack many[FLEET_ACKS_MAX + 1];
+    for (size_t i = 0; i < ARRAY_SIZE(many); i++)
+        many[i] = (struct fleet_ack){.path = "/a", .kind = "json"};
+    const struct fleet_ack weird = {.path = "/a", .kind = "weird"};
+    for (int i = 0; i < 5; i++) {
+        fleet_change_init(&ch, FLEET_CHANGE_PERCENT);
+        switch (i) {
+        case 0:
+            ch.new_percent = 100.5;
+            break;
+        case 1:
+            fleet_change_init(&ch, FLEET_CHANGE_ROLLBACK);
+            break;
+        case 2:
+            fleet_change_init(&ch, FLEET_CHANGE_ACKS);
+            ch.acks = many;
+            ch.n_acks = ARRAY_SIZE(many);
+            break;
+        case 3:
+            fleet_change_init(&ch, FLEET_CHANGE_ACKS);
+            ch.acks = &weird;
+            ch.n_acks = 1;
+            break;
+        case 4:
+            ch.kind = FLEET_CHANGE_N;
+            break;
+        }
+        if (fleet_route_change(&cur, &ch, now, "", &out) != -EINVAL)
+            fail_msg("case %d was not refused", i);
+        assert_int_equal(out.n_acks, 0);
+        assert_true(out.new_percent == 0);
+    }
+    /* A copy is deep and independent of its source. */
+    struct fleet_route copy;
+    fleet_route_init(&copy);
+    assert_int_equal(fleet_route_copy(&copy, &cur), 0);
+    assert_ptr_not_equal(copy.acks, cur.acks);
+    assert_string_equal(copy.acks[0].id[0] ? "has id" : "", "has id"); /* made on copy */
+    buf_dispose(&b);
+    fleet_route_dispose(&copy);
+    fleet_route_dispose(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -805,6 +990,8 @@ int main(void)
         cmocka_unit_test(test_instance_refused),
         cmocka_unit_test(test_fleet_sum),
         cmocka_unit_test(test_reuse_and_failure_leave_nothing),
+        cmocka_unit_test(test_ack_ids),
+        cmocka_unit_test(test_route_change),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
