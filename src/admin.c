@@ -4,6 +4,7 @@
 #include "ficus/admin.h"
 #include "ficus/buf.h"
 #include "ficus/common.h"
+#include "ficus/discovery.h"
 #include "ficus/http1.h"
 #include "ficus/httpserv.h"
 #include "ficus/log.h"
@@ -205,6 +206,16 @@ static const struct route_cfg *find_route(struct server *srv, const char *name, 
     return NULL;
 }
 
+/* ---- backend servers (issue 19) ---------------------------------------------------- */
+
+/* Each backend's servers and addresses: state, checks, load and errors. */
+static json_t *admin_backends_json(struct admin *a)
+{
+    return discovery_backends_json(a->srv->discovery);
+}
+
+/* ---- routes ----------------------------------------------------------------------------- */
+
 static void get_routes(struct admin *a, struct reply *r)
 {
     json_t *routes = json_array();
@@ -216,9 +227,10 @@ static void get_routes(struct admin *a, struct reply *r)
         json_array_append_new(listen, json_pack("{s:s,s:b}", "address", cfg->listens[i].addr.text,
                                                 "tls", cfg->listens[i].tls));
     reply_json(r, 200,
-               json_pack("{s:o,s:b,s:o,s:o}", "routes", routes, "persisted",
+               json_pack("{s:o,s:b,s:o,s:o,s:o}", "routes", routes, "persisted",
                          state_persisted(a->srv->state), "listen", listen, "redact_headers",
-                         strings_json(cfg->redact_headers, cfg->n_redact_headers)));
+                         strings_json(cfg->redact_headers, cfg->n_redact_headers), "backends",
+                         admin_backends_json(a)));
 }
 
 static void patch_route(struct admin *a, const struct route_cfg *rt, const char *body, size_t len,

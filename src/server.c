@@ -9,11 +9,13 @@
 #include "ficus/upstream.h"
 #include "ficus/resolver.h"
 #include "ficus/admin.h"
+#include "ficus/discovery.h"
 #include "ficus/divlog.h"
 #include "ficus/shadow.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
 #include "ficus/tls.h"
+#include "ficus/upstats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,90 +34,17 @@
 
 /* ---- configuration ------------------------------------------------------------ */
 
-static int compare_addrs(const void *a, const void *b)
-{
-    return lb_addr_compare(a, b);
-}
-
-/* Resolves every server of be (blocking getaddrinfo, as before: start and
- * reload, on the control thread) into its first address list, sorted and
- * capped, from cfg's arena. A server that does not resolve is a warning when
- * another has addresses, an error when none has. be->resolved keeps
- * getaddrinfo's first address of the first server that resolves, for the
- * request path that knows one address per backend (issue 19 phase 2 replaces
- * it with every server's list and the resolver). */
-static int resolve_backend(struct config *cfg, struct backend_cfg *be, struct config_errors *errs)
-{
-    const char *why[BACKEND_SERVERS_MAX];
-    size_t resolved = 0;
-    for (size_t i = 0; i < be->n_servers; i++) {
-        struct backend_server_cfg *sv = &be->servers[i];
-        char port[8];
-        snprintf(port, sizeof(port), "%u", sv->port);
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        hints.ai_flags = sv->ip_literal ? AI_NUMERICHOST : 0; /* never to DNS */
-        struct addrinfo *res = NULL;
-        int rc = getaddrinfo(sv->host, port, &hints, &res);
-        why[i] = rc != 0 ? gai_strerror(rc) : "no address";
-        size_t n = 0;
-        for (struct addrinfo *ai = res; rc == 0 && ai != NULL; ai = ai->ai_next)
-            n += ai->ai_addrlen <= sizeof(struct sockaddr_storage);
-        if (n > RESOLVER_ADDRS_MAX)
-            n = RESOLVER_ADDRS_MAX;
-        sv->addrs = n > 0 ? arena_alloc(&cfg->arena, n * sizeof(*sv->addrs)) : NULL;
-        sv->n_addrs = 0;
-        for (struct addrinfo *ai = res; sv->addrs != NULL && ai != NULL && sv->n_addrs < n;
-             ai = ai->ai_next) {
-            if (ai->ai_addrlen > sizeof(struct sockaddr_storage))
-                continue;
-            memset(&sv->addrs[sv->n_addrs], 0, sizeof(sv->addrs[0]));
-            memcpy(&sv->addrs[sv->n_addrs++], ai->ai_addr, ai->ai_addrlen);
-            if (resolved == 0 && sv->n_addrs == 1) {
-                memcpy(&be->resolved, ai->ai_addr, ai->ai_addrlen);
-                be->resolved_len = ai->ai_addrlen;
-            }
-        }
-        if (res != NULL)
-            freeaddrinfo(res);
-        if (sv->n_addrs > 1)
-            qsort(sv->addrs, sv->n_addrs, sizeof(sv->addrs[0]), compare_addrs);
-        size_t k = 0;
-        for (size_t j = 0; j < sv->n_addrs; j++) {
-            if (k == 0 || lb_addr_compare(&sv->addrs[j], &sv->addrs[k - 1]) != 0)
-                sv->addrs[k++] = sv->addrs[j];
-        }
-        sv->n_addrs = k;
-        resolved += k > 0;
-    }
-    for (size_t i = 0; i < be->n_servers; i++) {
-        char loc[96];
-        const struct backend_server_cfg *sv = &be->servers[i];
-        if (sv->n_addrs > 0)
-            continue;
-        if (be->servers_listed)
-            snprintf(loc, sizeof(loc), "backends.%s.servers[%zu]", be->name, i);
-        else
-            snprintf(loc, sizeof(loc), "backends.%s.url", be->name);
-        if (resolved > 0)
-            log_warn("server",
-                     "%s: cannot resolve host \"%s\": %s; the backend's other servers "
-                     "serve until it does",
-                     loc, sv->host, why[i]);
-        else
-            config_errors_add(errs, "%s: %s: cannot resolve host \"%s\": %s", cfg->path, loc,
-                              sv->host, why[i]);
-    }
-    return resolved > 0 ? 0 : FICUS_ECONFIG;
-}
-
-struct config *server_load_config(const char *path, struct config_errors *errs)
+/* Loads, validates and resolves; names the running discovery d follows
+ * already take their current addresses. */
+static struct config *load_config(struct discovery *d, const char *path,
+                                  struct config_errors *errs)
 {
     struct config *cfg = config_load(path, errs);
     if (cfg == NULL)
         return NULL;
     int bad = tls_config_load(cfg, errs);
-    for (size_t i = 0; i < cfg->n_backends && !bad; i++)
-        bad |= resolve_backend(cfg, &cfg->backends[i], errs);
+    if (!bad)
+        bad = discovery_resolve_config(d, cfg, errs);
     if (bad) {
         config_unref(cfg);
         return NULL;
@@ -128,6 +57,11 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
                      cfg->backends[i].name);
     }
     return cfg;
+}
+
+struct config *server_load_config(const char *path, struct config_errors *errs)
+{
+    return load_config(NULL, path, errs);
 }
 
 /* ---- workers -------------------------------------------------------------------- */
@@ -197,7 +131,10 @@ static void worker_swap_config(struct worker *w, struct config *cfg)
     }
     if (w->draining)
         pool_set_drain(ps);
-    /* In-flight exchanges keep their own references to the old snapshot. */
+    /* In-flight exchanges keep their own references to the old snapshot, and
+     * its pools go on counting their requests; the new ones show the status. */
+    pool_set_observe(w->pools, NULL);
+    pool_set_observe(ps, w->upstats);
     pool_set_unref(w->pools);
     config_unref(w->cfg);
     w->pools = ps;
@@ -218,6 +155,8 @@ static void on_worker_async(uv_async_t *a)
         else
             worker_swap_config(w, cfg);
     }
+    if (!w->stopped)
+        discovery_apply(w->srv->discovery, w); /* addresses and health results */
     if (stop == 2) {
         worker_finish(w);
     } else if (stop == 1 && !w->draining) {
@@ -274,8 +213,10 @@ static int worker_init(struct server *srv, struct worker *w, int id, struct conf
     w->cfg = config_ref(cfg);
     w->pools = pool_set_new(&w->loop, &w->rbufs, cfg, cfg->backends, cfg->n_backends, cfg->workers);
     w->conns = conn_worker_new(w);
-    if (w->pools == NULL || w->conns == NULL)
+    w->upstats = upstats_new();
+    if (w->pools == NULL || w->conns == NULL || w->upstats == NULL)
         return FICUS_ENOMEM;
+    pool_set_observe(w->pools, w->upstats);
     w->listeners = calloc(cfg->n_listens, sizeof(uv_tcp_t));
     if (w->listeners == NULL)
         return FICUS_ENOMEM;
@@ -324,6 +265,8 @@ static void worker_dispose(struct worker *w)
     conn_worker_free(w->conns);
     w->conns = NULL;
     rbuf_pool_dispose(&w->rbufs);
+    upstats_free(w->upstats);
+    w->upstats = NULL;
     buf_dispose(&w->access_buf);
     config_unref(w->cfg);
     config_unref(w->pending_cfg);
@@ -401,7 +344,7 @@ static void config_watch(struct server *srv)
 int server_reload(struct server *srv, struct config_errors *errs)
 {
     srv->config_hash = config_file_hash(srv->config_path);
-    struct config *cfg = server_load_config(srv->config_path, errs);
+    struct config *cfg = load_config(srv->discovery, srv->config_path, errs);
     if (cfg == NULL) {
         for (size_t i = 0; i < errs->n; i++)
             log_error("server", "reload rejected: %s", errs->lines[i]);
@@ -416,6 +359,7 @@ int server_reload(struct server *srv, struct config_errors *errs)
     }
     if (cfg->n_listens != srv->cfg->n_listens || cfg->workers != srv->cfg->workers)
         log_warn("server", "reload: listen and workers changes take effect at the next restart");
+    discovery_reload(srv->discovery, cfg); /* before the workers take cfg */
     for (int i = 0; i < srv->n_workers; i++) {
         struct worker *w = &srv->workers[i];
         uv_mutex_lock(&w->lock);
@@ -464,7 +408,7 @@ void server_stop(struct server *srv)
     admin_stop(srv->admin);
     srv->admin = NULL;
     config_watch(srv); /* draining: no more reloads */
-    metrics_probe_stop(srv);
+    discovery_stop(srv->discovery);
     signal_workers(srv, 1);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
 }
@@ -589,7 +533,8 @@ int server_run(const char *path)
     srv->config_poll.data = srv;
     srv->config_hash = config_file_hash(path);
     config_watch(srv);
-    metrics_probe_start(srv);
+    if (discovery_start(srv) != 0)
+        log_error("server", "out of memory: backend names are not followed, no health checks");
     if (cfg->admin) {
         rc = admin_start(srv, srv->loop, &srv->admin);
         if (rc != 0) {
@@ -616,6 +561,7 @@ int server_run(const char *path)
         worker_dispose(&srv->workers[i]);
     }
     free(srv->workers);
+    discovery_free(srv->discovery);
     if (srv->access_fd >= 0)
         close(srv->access_fd);
     config_unref(srv->cfg);
