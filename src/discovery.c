@@ -51,7 +51,7 @@ struct dwatch {
 };
 
 struct dserver {
-    struct dwatch *watch; /* NULL for an IP address */
+    struct dwatch *watch;           /* NULL for an IP address */
     struct sockaddr_storage *addrs; /* RESOLVER_ADDRS_MAX of room */
     size_t n;
     uint64_t version; /* of the last change of addrs */
@@ -210,10 +210,10 @@ int discovery_resolve_config(struct discovery *d, struct config *cfg, struct con
             const struct backend_server_cfg *sv = &be->servers[s];
             q[k].host = sv->host;
             q[k].port = sv->port;
-            struct dwatch *w = reuse && !sv->ip_literal
-                                   ? find_watch(d, sv->host, sv->port, be->min_resolve_ms,
-                                                be->max_resolve_ms)
-                                   : NULL;
+            struct dwatch *w =
+                reuse && !sv->ip_literal
+                    ? find_watch(d, sv->host, sv->port, be->min_resolve_ms, be->max_resolve_ms)
+                    : NULL;
             struct resolver_result res;
             if (w != NULL)
                 resolver_watch_result(w->w, &res);
@@ -421,8 +421,8 @@ static void on_watch(void *ctx, const struct resolver_result *res)
             sv->rstate = res->state;
             sv->rerror = res->error;
             /* A failing name keeps its last good set (the resolver keeps it too). */
-            if (res->n == 0 ||
-                (res->n == sv->n && memcmp(res->addrs, sv->addrs, res->n * sizeof(*sv->addrs)) == 0))
+            if (res->n == 0 || (res->n == sv->n &&
+                                memcmp(res->addrs, sv->addrs, res->n * sizeof(*sv->addrs)) == 0))
                 continue;
             uv_mutex_lock(&d->lock);
             memcpy(sv->addrs, res->addrs, res->n * sizeof(*sv->addrs));
@@ -545,7 +545,8 @@ static struct dview *view_new(struct discovery *d, struct config *cfg)
             sv->rstate = sv->n > 0 ? RESOLVER_OK : RESOLVER_PENDING;
             if (scfg->ip_literal)
                 continue;
-            sv->watch = watch_get(d, scfg->host, scfg->port, be->min_resolve_ms, be->max_resolve_ms);
+            sv->watch =
+                watch_get(d, scfg->host, scfg->port, be->min_resolve_ms, be->max_resolve_ms);
             if (sv->watch == NULL)
                 continue;
             sv->watch->used = true;
@@ -660,8 +661,7 @@ static void health_result(struct discovery *d, uint64_t view_id, int backend,
                  http ? "health check failed" : "server unreachable", be->name, t->label, why);
     else if (t->health == HEALTH_DOWN)
         log_info("discovery", "%s backend=%s server=%s",
-                 http ? "health check passes again" : "server reachable again", be->name,
-                 t->label);
+                 http ? "health check passes again" : "server reachable again", be->name, t->label);
     uv_mutex_lock(&d->lock);
     t->health = h;
     t->version = ++d->version;
@@ -804,8 +804,9 @@ static void probe_start(struct discovery *d, int backend, struct dtarget *t)
     hp->next = d->probes;
     d->probes = hp;
     t->in_flight = true;
-    int rc = upstream_connect_to(d->ps, backend, t->server, &t->addr, &hp->wait, probe_on_ready,
-                                 hp);
+    bool http = d->view->cfg->backends[backend].health_path != NULL;
+    int rc = upstream_connect_to(d->ps, backend, t->server, &t->addr, !http, &hp->wait,
+                                 probe_on_ready, hp);
     if (rc != 0)
         probe_done(hp, false, uv_strerror(rc));
 }
@@ -969,8 +970,7 @@ int discovery_addresses(struct discovery *d, struct discovery_addr **out)
 
 bool discovery_backend_up(struct discovery *d, int backend)
 {
-    if (d == NULL || d->view == NULL || backend < 0 ||
-        (size_t)backend >= d->view->cfg->n_backends)
+    if (d == NULL || d->view == NULL || backend < 0 || (size_t)backend >= d->view->cfg->n_backends)
         return false;
     struct discovery_addr *rows;
     int n = discovery_addresses(d, &rows);
@@ -1001,8 +1001,8 @@ static json_t *address_json(const struct discovery_addr *r, int server)
         total += r->requests[c];
     return json_pack("{s:s,s:o,s:s,s:o,s:b,s:i,s:I,s:I,s:I,s:I}", "address", r->server, "server",
                      server >= 0 ? json_integer(server) : json_null(), "state", shown_state(r),
-                     "reachable", r->reachable < 0 ? json_null() : json_boolean(r->reachable),
-                     "up", r->up, "active", r->active, "requests", (json_int_t)total, "errors",
+                     "reachable", r->reachable < 0 ? json_null() : json_boolean(r->reachable), "up",
+                     r->up, "active", r->active, "requests", (json_int_t)total, "errors",
                      (json_int_t)r->failures, "ejections", (json_int_t)r->ejections,
                      "ejected_for_ms", (json_int_t)r->ejected_for_ms);
 }
@@ -1036,17 +1036,16 @@ json_t *discovery_backends_json(struct discovery *d)
             json_t *addrs = json_array();
             for (size_t i = 0; i < sv->n; i++) {
                 char a[UPSTATS_LABEL_SIZE];
-                json_array_append_new(addrs, json_string(lb_addr_format(&sv->addrs[i], a,
-                                                                         sizeof(a))));
+                json_array_append_new(addrs,
+                                      json_string(lb_addr_format(&sv->addrs[i], a, sizeof(a))));
             }
             json_array_append_new(
-                servers,
-                json_pack("{s:s,s:s,s:i,s:{s:s,s:o},s:o}", "url", scfg->url, "host", scfg->host,
-                          "weight", scfg->weight, "resolve", "state", resolve_state(scfg, sv),
-                          "error", sv->rerror != NULL && !scfg->ip_literal
-                                       ? json_string(sv->rerror)
-                                       : json_null(),
-                          "addresses", addrs));
+                servers, json_pack("{s:s,s:s,s:i,s:{s:s,s:o},s:o}", "url", scfg->url, "host",
+                                   scfg->host, "weight", scfg->weight, "resolve", "state",
+                                   resolve_state(scfg, sv), "error",
+                                   sv->rerror != NULL && !scfg->ip_literal ? json_string(sv->rerror)
+                                                                           : json_null(),
+                                   "addresses", addrs));
         }
         json_t *addresses = json_array();
         bool ready = false;

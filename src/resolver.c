@@ -639,7 +639,8 @@ int resolver_resolve_now(const struct resolver_options *opts, struct resolver_qu
     }
     uv_timer_t deadline;
     uv_timer_init(&loop, &deadline);
-    uv_timer_start(&deadline, on_oneshot_deadline, (uint64_t)(deadline_ms > 0 ? deadline_ms : 1), 0);
+    uv_timer_start(&deadline, on_oneshot_deadline, (uint64_t)(deadline_ms > 0 ? deadline_ms : 1),
+                   0);
     uint64_t end = uv_now(&loop) + (uint64_t)(deadline_ms > 0 ? deadline_ms : 1);
     while (left > 0 && uv_now(&loop) < end)
         uv_run(&loop, UV_RUN_ONCE);
@@ -647,7 +648,7 @@ int resolver_resolve_now(const struct resolver_options *opts, struct resolver_qu
     bool closed = r == NULL;
     if (r != NULL)
         resolver_close(r, on_oneshot_closed, &closed); /* unwatches what did not answer */
-    uv_run(&loop, UV_RUN_DEFAULT); /* until every handle is closed */
+    uv_run(&loop, UV_RUN_DEFAULT);                     /* until every handle is closed */
     if (!closed || uv_loop_close(&loop) != 0)
         log_error("resolver", "a one-shot lookup left handles open");
     free(os);

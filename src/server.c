@@ -36,8 +36,7 @@
 
 /* Loads, validates and resolves; names the running discovery d follows
  * already take their current addresses. */
-static struct config *load_config(struct discovery *d, const char *path,
-                                  struct config_errors *errs)
+static struct config *load_config(struct discovery *d, const char *path, struct config_errors *errs)
 {
     struct config *cfg = config_load(path, errs);
     if (cfg == NULL)

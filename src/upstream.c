@@ -96,7 +96,8 @@ struct upconn {
     bool verdict_given; /* upstream_outcome was called for the request */
     enum lb_outcome verdict;
     int status;
-    bool check; /* a health check connection: outside the balancer, never pooled */
+    bool check;    /* a health check connection: outside the balancer, never pooled */
+    bool tcp_only; /* a check that stops at the TCP connect, even to an https backend */
     bool reused;
     bool reading;
     bool paused;
@@ -720,7 +721,7 @@ static void up_on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&u->tcp, 1);
-    if (u->pool->be->tls_ctx == NULL) {
+    if (u->pool->be->tls_ctx == NULL || u->tcp_only) {
         up_established(u);
         return;
     }
@@ -743,9 +744,9 @@ static void up_on_connect(uv_connect_t *req, int status)
 
 /* Opens a connection to addr for w. ep >= 0: the request was picked there
  * (the connection carries the pick, or the pick ends here when no connection
- * could be started); -1: a health check connection. */
+ * could be started); -1: a health check connection (tcp_only: no TLS). */
 static int up_connect(struct pool *p, struct upstream_wait *w, int ep, int server,
-                      const struct sockaddr_storage *addr)
+                      const struct sockaddr_storage *addr, bool tcp_only)
 {
     struct endpoint *e = ep_of(p, ep);
     uint32_t gen = e != NULL ? e->gen : 0;
@@ -767,6 +768,7 @@ static int up_connect(struct pool *p, struct upstream_wait *w, int ep, int serve
     u->gen = gen;
     u->picked = ep >= 0;
     u->check = ep < 0;
+    u->tcp_only = tcp_only;
     int rc = uv_tcp_init(p->ps->loop, &u->tcp);
     if (rc != 0) {
         if (ep >= 0)
@@ -829,7 +831,7 @@ static int serve(struct pool *p, struct upstream_wait *w)
         return FICUS_ENOMEM;
     }
     make_room(p);
-    return up_connect(p, w, ep, e->server, &e->addr);
+    return up_connect(p, w, ep, e->server, &e->addr, false);
 }
 
 static struct upstream_wait *dequeue(struct pool *p)
@@ -890,8 +892,8 @@ int upstream_retry(struct pool_set *ps, int backend, struct upstream_wait *wait,
 }
 
 int upstream_connect_to(struct pool_set *ps, int backend, int server,
-                        const struct sockaddr_storage *addr, struct upstream_wait *wait,
-                        upstream_ready_cb cb, void *ctx)
+                        const struct sockaddr_storage *addr, bool tcp_only,
+                        struct upstream_wait *wait, upstream_ready_cb cb, void *ctx)
 {
     struct pool *p = &ps->pools[backend];
     wait->pool = p;
@@ -901,7 +903,7 @@ int upstream_connect_to(struct pool_set *ps, int backend, int server,
     wait->queued = false;
     wait->ep = -1;
     wait->exclude = -1;
-    return up_connect(p, wait, -1, server, addr);
+    return up_connect(p, wait, -1, server, addr, tcp_only);
 }
 
 void upstream_cancel(struct upstream_wait *wait)

@@ -109,11 +109,13 @@ void upstream_cancel(struct upstream_wait *wait);
 
 /* A connection to one given address of a server of a backend, outside the
  * balancer and never pooled (active health checks): cb as for
- * upstream_acquire; failures are not logged. Give it back with
- * upstream_release(u, false). Returns 0 or an error. */
+ * upstream_acquire; failures are not logged. For an https backend the TLS
+ * handshake is part of it unless tcp_only (a check that only wants to know
+ * the address accepts connections: it must not cost the server a handshake).
+ * Give it back with upstream_release(u, false). Returns 0 or an error. */
 int upstream_connect_to(struct pool_set *ps, int backend, int server,
-                        const struct sockaddr_storage *addr, struct upstream_wait *wait,
-                        upstream_ready_cb cb, void *ctx);
+                        const struct sockaddr_storage *addr, bool tcp_only,
+                        struct upstream_wait *wait, upstream_ready_cb cb, void *ctx);
 
 /* Sets who hears about the connection and starts reading for them. */
 void upstream_attach(struct upconn *u, const struct upstream_handlers *h, void *ctx);

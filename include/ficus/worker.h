@@ -82,11 +82,11 @@ struct server {
     bool draining;
     int access_fd; /* -1: no access log */
     int exit_code;
-    struct state_table *state; /* live route state (percentages, counters) */
-    struct admin *admin;       /* NULL without an admin listener */
-    struct divlog *divlog;     /* divergence records (control thread) */
+    struct state_table *state;   /* live route state (percentages, counters) */
+    struct admin *admin;         /* NULL without an admin listener */
+    struct divlog *divlog;       /* divergence records (control thread) */
     struct discovery *discovery; /* backend servers: DNS, health checks, what workers apply */
-    int64_t started_at;        /* unix seconds */
+    int64_t started_at;          /* unix seconds */
     /* Validates the configuration file and hands it to every worker (the
      * admin API's reload; set by server.c). Returns 0 or FICUS_ECONFIG with
      * errs filled; the running configuration stays then. */
