@@ -17,10 +17,12 @@
 import collections
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -418,11 +420,8 @@ class Ejection(FleetCase):
 class Health(FleetCase):
     def test_failing_health_check_takes_a_server_out(self):
         port = common_port(["127.0.0.1", "127.0.0.2"])
-        cwd = f_dir = self.id().replace(".", "-")
-        os.makedirs(os.path.join("/tmp", "ficus-fleet"), exist_ok=True)
-        cwd = os.path.join("/tmp", "ficus-fleet", f_dir)
-        os.makedirs(cwd, exist_ok=True)
-        self.addCleanup(lambda: [os.remove(os.path.join(cwd, n)) for n in os.listdir(cwd)])
+        cwd = tempfile.mkdtemp(prefix="ficus-fleet-")  # where b.down makes b's check fail
+        self.addCleanup(shutil.rmtree, cwd, True)
         a = self.server("127.0.0.1", port, "a", cwd=cwd)
         b = self.server("127.0.0.2", port, "b", cwd=cwd)
         f = self.fleet_ficus({"servers": [a.url, b.url],

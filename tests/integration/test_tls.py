@@ -279,6 +279,43 @@ class UpstreamVerification(TlsCase):
         self.assertTrue(all(reused[1:]), "later connections did not resume: %r" % reused)
 
 
+class PerServer(TlsCase):
+    """A backend of several https servers (issue 19): each server is sent its own host as
+    SNI and verified against it, and resumes its own TLS sessions (servers do not share
+    session caches or ticket keys, so one session for the whole backend never resumes)."""
+
+    def test_sni_verification_and_resumption_per_server(self):
+        from dnsserver import DnsServer
+
+        def close_each(req, out):
+            out.respond(200, [("Connection", "close")], out.backend.name.encode())
+            return "close"
+        one = self.backend(close_each, name="one", ssl_context=PKI.server_context("backend"))
+        two = self.backend(close_each, name="two", ssl_context=PKI.server_context("proxy"))
+        dns = DnsServer().start()
+        self.addCleanup(dns.close)
+        dns.set("backend.test", ["127.0.0.1"], ttl=60)
+        dns.set("proxy.test", ["127.0.0.1"], ttl=60)
+        fx = self.https_ficus(None, listen_tls=False, start=False)
+        fx.config["resolvers"] = ["127.0.0.1:%d" % dns.port]
+        fx.config["backends"]["new"] = {
+            "servers": ["https://backend.test:%d" % one.port, "https://proxy.test:%d" % two.port],
+            "tls": {"ca_file": PKI.path("ca.pem")}}
+        fx.start()
+        bodies = []
+        for i in range(6):
+            r = fx.request(request_bytes("GET", "/r%d" % i))
+            self.assertEqual(r.status, 200, r.body)
+            bodies.append(r.body)
+        self.assertEqual(sorted(bodies), [b"one"] * 3 + [b"two"] * 3)
+        wait_until(lambda: len(one.tls_handshakes) >= 3 and len(two.tls_handshakes) >= 3, 5,
+                   what="3 handshakes per server")
+        for be, sni in ((one, "backend.test"), (two, "proxy.test")):
+            self.assertEqual([n for _, n in be.tls_handshakes], [sni] * 3, be.name)
+            reused = [r for r, _ in be.tls_handshakes]
+            self.assertEqual(reused, [False, True, True], "%s resumed %r" % (be.name, reused))
+
+
 class Check(TlsCase):
     def check(self, cfg):
         fx = harness.Ficus(config=cfg, name="check")
