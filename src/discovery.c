@@ -541,7 +541,8 @@ static struct dview *view_new(struct discovery *d, struct config *cfg)
             if (sv->addrs == NULL)
                 goto fail;
             sv->n = scfg->n_addrs < RESOLVER_ADDRS_MAX ? scfg->n_addrs : RESOLVER_ADDRS_MAX;
-            memcpy(sv->addrs, scfg->addrs, sv->n * sizeof(*sv->addrs));
+            if (sv->n > 0)
+                memcpy(sv->addrs, scfg->addrs, sv->n * sizeof(*sv->addrs));
             sv->rstate = sv->n > 0 ? RESOLVER_OK : RESOLVER_PENDING;
             if (scfg->ip_literal)
                 continue;
