@@ -28,7 +28,8 @@ import time
 import unittest
 
 from dnsserver import DnsServer
-from harness import FicusTestCase, ficus_bin, free_port, respond_with, sanitized, wait_until
+from harness import (FicusTestCase, ficus_bin, free_port, respond_with, sanitized,
+                     wait_until)
 from harness_admin import AdminFicus, KeepAlive, metric, named_backend, refused_url, slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -495,6 +496,59 @@ class Dns(FleetCase):
         self.assertEqual(load.failures, [])
         self.assertEqual(len(f.log_lines(r"cannot resolve name=svc\.test")), 1, f.stderr()[-3000:])
         self.assertEqual(len(f.log_lines(r"resolves again name=svc\.test")), 1)
+
+    def test_removed_address_finishes_its_requests_and_is_not_reused(self):
+        port = common_port(["127.0.0.2", "127.0.0.3"])
+        def answer_after(req, out):  # GET /?ms=N answers the backend's name after N ms
+            ms = int(req.target.partition("ms=")[2] or 0)
+            if out.backend.stopping.wait(ms / 1000.0):
+                return "close"
+            return named_backend(req, out)
+        old = self.backend(answer_after, name="old", host="127.0.0.2", port=port)
+        new = self.backend(named_backend, name="new", host="127.0.0.3", port=port)
+        dns = DnsServer().start()
+        self.addCleanup(dns.close)
+        dns.set("svc.test", ["127.0.0.2"], ttl=1)
+        f = self.fleet_ficus({"url": "http://svc.test:%d" % port,
+                              "min_resolve_interval_ms": 100},
+                             config={"resolvers": ["127.0.0.1:%d" % dns.port]})
+        got = {}
+
+        def request(name, target):
+            c = KeepAlive(f.port)
+            try:
+                got[name] = c.request("GET", target)
+            finally:
+                c.close()
+        # Two requests at once leave two pooled connections to old.
+        warm = [threading.Thread(target=request, args=("w%d" % i, "/?ms=300")) for i in (1, 2)]
+        for w in warm:
+            w.start()
+        for w in warm:
+            w.join(slow(10))
+        self.assertEqual((got["w1"][2], got["w2"][2], old.request_connections), (b"old", b"old", 2))
+        t = threading.Thread(target=request, args=("r", "/?ms=3000"))
+        t.start()
+        wait_until(lambda: len(old.requests) == 3, slow(5), what="the slow request at old")
+        ka = KeepAlive(f.port)
+        dns.set("svc.test", ["127.0.0.3"], ttl=1)
+        wait_until(lambda: self.backend_json(f)["servers"][0]["addresses"] ==
+                   ["127.0.0.3:%d" % port], slow(5), what="the new address applied")
+        self.assertTrue(t.is_alive(), "the slow request ended before the change: retry")
+        # The idle pooled connection to the removed address is closed at once; the one
+        # carrying the slow request stays until its answer is through.
+        wait_until(lambda: len(old.sockets) == 1, slow(5), what="old's idle connection closed")
+        # Meanwhile requests go to the new address only.
+        self.assertEqual(ka.request("GET", "/after")[2], b"new")
+        t.join(slow(10))
+        self.assertEqual((got["r"][0], got["r"][2]), (200, b"old"), "the in-flight request")
+        # Its connection, and the idle one, are closed rather than pooled (an idle pooled
+        # connection would stay open for 30 s).
+        wait_until(lambda: not old.sockets, slow(5), what="old's connections closed")
+        for i in range(10):
+            self.assertEqual(ka.request("GET", "/n%d" % i)[2], b"new")
+        self.assertEqual(len(old.requests), 3)
+        ka.close()
 
     def test_name_only_the_resolvers_know_resolves_at_start(self):
         b = self.server("127.0.0.2", free_port(), "only")
