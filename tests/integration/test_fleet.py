@@ -342,6 +342,33 @@ class Balancing(FleetCase):
         self.assertLess(abs(share - 0.5), 0.1, "round_robin: %r" % c)
 
 
+    def test_reload_adds_and_removes_servers_under_load(self):
+        port = common_port(self.HOSTS[:2])
+        s1 = self.server("127.0.0.1", port, "s1")
+        s2 = self.server("127.0.0.2", port, "s2")
+        f = self.fleet_ficus({"servers": [s1.url]}, config={"workers": 2})
+        load = Load(f.port, threads=4, expect=("s1", "s2")).start()
+        try:
+            load.wait_more(100)
+            cfg = json.loads(json.dumps(f.config))
+            cfg["backends"]["legacy"] = {"servers": [s1.url, s2.url]}
+            f.reload(cfg)
+            added = time.monotonic()
+            wait_until(lambda: load.last.get("s2", 0) > added, slow(10), what="s2 answering")
+            cfg["backends"]["legacy"] = {"servers": [s2.url]}
+            f.reload(cfg)
+            wait_until(lambda: [a["address"] for a in self.backend_json(f)["addresses"]
+                                if a["state"] != "draining"] == [s2.address], slow(10),
+                       what="s1 out of the backend")
+            time.sleep(0.3)
+            gone = load.last["s1"]
+            load.wait_more(200)
+            self.assertEqual(load.last["s1"], gone, "s1 still got requests")
+        finally:
+            load.stop()
+        self.assertEqual(load.failures, [])
+
+
 # ---------------------------------------------------------------------------------------
 # ejection
 
