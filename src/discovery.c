@@ -757,9 +757,13 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
         return;
     }
     hp->up = u;
-    const struct backend_cfg *be = &hp->d->view->cfg->backends[hp->backend];
     const struct dtarget *t = target_of(hp->d, hp->view_id, hp->backend, &hp->addr);
-    if (be->health_path == NULL || t == NULL) {
+    if (t == NULL) {
+        probe_done(hp, false, NULL); /* its configuration or address is gone */
+        return;
+    }
+    const struct backend_cfg *be = &hp->d->view->cfg->backends[hp->backend];
+    if (be->health_path == NULL) {
         probe_done(hp, true, "connected"); /* a connect check: connected is up */
         return;
     }
