@@ -230,6 +230,7 @@ int discovery_resolve_config(struct discovery *d, struct config *cfg, struct con
     struct sockaddr_storage servers[16];
     struct resolver_options o;
     resolver_opts(cfg, servers, &o);
+    o.quiet = true; /* what does not resolve is reported below, with its location */
     resolver_resolve_now(&o, batch, asked, RESOLVE_DEADLINE_MS);
     for (size_t i = 0; i < asked; i++)
         *ask[i] = batch[i];

@@ -43,6 +43,7 @@ struct resolver {
     struct resolver_watch *watches; /* watched (not yet unwatched) names */
     int open_handles;
     bool closing;
+    bool quiet; /* names are not logged */
     void (*done)(void *arg);
     void *done_arg;
     /* Scratch for one answer at a time (callbacks run on the loop's thread):
@@ -239,6 +240,7 @@ int resolver_new(uv_loop_t *loop, const struct resolver_options *opts, struct re
         goto fail;
     }
     r->loop = loop;
+    r->quiet = opts->quiet;
 
     struct ares_options o;
     memset(&o, 0, sizeof(o));
@@ -402,8 +404,9 @@ static void on_failure(struct resolver_watch *w, const char *why)
     if (w->failures < 30)
         w->failures++;
     if (was != RESOLVER_FAILING) {
-        log_warn("resolver", "cannot resolve name=%s reason=\"%s\" keeping=%zu addresses", w->host,
-                 why, w->n);
+        if (!w->r->quiet)
+            log_warn("resolver", "cannot resolve name=%s reason=\"%s\" keeping=%zu addresses",
+                     w->host, why, w->n);
         report(w, false);
     }
     if (w->cb == NULL)
@@ -424,16 +427,16 @@ static void on_success(struct resolver_watch *w, const struct sockaddr_storage *
         memcpy(w->addrs, addrs, n * sizeof(*addrs));
         w->n = n;
         describe(w->addrs, w->n, list, sizeof(list));
-        if (was == RESOLVER_PENDING)
+        if (!w->r->quiet && was == RESOLVER_PENDING)
             log_debug("resolver", "resolved name=%s addresses=%s", w->host, list);
-        else
+        else if (!w->r->quiet)
             log_info("resolver", "addresses changed name=%s addresses=%s", w->host, list);
     }
-    if (dropped != w->dropped && dropped > 0)
+    if (dropped != w->dropped && dropped > 0 && !w->r->quiet)
         log_warn("resolver", "name=%s has more than %d addresses: %zu left out", w->host,
                  RESOLVER_ADDRS_MAX, dropped);
     w->dropped = dropped;
-    if (was == RESOLVER_FAILING)
+    if (was == RESOLVER_FAILING && !w->r->quiet)
         log_info("resolver", "resolves again name=%s addresses=%zu", w->host, w->n);
     set_state(w, RESOLVER_OK, NULL);
     w->failures = 0;

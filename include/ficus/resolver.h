@@ -31,6 +31,7 @@ struct resolver_options {
     size_t n_servers;
     int timeout_ms; /* one try of one query; 0: 2000 */
     int tries;      /* tries per server; 0: 2 */
+    bool quiet;     /* no log line about names (their owner reports them) */
 };
 
 enum resolver_state {
@@ -92,11 +93,11 @@ struct resolver_query {
 };
 
 /* Looks up the n queries once each, all at once, with a resolver of its own
- * on a loop of its own, blocking the calling thread until every answer is in
- * or deadline_ms passed (a query still unanswered then fails with "timed
- * out"). For start and reload, where the configuration waits for its
- * addresses anyway. Returns 0, or a negative error when no lookup could start
- * (every query then fails with the reason). */
+ * (quiet: the caller reports failures) on a loop of its own, blocking the
+ * calling thread until every answer is in or deadline_ms passed (a query
+ * still unanswered then fails with "timed out"). For start and reload, where
+ * the configuration waits for its addresses anyway. Returns 0, or a negative error when no lookup
+ * could start (every query then fails with the reason). */
 int resolver_resolve_now(const struct resolver_options *opts, struct resolver_query *q, size_t n,
                          int deadline_ms);
 
