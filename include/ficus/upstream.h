@@ -89,11 +89,13 @@ void pool_set_health(struct pool_set *ps, int backend, const struct sockaddr_sto
 /* Lends a connection to backend (an index into the set's backends): the
  * balancer picks an endpoint when a connection can be had (at once, or when
  * one frees up while the pool is full), then an idle connection to it or a
- * new one. cb runs later (never before this returns) with the connection or
- * an error (FICUS_ETIMEOUT for a connect timeout, FICUS_ETLS for a failed
- * handshake, a libuv error for a refused connect, UV_EHOSTUNREACH when the
- * backend has no address at all). A failed connect counts as a failure of its
- * endpoint. Returns 0, or an error when nothing was started. */
+ * new one. cb gets the connection (from inside this call when an idle one is
+ * lent at once) or, later, an error (FICUS_ETIMEOUT for a connect timeout,
+ * FICUS_ETLS for a failed handshake, a libuv error for a refused connect). A
+ * failed connect counts as a failure of its endpoint. Returns 0, or an error
+ * when nothing was started (UV_EHOSTUNREACH: the backend has no address at
+ * all; a request that first waited for a free connection hears it through
+ * cb); cb does not run then. */
 int upstream_acquire(struct pool_set *ps, int backend, struct upstream_wait *wait,
                      upstream_ready_cb cb, void *ctx);
 /* The same for a second attempt of a request whose first one (through the
