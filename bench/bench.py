@@ -72,6 +72,7 @@ SCENARIOS = [
     ("6", "https", "HTTPS (TLS on the client side)"),
     ("7", "workers2", "Plain forwarding with 2 workers per proxy"),
     ("8", "fleet", "Plain forwarding with the live state in etcd, changed 10 times a second"),
+    ("9", "pool2", "One backend of two servers, round robin"),
 ]
 
 PROXIES = ("ficus", "nginx", "haproxy")
@@ -523,6 +524,18 @@ NGINX_MIRROR_LOCATION = """\
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+"""
+
+# Scenario 8: two backend servers that answer alike; each says which it is in a header.
+NGINX_BACKEND_PAIR = """\
+    server {
+        listen 127.0.0.1:@PORT_A@ backlog=4096;
+        location = /small { add_header X-Server a; return 200 '@SMALL@'; }
+    }
+    server {
+        listen 127.0.0.1:@PORT_B@ backlog=4096;
+        location = /small { add_header X-Server b; return 200 '@SMALL@'; }
+    }
 """
 
 HAPROXY_CFG = """\
@@ -1216,6 +1229,62 @@ class Bench:
             self.stop_targets(targets)
             self.h.stop(be["proc"])
 
+    def scenario_pool2(self):
+        """One backend of two nginx servers: ficus's "servers" (smooth weighted round robin,
+        per-server pools), nginx's upstream (round robin) and HAProxy's balance roundrobin."""
+        workers = self.s.backend_workers
+        pa, pb = self.h.port(), self.h.port()
+        body = fill(NGINX_BACKEND_PAIR, port_a=pa, port_b=pb, small=SMALL_LEGACY)
+        be = self.start_nginx("backend-pair", workers, body, pa)
+        self.h.wait_http(be, pb, "/small")
+        want = [k for k in PROXIES if k in self.s.targets]
+        targets = []
+        try:
+            for kind in want:
+                port = self.h.port()
+                if kind == "ficus":
+                    cfg = self.ficus_config(port, pa, pb, admin_port=self.h.port())
+                    cfg["backends"]["legacy"] = {
+                        "servers": ["http://127.0.0.1:%d" % pa, "http://127.0.0.1:%d" % pb],
+                        "lb": "round_robin", "max_connections": 1024}
+                    p = self.start_ficus("ficus-pool2", cfg)
+                elif kind == "nginx":
+                    up = fill(NGINX_PROXY, up_port=pa, port=port, listen_ssl="", ssl="",
+                              mirror_upstream="", mirror="", mirror_location="")
+                    up = up.replace("        server 127.0.0.1:%d;\n" % pa,
+                                    "        server 127.0.0.1:%d;\n        server 127.0.0.1:%d;\n"
+                                    % (pa, pb))
+                    p = self.start_nginx("nginx-pool2", 1, up, port)
+                else:
+                    d = self.h.dir("haproxy-pool2")
+                    cfg = d / "haproxy.cfg"
+                    text = fill(HAPROXY_CFG, threads=1, port=port, up_port=pa, global_ssl="",
+                                bind_ssl="")
+                    text = text.replace("    server legacy 127.0.0.1:%d\n" % pa,
+                                        "    balance roundrobin\n    server a 127.0.0.1:%d\n"
+                                        "    server b 127.0.0.1:%d\n" % (pa, pb))
+                    cfg.write_text(text)
+                    p = self.h.spawn("haproxy-pool2", ["haproxy", "-db", "-f", str(cfg)], cwd=d,
+                                     log=d / "haproxy.log")
+                    p.conf = cfg
+                    self.h.wait_http(p, port, "/small")
+                targets.append(Target(kind, kind, p, port))
+            sec = Section("8. One backend of two servers, round robin",
+                          "GET /small through each proxy to one backend of two nginx servers "
+                          "(two ports of the backend nginx): ficus \"servers\" with "
+                          "\"lb\": \"round_robin\", nginx upstream with two servers, HAProxy "
+                          "balance roundrobin with two servers.")
+            self.measure(sec, targets, "/small", SMALL_LEGACY.encode())
+            for t in targets:
+                if t.kind == "ficus" and t.runs:
+                    sec.notes.append("ficus requests per server after the run (warm-up "
+                                     "included): " + self.ficus_metrics(
+                                         t, ("ficus_upstream_server_requests_total",)))
+            return [sec]
+        finally:
+            self.stop_targets(targets)
+            self.h.stop(be)
+
     def scenario_workers2(self):
         be = self.start_backend(workers=max(2, self.s.backend_workers))
         targets = self.proxies(be, workers=2)
@@ -1493,7 +1562,8 @@ def main():
     b = Bench(s, h)
     runners = {"1": b.scenario_plain, "2": b.scenario_sizes, "3": b.scenario_shadow,
                "4": b.scenario_shadow_delay, "5": b.scenario_idle, "6": b.scenario_https,
-               "7": b.scenario_workers2, "8": b.scenario_fleet}
+               "7": b.scenario_workers2, "8": b.scenario_fleet,
+               "9": b.scenario_pool2}
     rendered = []
     rc = 0
     interrupted = None

@@ -4,6 +4,7 @@
 #include "ficus/admin.h"
 #include "ficus/buf.h"
 #include "ficus/common.h"
+#include "ficus/discovery.h"
 #include "ficus/http1.h"
 #include "ficus/httpserv.h"
 #include "ficus/log.h"
@@ -248,6 +249,16 @@ static const struct route_cfg *find_route(struct server *srv, const char *name, 
     return NULL;
 }
 
+/* ---- backend servers (issue 19) ---------------------------------------------------- */
+
+/* Each backend's servers and addresses: state, checks, load and errors. */
+static json_t *admin_backends_json(struct admin *a)
+{
+    return discovery_backends_json(a->srv->discovery);
+}
+
+/* ---- routes ----------------------------------------------------------------------------- */
+
 static void get_routes(struct admin *a, struct reply *r)
 {
     json_t *routes = json_array();
@@ -259,10 +270,11 @@ static void get_routes(struct admin *a, struct reply *r)
         json_array_append_new(listen, json_pack("{s:s,s:b}", "address", cfg->listens[i].addr.text,
                                                 "tls", cfg->listens[i].tls));
     reply_json(r, 200,
-               json_pack("{s:o,s:b,s:o,s:o,s:o}", "routes", routes, "persisted",
+               json_pack("{s:o,s:b,s:o,s:o,s:o,s:o}", "routes", routes, "persisted",
                          store_persists(a->srv->store), "listen", listen, "redact_headers",
                          strings_json(cfg->redact_headers, cfg->n_redact_headers), "state_store",
-                         store_status_json(a->srv->store, true)));
+                         store_status_json(a->srv->store, true), "backends",
+                         admin_backends_json(a)));
 }
 
 /* ---- changes of the live state (issue 13): answered once the store took them ----------- */

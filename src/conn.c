@@ -122,6 +122,7 @@ struct exchange {
     bool keep_alive; /* the connection serves another request after this one */
     bool accounted;  /* logged and counted (exchange_account) */
     bool upgrade;    /* the client asked for a protocol upgrade ficus carries (X_TUNNEL on 101) */
+    bool retried;    /* a failed first attempt was retried (on another server when there is one) */
     int attempts;    /* connections the request was sent on */
 
     struct upstream_wait wait;
@@ -764,6 +765,7 @@ static struct exchange *exchange_get(struct conn_worker *cw, struct conn *c)
     x->upgrade = false;
     x->tunnel_up = 0;
     x->tunnel_end = NULL;
+    x->retried = false;
     x->attempts = 0;
     memset(&x->wait, 0, sizeof(x->wait));
     x->up = NULL;
@@ -1185,7 +1187,10 @@ static int response_head(struct exchange *x)
 
 static void invalid_response(struct exchange *x)
 {
-    log_warn("conn", "invalid upstream response backend=%s id=%s", x->backend_role, x->reqid);
+    log_warn("conn", "invalid upstream response backend=%s server=%s id=%s", x->backend_role,
+             x->up != NULL ? upstream_label(x->up) : "-", x->reqid);
+    if (x->up != NULL)
+        upstream_outcome(x->up, LB_FAILURE, 0);
     x->up_error = "invalid_response";
     exchange_fail(x, 502, "invalid upstream response");
 }
@@ -1196,6 +1201,8 @@ static bool up_on_head(void *ctx, const struct http_head *h, const char *raw, si
     (void)raw;
     (void)len;
     struct exchange *x = ctx;
+    /* A 5xx counts towards ejecting the server, whatever happens next. */
+    upstream_outcome(x->up, x->resp.status >= 500 ? LB_FAILURE : LB_SUCCESS, x->resp.status);
     if (x->upgrade && x->resp.status == 101)
         return tunnel_start(x);
     if (x->resp.status >= 500 && try_fallback(x, FALLBACK_5XX))
@@ -1367,6 +1374,8 @@ static bool is_idempotent(const struct http_head *req)
     return false;
 }
 
+static void exchange_retry(struct exchange *x);
+
 static void up_on_error(void *ctx, int err)
 {
     struct exchange *x = ctx;
@@ -1379,23 +1388,29 @@ static void up_on_error(void *ctx, int err)
         invalid_response(x);
         return;
     }
-    if (nothing_back && err != FICUS_ETIMEOUT && upstream_reused(x->up) && x->attempts < 2 &&
-        is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE) {
-        /* A pooled connection the backend closed while idle: try a fresh one. */
-        log_debug("conn", "retrying on a new connection id=%s", x->reqid);
-        exchange_release_upstream(x, false);
-        exchange_connect(x);
+    /* A pooled connection that fails at once was most likely closed by the
+     * server while it sat idle: no verdict on the server. */
+    bool stale = nothing_back && err != FICUS_ETIMEOUT && upstream_reused(x->up);
+    upstream_outcome(x->up, stale ? LB_ABANDONED : LB_FAILURE, 0);
+    if (nothing_back && err != FICUS_ETIMEOUT && !x->retried && is_idempotent(&x->req) &&
+        x->reqbody.kind == BODY_NONE && (stale || upstream_endpoints(x->pools, x->backend) > 1)) {
+        /* Nothing reached the client and the request may be sent twice: once
+         * more, on another server when there is one. */
+        log_debug("conn", "retrying on a new connection server=%s err=%s id=%s",
+                  upstream_label(x->up), ficus_strerror(err), x->reqid);
+        exchange_retry(x);
         return;
     }
     if (nothing_back && try_fallback(x, err == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : 0))
         return;
     x->up_error = err == FICUS_ETIMEOUT ? "timeout" : "reset";
     if (err == FICUS_ETIMEOUT) {
-        log_warn("conn", "upstream timeout backend=%s id=%s", x->backend_role, x->reqid);
+        log_warn("conn", "upstream timeout backend=%s server=%s id=%s", x->backend_role,
+                 upstream_label(x->up), x->reqid);
         exchange_fail(x, 504, "upstream timeout");
     } else {
-        log_warn("conn", "upstream failed backend=%s id=%s err=%s", x->backend_role, x->reqid,
-                 ficus_strerror(err));
+        log_warn("conn", "upstream failed backend=%s server=%s id=%s err=%s", x->backend_role,
+                 upstream_label(x->up), x->reqid, ficus_strerror(err));
         exchange_fail(x, 502, "upstream failed");
     }
 }
@@ -1447,20 +1462,34 @@ static void forward_info(const struct exchange *x, struct forward_info *fi, bool
         fi->upgrade = x->req.upgrade;
 }
 
+/* No connection could be had (connect refused or timed out, TLS handshake
+ * failed, no address): nothing was sent, so any request may go once to
+ * another server of the backend; then legacy may take over (fallback). */
+static void upstream_unavailable(struct exchange *x, int status)
+{
+    if (!x->retried && upstream_endpoints(x->pools, x->backend) > 1) {
+        log_debug("conn", "retrying on another server err=%s id=%s", ficus_strerror(status),
+                  x->reqid);
+        exchange_retry(x);
+        return;
+    }
+    if (try_fallback(x, status == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : FALLBACK_CONNECT_ERROR))
+        return;
+    x->up_error = status == FICUS_ETIMEOUT ? "timeout" : "connect_error";
+    if (status == FICUS_ETIMEOUT)
+        exchange_fail(x, 504, "upstream connect timeout");
+    else if (status == FICUS_ETLS)
+        exchange_fail(x, 502, "upstream TLS handshake failed");
+    else
+        exchange_fail(x, 502, "upstream unreachable");
+}
+
 static void on_upstream_ready(void *ctx, struct upconn *u, int status)
 {
     struct exchange *x = ctx;
     struct conn *c = x->c;
     if (status != 0) {
-        if (try_fallback(x, status == FICUS_ETIMEOUT ? FALLBACK_TIMEOUT : FALLBACK_CONNECT_ERROR))
-            return;
-        x->up_error = status == FICUS_ETIMEOUT ? "timeout" : "connect_error";
-        if (status == FICUS_ETIMEOUT)
-            exchange_fail(x, 504, "upstream connect timeout");
-        else if (status == FICUS_ETLS)
-            exchange_fail(x, 502, "upstream TLS handshake failed");
-        else
-            exchange_fail(x, 502, "upstream unreachable");
+        upstream_unavailable(x, status);
         return;
     }
     x->up = u;
@@ -1507,7 +1536,21 @@ static void exchange_connect(struct exchange *x)
     x->wait.check_idle = !(is_idempotent(&x->req) && x->reqbody.kind == BODY_NONE);
     int rc = upstream_acquire(x->pools, x->backend, &x->wait, on_upstream_ready, x);
     if (rc != 0)
-        exchange_fail(x, 502, "upstream unreachable");
+        upstream_unavailable(x, rc);
+}
+
+/* The second and last attempt of a request whose first one failed before any
+ * byte reached the client: on another server of the backend when there is
+ * one, on a connection checked to be alive. */
+static void exchange_retry(struct exchange *x)
+{
+    x->retried = true;
+    exchange_release_upstream(x, false);
+    x_set_state(x, X_CONNECTING);
+    x->wait.check_idle = true;
+    int rc = upstream_retry(x->pools, x->backend, &x->wait, on_upstream_ready, x);
+    if (rc != 0)
+        upstream_unavailable(x, rc);
 }
 
 static void make_request_id(struct exchange *x)

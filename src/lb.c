@@ -430,6 +430,19 @@ int lb_pick(struct lb *lb, int64_t now_ms, uint64_t random, int exclude)
     return ep;
 }
 
+int lb_take(struct lb *lb, int ep, int64_t now_ms)
+{
+    if (ep < 0 || ep >= lb->n_slots)
+        return -1;
+    struct lb_ep *e = &lb->eps[ep];
+    eject_refresh(e, now_ms);
+    if (!is_candidate(e))
+        return -1;
+    e->active++;
+    e->requests++;
+    return ep;
+}
+
 enum lb_event lb_done(struct lb *lb, int ep, enum lb_outcome outcome, int64_t now_ms)
 {
     if (ep < 0 || ep >= lb->n_slots || lb->eps[ep].slot == SLOT_FREE)

@@ -1,5 +1,6 @@
 #include "ficus/metrics.h"
 #include "ficus/common.h"
+#include "ficus/discovery.h"
 #include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/worker.h"
@@ -296,6 +297,59 @@ static long resident_bytes(void)
     return rss * sysconf(_SC_PAGESIZE);
 }
 
+/* ---- backend servers (issue 19) ------------------------------------------------------- */
+
+static void server_labels(struct buf *out, const char *name, const struct discovery_addr *a)
+{
+    buf_printf(out, "%s{backend=\"", name);
+    put_label(out, a->backend);
+    buf_puts(out, "\",server=\"");
+    put_label(out, a->server);
+    buf_puts(out, "\"");
+}
+
+/* Per server address: whether it is up (current addresses only), and its
+ * answers by code class (every address the workers sent requests to since
+ * the start, so that counters never go back). */
+static void render_upstream_servers(struct server *srv, struct buf *out)
+{
+    struct discovery_addr *rows = NULL;
+    int n = srv->discovery != NULL ? discovery_addresses(srv->discovery, &rows) : 0;
+    head(out, "ficus_upstream_server_up", "gauge",
+         "1 when a backend server address passes its checks and is in rotation (not ejected, "
+         "not down).");
+    for (int i = 0; i < n; i++) {
+        if (!rows[i].current)
+            continue;
+        server_labels(out, "ficus_upstream_server_up", &rows[i]);
+        buf_printf(out, "} %d\n", rows[i].up ? 1 : 0);
+    }
+    head(out, "ficus_upstream_server_requests_total", "counter",
+         "Requests sent to a backend server address, by code class of its answer (error: no "
+         "answer).");
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < CODE_N; k++) {
+            server_labels(out, "ficus_upstream_server_requests_total", &rows[i]);
+            buf_printf(out, ",code=\"%s\"} %llu\n", classes[k], rows[i].requests[k]);
+        }
+    }
+    head(out, "ficus_upstream_server_ejections_total", "counter",
+         "Times a backend server address was ejected after consecutive failures.");
+    for (int i = 0; i < n; i++) {
+        server_labels(out, "ficus_upstream_server_ejections_total", &rows[i]);
+        buf_printf(out, "} %llu\n", rows[i].ejections);
+    }
+    head(out, "ficus_upstream_server_active_requests", "gauge",
+         "Requests in flight to a backend server address.");
+    for (int i = 0; i < n; i++) {
+        server_labels(out, "ficus_upstream_server_active_requests", &rows[i]);
+        buf_printf(out, "} %d\n", rows[i].active);
+    }
+    free(rows);
+}
+
+/* ---- the exposition ------------------------------------------------------------------------ */
+
 void metrics_render(struct server *srv, struct buf *out)
 {
     static const struct {
@@ -341,6 +395,8 @@ void metrics_render(struct server *srv, struct buf *out)
         put_label(out, srv->cfg->backends[b].name);
         buf_printf(out, "\",state=\"idle\"} %d\n", idle);
     }
+    render_upstream_servers(srv, out);
+
     unsigned long long active = 0, idle = 0;
     for (int w = 0; w < srv->n_workers; w++) {
         active +=
@@ -372,124 +428,16 @@ void metrics_render(struct server *srv, struct buf *out)
     buf_printf(out, "process_start_time_seconds %lld\n", (long long)srv->started_at);
 }
 
-/* ---- readiness probes ----------------------------------------------------------------------- */
-
-#define PROBE_MAX        64
-#define PROBE_TIMEOUT_MS 1000
-
-/* One TCP connect to a backend; closed by its own deadline or at stop. */
-struct probe {
-    uv_tcp_t tcp;
-    uv_connect_t req;
-    uv_timer_t timer;
-    struct probe *next;
-    int slot;
-    int open_handles;
-    bool done;
-};
-
-static struct {
-    char name[128];
-    bool up;
-    bool probed;
-} probe_state[PROBE_MAX];
-static uv_timer_t probe_timer;
-static bool probe_running;
-static struct probe *probes; /* in flight */
-
-static void on_probe_closed(uv_handle_t *h)
-{
-    struct probe *p = h->data;
-    if (--p->open_handles == 0)
-        free(p);
-}
-
-static void probe_end(struct probe *p, int status)
-{
-    if (p->done)
-        return;
-    p->done = true;
-    for (struct probe **pp = &probes; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    }
-    if (p->slot >= 0 && status != UV_ECANCELED) {
-        bool up = status == 0;
-        if (probe_state[p->slot].probed && probe_state[p->slot].up != up)
-            log_info("metrics", "backend %s is %s", probe_state[p->slot].name,
-                     up ? "reachable" : "unreachable");
-        probe_state[p->slot].up = up;
-        probe_state[p->slot].probed = true;
-    }
-    uv_close((uv_handle_t *)&p->tcp, on_probe_closed);
-    uv_close((uv_handle_t *)&p->timer, on_probe_closed);
-}
-
-static void on_probe_connect(uv_connect_t *req, int status)
-{
-    probe_end(req->data, status);
-}
-
-static void on_probe_deadline(uv_timer_t *t)
-{
-    probe_end(t->data, UV_ETIMEDOUT); /* a backend that never completes the handshake */
-}
-
-static void on_probe_timer(uv_timer_t *t)
-{
-    struct server *srv = t->data;
-    const struct config *cfg = srv->cfg;
-    for (size_t i = 0; i < cfg->n_backends && i < PROBE_MAX; i++) {
-        if (strcmp(probe_state[i].name, cfg->backends[i].name) != 0) {
-            snprintf(probe_state[i].name, sizeof(probe_state[i].name), "%s", cfg->backends[i].name);
-            probe_state[i].probed = false;
-        }
-        struct probe *p = calloc(1, sizeof(*p));
-        if (p == NULL)
-            return;
-        p->slot = (int)i;
-        uv_tcp_init(t->loop, &p->tcp);
-        uv_timer_init(t->loop, &p->timer);
-        p->tcp.data = p->timer.data = p->req.data = p;
-        p->open_handles = 2;
-        p->next = probes;
-        probes = p;
-        if (uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&cfg->backends[i].resolved,
-                           on_probe_connect) != 0) {
-            probe_end(p, UV_ECONNREFUSED);
-            continue;
-        }
-        uv_timer_start(&p->timer, on_probe_deadline, PROBE_TIMEOUT_MS, 0);
-    }
-}
-
-void metrics_probe_start(struct server *srv)
-{
-    uv_timer_init(srv->loop, &probe_timer);
-    probe_timer.data = srv;
-    uv_timer_start(&probe_timer, on_probe_timer, 0, 2000);
-    probe_running = true;
-}
-
-void metrics_probe_stop(struct server *srv)
-{
-    (void)srv;
-    if (probe_running)
-        uv_close((uv_handle_t *)&probe_timer, NULL);
-    probe_running = false;
-    while (probes != NULL)
-        probe_end(probes, UV_ECANCELED);
-}
+/* ---- readiness ------------------------------------------------------------------------------ */
 
 json_t *metrics_readiness(struct server *srv)
 {
+    /* A backend is ready when one of its addresses is: it passes its checks
+     * and some worker has it in rotation (discovery.c). */
     json_t *backends = json_object();
     bool all = true;
-    for (size_t i = 0; i < srv->cfg->n_backends && i < PROBE_MAX; i++) {
-        bool up = probe_state[i].probed && probe_state[i].up &&
-                  strcmp(probe_state[i].name, srv->cfg->backends[i].name) == 0;
+    for (size_t i = 0; i < srv->cfg->n_backends; i++) {
+        bool up = discovery_backend_up(srv->discovery, (int)i);
         json_object_set_new(backends, srv->cfg->backends[i].name, json_boolean(up));
         all = all && up;
     }

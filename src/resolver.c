@@ -43,6 +43,7 @@ struct resolver {
     struct resolver_watch *watches; /* watched (not yet unwatched) names */
     int open_handles;
     bool closing;
+    bool quiet; /* names are not logged */
     void (*done)(void *arg);
     void *done_arg;
     /* Scratch for one answer at a time (callbacks run on the loop's thread):
@@ -239,6 +240,7 @@ int resolver_new(uv_loop_t *loop, const struct resolver_options *opts, struct re
         goto fail;
     }
     r->loop = loop;
+    r->quiet = opts->quiet;
 
     struct ares_options o;
     memset(&o, 0, sizeof(o));
@@ -402,8 +404,9 @@ static void on_failure(struct resolver_watch *w, const char *why)
     if (w->failures < 30)
         w->failures++;
     if (was != RESOLVER_FAILING) {
-        log_warn("resolver", "cannot resolve name=%s reason=\"%s\" keeping=%zu addresses", w->host,
-                 why, w->n);
+        if (!w->r->quiet)
+            log_warn("resolver", "cannot resolve name=%s reason=\"%s\" keeping=%zu addresses",
+                     w->host, why, w->n);
         report(w, false);
     }
     if (w->cb == NULL)
@@ -424,16 +427,16 @@ static void on_success(struct resolver_watch *w, const struct sockaddr_storage *
         memcpy(w->addrs, addrs, n * sizeof(*addrs));
         w->n = n;
         describe(w->addrs, w->n, list, sizeof(list));
-        if (was == RESOLVER_PENDING)
+        if (!w->r->quiet && was == RESOLVER_PENDING)
             log_debug("resolver", "resolved name=%s addresses=%s", w->host, list);
-        else
+        else if (!w->r->quiet)
             log_info("resolver", "addresses changed name=%s addresses=%s", w->host, list);
     }
-    if (dropped != w->dropped && dropped > 0)
+    if (dropped != w->dropped && dropped > 0 && !w->r->quiet)
         log_warn("resolver", "name=%s has more than %d addresses: %zu left out", w->host,
                  RESOLVER_ADDRS_MAX, dropped);
     w->dropped = dropped;
-    if (was == RESOLVER_FAILING)
+    if (was == RESOLVER_FAILING && !w->r->quiet)
         log_info("resolver", "resolves again name=%s addresses=%zu", w->host, w->n);
     set_state(w, RESOLVER_OK, NULL);
     w->failures = 0;
@@ -576,4 +579,87 @@ void resolver_watch_result(const struct resolver_watch *w, struct resolver_resul
 uint64_t resolver_watch_lookups(const struct resolver_watch *w)
 {
     return w->lookups;
+}
+
+/* ---- one-shot lookups --------------------------------------------------------- */
+
+struct oneshot {
+    struct resolver_query *q;
+    struct resolver_watch *w;
+    size_t *left;
+};
+
+static void on_oneshot(void *ctx, const struct resolver_result *res)
+{
+    struct oneshot *o = ctx;
+    struct resolver_query *q = o->q;
+    q->state = res->state;
+    q->error = res->error;
+    q->n = res->state == RESOLVER_OK ? res->n : 0;
+    memcpy(q->addrs, res->addrs, q->n * sizeof(q->addrs[0]));
+    resolver_unwatch(o->w); /* the first answer is all it wants */
+    o->w = NULL;
+    (*o->left)--;
+}
+
+static void on_oneshot_deadline(uv_timer_t *t)
+{
+    (void)t; /* uv_run returns after this turn; the caller sees the time is up */
+}
+
+static void on_oneshot_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+int resolver_resolve_now(const struct resolver_options *opts, struct resolver_query *q, size_t n,
+                         int deadline_ms)
+{
+    for (size_t i = 0; i < n; i++) {
+        q[i].state = RESOLVER_FAILING;
+        q[i].error = "timed out";
+        q[i].n = 0;
+    }
+    if (n == 0)
+        return 0;
+    uv_loop_t loop;
+    int rc = uv_loop_init(&loop);
+    if (rc != 0)
+        return rc;
+    struct oneshot *os = calloc(n, sizeof(*os));
+    struct resolver *r = NULL;
+    if (os == NULL)
+        rc = FICUS_ENOMEM;
+    else
+        rc = resolver_new(&loop, opts, &r);
+    size_t left = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        os[i].q = &q[i];
+        os[i].left = &left;
+        /* The intervals do not matter: each watch ends at its first answer. */
+        rc = resolver_watch(r, q[i].host, q[i].port, 1, 1, on_oneshot, &os[i], &os[i].w);
+        left += rc == 0;
+    }
+    uv_timer_t deadline;
+    uv_timer_init(&loop, &deadline);
+    uv_timer_start(&deadline, on_oneshot_deadline, (uint64_t)(deadline_ms > 0 ? deadline_ms : 1),
+                   0);
+    uint64_t end = uv_now(&loop) + (uint64_t)(deadline_ms > 0 ? deadline_ms : 1);
+    while (left > 0 && uv_now(&loop) < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    bool closed = r == NULL;
+    if (r != NULL)
+        resolver_close(r, on_oneshot_closed, &closed); /* unwatches what did not answer */
+    uv_run(&loop, UV_RUN_DEFAULT);                     /* until every handle is closed */
+    if (!closed || uv_loop_close(&loop) != 0)
+        log_error("resolver", "a one-shot lookup left handles open");
+    free(os);
+    if (rc != 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (q[i].n == 0)
+                q[i].error = rc == FICUS_ENOMEM ? "out of memory" : "the resolver cannot start";
+        }
+    }
+    return rc;
 }

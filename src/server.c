@@ -9,12 +9,14 @@
 #include "ficus/upstream.h"
 #include "ficus/resolver.h"
 #include "ficus/admin.h"
+#include "ficus/discovery.h"
 #include "ficus/divlog.h"
 #include "ficus/shadow.h"
 #include "ficus/metrics.h"
 #include "ficus/state.h"
 #include "ficus/store.h"
 #include "ficus/tls.h"
+#include "ficus/upstats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,13 +41,11 @@ static int compare_addrs(const void *a, const void *b)
     return lb_addr_compare(a, b);
 }
 
-/* Resolves every server of be (blocking getaddrinfo, as before: start and
- * reload, on the control thread) into its first address list, sorted and
- * capped, from cfg's arena. A server that does not resolve is a warning when
- * another has addresses, an error when none has. be->resolved keeps
- * getaddrinfo's first address of the first server that resolves, for the
- * request path that knows one address per backend (issue 19 phase 2 replaces
- * it with every server's list and the resolver). */
+/* Resolves the state store's etcd endpoint be (blocking getaddrinfo: start and
+ * reload, on the control thread) into its address list, sorted and capped, from
+ * cfg's arena; be->resolved keeps the first. Backends' names are followed by
+ * discovery (c-ares, with `resolvers`); an etcd endpoint is resolved once per
+ * load, which fits a store's stable addresses. where names it in errors. */
 static int resolve_backend(struct config *cfg, struct backend_cfg *be, const char *where,
                            struct config_errors *errs)
 {
@@ -113,14 +113,16 @@ static int resolve_backend(struct config *cfg, struct backend_cfg *be, const cha
     return resolved > 0 ? 0 : FICUS_ECONFIG;
 }
 
-struct config *server_load_config(const char *path, struct config_errors *errs)
+/* Loads, validates and resolves; names the running discovery d follows
+ * already take their current addresses. */
+static struct config *load_config(struct discovery *d, const char *path, struct config_errors *errs)
 {
     struct config *cfg = config_load(path, errs);
     if (cfg == NULL)
         return NULL;
     int bad = tls_config_load(cfg, errs);
-    for (size_t i = 0; i < cfg->n_backends && !bad; i++)
-        bad |= resolve_backend(cfg, &cfg->backends[i], NULL, errs);
+    if (!bad)
+        bad = discovery_resolve_config(d, cfg, errs);
     for (size_t i = 0; i < cfg->state_store.n_endpoints && !bad; i++) {
         char where[48];
         snprintf(where, sizeof(where), "state_store.endpoints[%zu]", i);
@@ -138,6 +140,11 @@ struct config *server_load_config(const char *path, struct config_errors *errs)
                      cfg->backends[i].name);
     }
     return cfg;
+}
+
+struct config *server_load_config(const char *path, struct config_errors *errs)
+{
+    return load_config(NULL, path, errs);
 }
 
 /* ---- workers -------------------------------------------------------------------- */
@@ -207,7 +214,10 @@ static void worker_swap_config(struct worker *w, struct config *cfg)
     }
     if (w->draining)
         pool_set_drain(ps);
-    /* In-flight exchanges keep their own references to the old snapshot. */
+    /* In-flight exchanges keep their own references to the old snapshot, and
+     * its pools go on counting their requests; the new ones show the status. */
+    pool_set_observe(w->pools, NULL);
+    pool_set_observe(ps, w->upstats);
     pool_set_unref(w->pools);
     config_unref(w->cfg);
     w->pools = ps;
@@ -228,6 +238,8 @@ static void on_worker_async(uv_async_t *a)
         else
             worker_swap_config(w, cfg);
     }
+    if (!w->stopped)
+        discovery_apply(w->srv->discovery, w); /* addresses and health results */
     if (stop == 2) {
         worker_finish(w);
     } else if (stop == 1 && !w->draining) {
@@ -284,8 +296,10 @@ static int worker_init(struct server *srv, struct worker *w, int id, struct conf
     w->cfg = config_ref(cfg);
     w->pools = pool_set_new(&w->loop, &w->rbufs, cfg, cfg->backends, cfg->n_backends, cfg->workers);
     w->conns = conn_worker_new(w);
-    if (w->pools == NULL || w->conns == NULL)
+    w->upstats = upstats_new();
+    if (w->pools == NULL || w->conns == NULL || w->upstats == NULL)
         return FICUS_ENOMEM;
+    pool_set_observe(w->pools, w->upstats);
     w->listeners = calloc(cfg->n_listens, sizeof(uv_tcp_t));
     if (w->listeners == NULL)
         return FICUS_ENOMEM;
@@ -334,6 +348,8 @@ static void worker_dispose(struct worker *w)
     conn_worker_free(w->conns);
     w->conns = NULL;
     rbuf_pool_dispose(&w->rbufs);
+    upstats_free(w->upstats);
+    w->upstats = NULL;
     buf_dispose(&w->access_buf);
     config_unref(w->cfg);
     config_unref(w->pending_cfg);
@@ -411,7 +427,7 @@ static void config_watch(struct server *srv)
 int server_reload(struct server *srv, struct config_errors *errs)
 {
     srv->config_hash = config_file_hash(srv->config_path);
-    struct config *cfg = server_load_config(srv->config_path, errs);
+    struct config *cfg = load_config(srv->discovery, srv->config_path, errs);
     if (cfg == NULL) {
         for (size_t i = 0; i < errs->n; i++)
             log_error("server", "reload rejected: %s", errs->lines[i]);
@@ -426,6 +442,7 @@ int server_reload(struct server *srv, struct config_errors *errs)
     }
     if (cfg->n_listens != srv->cfg->n_listens || cfg->workers != srv->cfg->workers)
         log_warn("server", "reload: listen and workers changes take effect at the next restart");
+    discovery_reload(srv->discovery, cfg); /* before the workers take cfg */
     for (int i = 0; i < srv->n_workers; i++) {
         struct worker *w = &srv->workers[i];
         uv_mutex_lock(&w->lock);
@@ -476,7 +493,7 @@ void server_stop(struct server *srv)
     srv->admin = NULL;
     store_stop(srv->store); /* leaves the fleet: the lease is revoked */
     config_watch(srv);      /* draining: no more reloads */
-    metrics_probe_stop(srv);
+    discovery_stop(srv->discovery);
     signal_workers(srv, 1);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg->drain_ms, 0);
 }
@@ -624,7 +641,8 @@ int server_run(const char *path)
     srv->config_poll.data = srv;
     srv->config_hash = config_file_hash(path);
     config_watch(srv);
-    metrics_probe_start(srv);
+    if (discovery_start(srv) != 0)
+        log_error("server", "out of memory: backend names are not followed, no health checks");
     store_start(srv->store);
     if (srv->store == NULL)
         server_stop(srv);
@@ -654,6 +672,7 @@ int server_run(const char *path)
         worker_dispose(&srv->workers[i]);
     }
     free(srv->workers);
+    discovery_free(srv->discovery);
     if (srv->access_fd >= 0)
         close(srv->access_fd);
     store_free(srv->store);

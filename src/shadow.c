@@ -366,6 +366,8 @@ static bool probe_on_head(void *ctx, const struct http_head *h, const char *raw,
     (void)len;
     struct probe *p = ctx;
     p->cap.parsed = p->cap.head_mem; /* upclient parsed it there, from cap.head */
+    /* The shadow's answers count towards its server's ejection too. */
+    upstream_outcome(p->up, h->status >= 500 ? LB_FAILURE : LB_SUCCESS, h->status);
     capture_presize(p->c, &p->cap.body, h);
     return true;
 }
@@ -404,16 +406,20 @@ static bool probe_idempotent(const struct comparison *c)
 static void probe_on_error(void *ctx, int err)
 {
     struct probe *p = ctx;
-    if (err != FICUS_ETIMEOUT && !p->retried && !upclient_got_any(&p->uc) && p->up != NULL &&
-        upstream_reused(p->up) && probe_idempotent(p->c)) {
+    bool stale = err != FICUS_ETIMEOUT && !upclient_got_any(&p->uc) && p->up != NULL &&
+                 upstream_reused(p->up);
+    if (p->up != NULL)
+        upstream_outcome(p->up, stale ? LB_ABANDONED : LB_FAILURE, 0);
+    if (stale && !p->retried && probe_idempotent(p->c)) {
         /* A pooled connection the backend closed while it sat idle: once more
-         * on another (idempotent requests skip the liveness peek for this). */
+         * on another (idempotent requests skip the liveness peek for this),
+         * to another server when there is one. */
         p->retried = true;
         struct upconn *u = p->up;
         p->up = NULL;
         upstream_release(u, false);
         p->wait.check_idle = true;
-        if (upstream_acquire(p->c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
+        if (upstream_retry(p->c->ps, p->backend, &p->wait, probe_on_ready, p) != 0)
             probe_finish(p, "connect_error", false);
         return;
     }

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +29,12 @@ static const unsigned char alpn_http11[] = "\x08http/1.1";
 struct tls_ctx {
     SSL_CTX *ssl;
     bool verify;
-    /* Client side: the newest session a backend gave, offered by the next
-     * connection to it (shared by the workers, hence the lock). */
+    /* Client side: per server of the backend, the newest session it gave,
+     * offered by the next connection to it (shared by the workers, hence the
+     * lock). Servers do not share their session caches or ticket keys: one
+     * server's session would only cost another a failed resumption. */
     pthread_mutex_t lock;
-    SSL_SESSION *session;
+    SSL_SESSION *sessions[BACKEND_SERVERS_MAX];
 };
 
 struct tls {
@@ -51,8 +54,10 @@ static void ctx_free(struct tls_ctx *c)
 {
     if (c == NULL)
         return;
-    if (c->session != NULL)
-        SSL_SESSION_free(c->session);
+    for (size_t i = 0; i < ARRAY_SIZE(c->sessions); i++) {
+        if (c->sessions[i] != NULL)
+            SSL_SESSION_free(c->sessions[i]);
+    }
     pthread_mutex_destroy(&c->lock);
     SSL_CTX_free(c->ssl);
     free(c);
@@ -176,9 +181,13 @@ static struct tls_ctx *server_ctx(const char *file, size_t i, const struct liste
 static int on_new_session(SSL *ssl, SSL_SESSION *sess)
 {
     struct tls_ctx *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    /* tls_client_new keeps the server's index (plus one) in the connection. */
+    size_t server = (size_t)(uintptr_t)SSL_get_app_data(ssl);
+    if (server == 0 || server > ARRAY_SIZE(c->sessions))
+        return 0; /* not kept: OpenSSL frees it */
     pthread_mutex_lock(&c->lock);
-    SSL_SESSION *old = c->session;
-    c->session = sess;
+    SSL_SESSION *old = c->sessions[server - 1];
+    c->sessions[server - 1] = sess;
     pthread_mutex_unlock(&c->lock);
     if (old != NULL)
         SSL_SESSION_free(old);
@@ -377,14 +386,19 @@ static bool is_ip_literal(const char *s)
     return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
 }
 
-struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be)
+struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be, int server)
 {
+    if (server < 0 || (size_t)server >= ARRAY_SIZE(ctx->sessions) ||
+        (be->n_servers > 0 && (size_t)server >= be->n_servers))
+        server = 0;
     struct tls *t = tls_new(ctx);
     if (t == NULL)
         return NULL;
     SSL_set_connect_state(t->ssl);
+    SSL_set_app_data(t->ssl, (void *)(uintptr_t)(server + 1));
     t->verify = ctx->verify;
-    const char *name = be->server_name != NULL ? be->server_name : be->host;
+    const char *host = be->n_servers > 0 ? be->servers[server].host : be->host;
+    const char *name = be->server_name != NULL ? be->server_name : host;
     bool ip = is_ip_literal(name);
     if (!ip)
         SSL_set_tlsext_host_name(t->ssl, name); /* RFC 6066: no SNI for an address */
@@ -397,8 +411,9 @@ struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be)
         }
     }
     pthread_mutex_lock(&ctx->lock);
-    if (ctx->session != NULL && SSL_SESSION_is_resumable(ctx->session))
-        SSL_set_session(t->ssl, ctx->session);
+    SSL_SESSION *sess = ctx->sessions[server];
+    if (sess != NULL && SSL_SESSION_is_resumable(sess))
+        SSL_set_session(t->ssl, sess);
     pthread_mutex_unlock(&ctx->lock);
     ERR_clear_error();
     return t;

@@ -56,10 +56,11 @@ struct backend_server_cfg {
     uint16_t port;    /* from the URL, default 80 or 443 */
     int weight;       /* 1..LB_WEIGHT_MAX, default 1 */
     bool ip_literal;  /* host is an IP address: never looked up in DNS */
-    /* Filled by the server (server_load_config), not by config_parse: the
+    /* Filled at load (discovery_resolve_config), not by config_parse: the
      * addresses host had when the snapshot was loaded, ports set, sorted and
      * without duplicates (from cfg->arena). n_addrs is 0 for a name that did
-     * not resolve then; a resolver may find it later. */
+     * not resolve then; the resolver may find it later. The workers' pools
+     * start from these; later DNS changes reach them through discovery. */
     struct sockaddr_storage *addrs;
     size_t n_addrs;
 };
@@ -89,8 +90,10 @@ struct backend_cfg {
     const char *server_name; /* tls.server_name, NULL: host */
     const char *health_path; /* NULL: no active health checks */
     int health_interval_ms;  /* default 2000 */
-    /* Filled by the server (not by config_parse) before the snapshot is used:
-     * the first address of the first server that resolved. */
+    /* Filled at load (not by config_parse) before the snapshot is used: the
+     * first address of the first server that resolved. A pool uses it only
+     * for a backend whose servers have no addresses filled in (one resolved
+     * by other code, as the state store's endpoints may be). */
     struct sockaddr_storage resolved;
     socklen_t resolved_len;
     /* Filled by tls_config_load for https backends: verification settings,

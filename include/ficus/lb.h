@@ -118,6 +118,13 @@ int lb_update(struct lb *lb, int server, int weight, const struct sockaddr_stora
  * has no live endpoint at all. */
 int lb_pick(struct lb *lb, int64_t now_ms, uint64_t random, int exclude);
 
+/* Counts one request on slot ep, chosen by the caller rather than by the
+ * policy: a pooled connection to ep just came free while requests wait for
+ * one, and handing it over beats closing it to open another. Returns ep (to
+ * pass to lb_done like a pick), or -1 when ep is not a candidate (free,
+ * draining, ejected or down): the caller picks then. */
+int lb_take(struct lb *lb, int ep, int64_t now_ms);
+
 /* Ends a request that lb_pick started on slot ep: counts the outcome, ejects
  * after params.eject_failures consecutive failures (or at the first failure
  * while probing) for eject_base_ms doubled per further ejection, up to

@@ -35,7 +35,8 @@ void metrics_window(const struct route_state *rs, int64_t window_ms, struct wind
  * rates, for the chart) to a route's JSON object. */
 void metrics_route_windows(struct server *srv, const struct route_state *rs, json_t *route);
 
-/* {"ready": bool, "listeners": bool, "backends": {name: bool}}. */
+/* {"ready": bool, "listeners": bool, "backends": {name: bool}}: a backend is
+ * ready when at least one of its server addresses is up. */
 json_t *metrics_readiness(struct server *srv);
 
 /* Appends {"divergences": [...]}: recent divergence records, newest first
@@ -47,9 +48,5 @@ int metrics_divergences_write(struct server *srv, const char *route, int limit, 
 json_t *metrics_divergences_json(struct server *srv, const char *route, int limit);
 /* Per diff path: count, rate, noise, example id. */
 json_t *metrics_summary_json(struct server *srv, const char *route);
-
-/* Starts and stops the readiness probes of the configured backends. */
-void metrics_probe_start(struct server *srv);
-void metrics_probe_stop(struct server *srv);
 
 #endif

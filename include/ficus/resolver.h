@@ -31,6 +31,7 @@ struct resolver_options {
     size_t n_servers;
     int timeout_ms; /* one try of one query; 0: 2000 */
     int tries;      /* tries per server; 0: 2 */
+    bool quiet;     /* no log line about names (their owner reports them) */
 };
 
 enum resolver_state {
@@ -78,6 +79,27 @@ void resolver_watch_result(const struct resolver_watch *w, struct resolver_resul
 
 /* Lookups the watch started, for metrics and tests. */
 uint64_t resolver_watch_lookups(const struct resolver_watch *w);
+
+/* One name to look up once (resolver_resolve_now). */
+struct resolver_query {
+    const char *host; /* a name or an IP literal */
+    uint16_t port;
+    /* Filled in: OK with n >= 1 addresses (sorted, no duplicates, port set),
+     * or FAILING with error (static text) and n == 0. */
+    enum resolver_state state;
+    const char *error;
+    size_t n;
+    struct sockaddr_storage addrs[RESOLVER_ADDRS_MAX];
+};
+
+/* Looks up the n queries once each, all at once, with a resolver of its own
+ * (quiet: the caller reports failures) on a loop of its own, blocking the
+ * calling thread until every answer is in or deadline_ms passed (a query
+ * still unanswered then fails with "timed out"). For start and reload, where
+ * the configuration waits for its addresses anyway. Returns 0, or a negative error when no lookup
+ * could start (every query then fails with the reason). */
+int resolver_resolve_now(const struct resolver_options *opts, struct resolver_query *q, size_t n,
+                         int deadline_ms);
 
 /* Unwatches everything, cancels the lookups in flight and closes every
  * handle; done(arg) runs once the last handle is closed, after which r is

@@ -26,11 +26,12 @@ int tls_config_load(struct config *cfg, struct config_errors *errs);
 
 /* A server-side connection on a listener's context. NULL when out of memory. */
 struct tls *tls_server_new(struct tls_ctx *ctx);
-/* A client-side connection to be: SNI and the name or address verified come
- * from be (server_name, else the URL's host; an IP literal is verified as an
- * address and sent no SNI); a session kept from an earlier connection to the
- * same backend is offered for resumption. NULL when out of memory. */
-struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be);
+/* A client-side connection to server (an index into be->servers) of be: SNI
+ * and the name or address verified come from be->server_name, else that
+ * server's host (an IP literal is verified as an address and sent no SNI); a
+ * session kept from an earlier connection to the same server is offered for
+ * resumption. NULL when out of memory. */
+struct tls *tls_client_new(struct tls_ctx *ctx, const struct backend_cfg *be, int server);
 void tls_free(struct tls *t);
 
 /* Hands over ciphertext read from the socket. Returns 0 or FICUS_ENOMEM. */

@@ -23,6 +23,8 @@ struct state_table;
 struct admin;
 struct divlog;
 struct store;
+struct discovery;
+struct upstats;
 
 /* Per-worker counters: written only by their worker, read by the control
  * thread with relaxed atomic loads (no lock on the request path). */
@@ -60,6 +62,7 @@ struct worker {
     struct worker_counters counters;
     struct conn_worker *conns;    /* conn.c's: client connections, recycled exchanges */
     struct shadow_worker *shadow; /* shadow.c's: comparisons and their diff batches */
+    struct upstats *upstats;      /* its pools' counters per backend server address */
 };
 
 /* What the control thread shares with the workers and the admin server. */
@@ -82,11 +85,12 @@ struct server {
     bool draining;
     int access_fd; /* -1: no access log */
     int exit_code;
-    struct state_table *state; /* live route state (percentages, counters) */
-    struct store *store;       /* where the live state lives: the state file or etcd */
-    struct admin *admin;       /* NULL without an admin listener */
-    struct divlog *divlog;     /* divergence records (control thread) */
-    int64_t started_at;        /* unix seconds */
+    struct state_table *state;   /* live route state (percentages, counters) */
+    struct store *store;         /* where the live state lives: the state file or etcd */
+    struct admin *admin;         /* NULL without an admin listener */
+    struct divlog *divlog;       /* divergence records (control thread) */
+    struct discovery *discovery; /* backend servers: DNS, health checks, what workers apply */
+    int64_t started_at;          /* unix seconds */
     /* Validates the configuration file and hands it to every worker (the
      * admin API's reload; set by server.c). Returns 0 or FICUS_ECONFIG with
      * errs filled; the running configuration stays then. */

@@ -7,7 +7,7 @@ control and the rollback (with the admin token dialog), divergence records with 
 side-by-side view and "copy as curl", the banner when the admin API goes away, and
 no console error or uncaught exception along the way. Screenshots go to
 $FICUS_TEST_OUTPUT (dashboard.png, dashboard-dark.png, dashboard-records.png,
-dashboard-unreachable.png, demo-dashboard.png).
+dashboard-unreachable.png, dashboard-servers.png, demo-dashboard.png).
 
 Environment: FICUS_BIN (default: build/ficus of this source tree), FICUS_SANITIZE, FICUS_TEST_OUTPUT.
 Exits 77 (skipped, for ctest) when chromium is not installed.
@@ -273,6 +273,7 @@ class DashboardTest(unittest.TestCase):
         cls.out = output_dir()
         cls.workdir = tempfile.mkdtemp(prefix="dashboard-", dir=cls.out)
         cls.legacy = Backend(False)
+        cls.legacy2 = Backend(False)  # monolith runs on two servers
         cls.new = Backend(True)
         port = port_pair()
         cls.config = {
@@ -280,7 +281,7 @@ class DashboardTest(unittest.TestCase):
             "workers": 1,
             "admin": {"address": "127.0.0.1:%d" % (port + 1), "token_env": TOKEN_ENV},
             "state_file": os.path.join(cls.workdir, "state.json"),
-            "backends": {"monolith": {"url": cls.legacy.url},
+            "backends": {"monolith": {"servers": [cls.legacy.url, cls.legacy2.url]},
                          "orders-svc": {"url": cls.new.url}},
             "routes": [
                 {"name": "orders", "match": {"path_prefix": "/api/orders",
@@ -309,7 +310,7 @@ class DashboardTest(unittest.TestCase):
     def tearDownClass(cls):
         for closer in (lambda: cls.page.close(), lambda: cls.browser.close(),
                        lambda: cls.ficus.stop(), lambda: cls.legacy.close(),
-                       lambda: cls.new.close()):
+                       lambda: cls.legacy2.close(), lambda: cls.new.close()):
             try:
                 closer()
             except Exception:  # cleanup goes on whatever failed before
@@ -675,6 +676,49 @@ class DashboardTest(unittest.TestCase):
                    ".textContent === 'state file · live'", 10, "the file store again")
         self.assertTrue(p.evaluate("document.getElementById('store-banner').classList"
                                    ".contains('hidden')"))
+        self.assert_no_page_errors()
+
+    def test_6_backend_servers(self):
+        """Each backend's servers: address, state, active requests, requests and errors as
+        the API gives them; a server that goes away shows down, and its backend 1 of 2 up."""
+        p = self.open_dashboard()
+        self.send_traffic()
+        servers = lambda: api_json(self.admin, "/api/v1/routes")["backends"]
+        p.wait_for("document.querySelectorAll('[data-backend-servers]').length === 2", 10,
+                   "two backend cards")
+        api = wait_until(lambda: (lambda b: b if all(a["requests"] > 0 for a in
+                                                     b["monolith"]["addresses"]) else None)(
+                             servers()), 10, "requests on both monolith servers")
+        self.assertEqual(len(api["monolith"]["addresses"]), 2)
+        row = "(() => { const e = document.querySelector('[data-backend-servers=%s] " \
+              "tr[data-address=\"%s\"] [data-field=%s]'); return e ? e.textContent : null; })()"
+        def shown(be, addr):
+            return tuple(p.evaluate(row % (be, addr, f)) for f in ("state", "requests", "errors"))
+
+        for be in ("monolith", "orders-svc"):
+            for a in api[be]["addresses"]:
+                # The page polls every 2 s: it shows what the API says, settled.
+                want = lambda: (lambda x: ("up", "{:,}".format(x["requests"]),
+                                           "{:,}".format(x["errors"])))(
+                    {y["address"]: y for y in servers()[be]["addresses"]}[a["address"]])
+                wait_until(lambda: shown(be, a["address"]) == want(), 10,
+                           "%s %s as the API shows it" % (be, a["address"]))
+        # orders-svc answered /api/orders/boom with a 500 (an error of its server).
+        self.assertGreater(servers()["orders-svc"]["addresses"][0]["errors"], 0)
+        self.assertEqual(p.evaluate("document.querySelector('[data-backend-servers=monolith] "
+                                    "[data-field=ready]').textContent"), "2 of 2 up")
+        # The second server goes away: its health checks fail, it shows down.
+        gone = "127.0.0.1:%d" % self.legacy2.port
+        self.legacy2.close()
+        wait_until(lambda: {a["address"]: a for a in servers()["monolith"]["addresses"]}[gone][
+            "state"] == "down", 15, "the closed server down in the API")
+        p.wait_for("%s === 'down'" % (row % ("monolith", gone, "state")), 10,
+                   "the closed server down on the page")
+        self.assertEqual(p.evaluate("document.querySelector('[data-backend-servers=monolith] "
+                                    "[data-field=ready]').textContent"), "1 of 2 up")
+        p.evaluate("document.getElementById('fleet-section').scrollIntoView(); true")
+        p.pump(0.3)
+        p.screenshot(os.path.join(self.out, "dashboard-servers.png"), full_page=False)
         self.assert_no_page_errors()
 
     def test_9_clean_exit(self):

@@ -548,7 +548,7 @@ class Backend:
     never finished). .bytes_received counts every byte read from any connection."""
 
     def __init__(self, handler=None, name="backend", keep_body=16 << 20, backlog=128,
-                 accept=True, ssl_context=None):
+                 accept=True, ssl_context=None, host="127.0.0.1", port=0):
         self.handler = handler or echo
         # ssl_context (server side): every connection is TLS. .tls_handshakes records
         # (session_reused, sni) per finished handshake, .tls_failures each failure.
@@ -570,9 +570,12 @@ class Backend:
         self.stopping = threading.Event()
         self.sockets = set()
         self.threads = []
+        # host: any address of 127/8 (all loopback on Linux) for fleets of servers;
+        # port: 0 for a free one, or a given one (several hosts may share a port).
+        self.host = host
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(backlog)
         self.port = self.lsock.getsockname()[1]
         self.accept_thread = None
@@ -589,7 +592,7 @@ class Backend:
 
     @property
     def url(self):
-        return "%s://127.0.0.1:%d" % ("https" if self.ssl_context else "http", self.port)
+        return "%s://%s:%d" % ("https" if self.ssl_context else "http", self.host, self.port)
 
     def _tls_wrap(self, s):
         """Server-side handshake; returns the TLS socket or None when it failed."""

@@ -701,8 +701,8 @@ class UpstreamFaults(FicusTestCase):
         return be
 
     def _let_probes_finish(self, be):
-        # ficus's readiness probe (metrics.c) has no connect deadline and keeps the
-        # process from exiting while a handshake hangs: see
+        # ficus's health checks (discovery.c) connect to every backend address and may keep
+        # the process from exiting while a handshake hangs: see
         # test_sigterm_exits_while_a_backend_handshake_hangs. Accepting lets it end at
         # the next SYN retry, so that these tests check what they are about.
         be.start_accepting()

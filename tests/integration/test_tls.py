@@ -279,6 +279,94 @@ class UpstreamVerification(TlsCase):
         self.assertTrue(all(reused[1:]), "later connections did not resume: %r" % reused)
 
 
+class PerServer(TlsCase):
+    """A backend of several https servers (issue 19): each server is sent its own host as
+    SNI and verified against it, and resumes its own TLS sessions (servers do not share
+    session caches or ticket keys, so one session for the whole backend never resumes)."""
+
+    def test_sni_verification_and_resumption_per_server(self):
+        from dnsserver import DnsServer
+
+        def close_each(req, out):
+            out.respond(200, [("Connection", "close")], out.backend.name.encode())
+            return "close"
+        one = self.backend(close_each, name="one", ssl_context=PKI.server_context("backend"))
+        two = self.backend(close_each, name="two", ssl_context=PKI.server_context("proxy"))
+        dns = DnsServer().start()
+        self.addCleanup(dns.close)
+        dns.set("backend.test", ["127.0.0.1"], ttl=60)
+        dns.set("proxy.test", ["127.0.0.1"], ttl=60)
+        fx = self.https_ficus(None, listen_tls=False, start=False)
+        fx.config["resolvers"] = ["127.0.0.1:%d" % dns.port]
+        fx.config["backends"]["new"] = {
+            "servers": ["https://backend.test:%d" % one.port, "https://proxy.test:%d" % two.port],
+            "tls": {"ca_file": PKI.path("ca.pem")}}
+        fx.start()
+        bodies = []
+        for i in range(6):
+            r = fx.request(request_bytes("GET", "/r%d" % i))
+            self.assertEqual(r.status, 200, r.body)
+            bodies.append(r.body)
+        self.assertEqual(sorted(bodies), [b"one"] * 3 + [b"two"] * 3)
+        wait_until(lambda: len(one.tls_handshakes) >= 3 and len(two.tls_handshakes) >= 3, 5,
+                   what="3 handshakes per server")
+        for be, sni in ((one, "backend.test"), (two, "proxy.test")):
+            self.assertEqual([n for _, n in be.tls_handshakes], [sni] * 3, be.name)
+            reused = [r for r, _ in be.tls_handshakes]
+            self.assertEqual(reused, [False, True, True], "%s resumed %r" % (be.name, reused))
+
+
+    def test_health_checks_over_tls_per_server(self):
+        """With health.path, each https server is checked over TLS with its own SNI and its
+        host in Host; a server whose check answers 503 is down, the other stays up."""
+        from dnsserver import DnsServer
+        import json
+        import http.client
+
+        def health(req, out):
+            ok = req.target != "/health" or out.backend.name == "one"
+            out.respond(200 if ok else 503, [], b"ok" if ok else b"down")
+        one = self.backend(health, name="one", ssl_context=PKI.server_context("backend"))
+        two = self.backend(health, name="two", ssl_context=PKI.server_context("proxy"))
+        dns = DnsServer().start()
+        self.addCleanup(dns.close)
+        dns.set("backend.test", ["127.0.0.1"], ttl=60)
+        dns.set("proxy.test", ["127.0.0.1"], ttl=60)
+        fx = self.https_ficus(None, listen_tls=False, start=False)
+        fx.config["resolvers"] = ["127.0.0.1:%d" % dns.port]
+        fx.config["backends"]["new"] = {
+            "servers": ["https://backend.test:%d" % one.port, "https://proxy.test:%d" % two.port],
+            "tls": {"ca_file": PKI.path("ca.pem")},
+            "health": {"path": "/health", "interval_ms": 200}}
+        fx.start()
+        admin = int(fx.config["admin"]["address"].rsplit(":", 1)[1])
+
+        def states():
+            c = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+            try:
+                c.request("GET", "/api/v1/routes")
+                be = json.loads(c.getresponse().read())["backends"]["new"]
+            except OSError:  # the admin API comes up a moment after the proxy port
+                return None
+            finally:
+                c.close()
+            return {a["address"]: (a["state"], a["reachable"]) for a in be["addresses"]}
+        want = {"127.0.0.1:%d" % one.port: ("up", True), "127.0.0.1:%d" % two.port: ("down", False)}
+        wait_until(lambda: states() == want, 10, what="one up, two down")
+        for be, sni in ((one, "backend.test"), (two, "proxy.test")):
+            checks = [r for r in be.requests if r.target == "/health"]
+            self.assertTrue(checks, be.name)
+            self.assertEqual(checks[0].header("host"), "%s:%d" % (sni, be.port))
+            self.assertEqual({n for _, n in be.tls_handshakes}, {sni}, be.name)
+        # Every request goes to the server that passes its checks.
+        for i in range(4):
+            r = fx.request(request_bytes("GET", "/r%d" % i))
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+        self.assertEqual([r.target for r in two.requests if r.target != "/health"], [])
+        self.assertTrue(fx.log_lines(r'health check failed backend=new server=127\.0\.0\.1:%d '
+                                     r'reason="answered 503"' % two.port))
+
+
 class Check(TlsCase):
     def check(self, cfg):
         fx = harness.Ficus(config=cfg, name="check")

@@ -416,6 +416,34 @@ static void test_exclude_for_retry(void **state)
     lb_free(lb);
 }
 
+/* A connection freed while requests wait is handed over on its endpoint:
+ * counted like a pick, refused for an endpoint that is no candidate. */
+static void test_take_counts_like_a_pick(void **state)
+{
+    (void)state;
+    const int weights[] = {1, 1};
+    struct lb *lb = with_servers(&RR, weights, 2);
+    struct lb_endpoint_info info;
+    assert_int_equal(lb_take(lb, 1, 0), 1);
+    assert_true(lb_endpoint(lb, 1, 0, &info));
+    assert_int_equal(info.active, 1);
+    assert_int_equal(info.requests, 1);
+    assert_int_equal(lb_done(lb, 1, LB_SUCCESS, 0), LB_EVENT_NONE);
+    assert_int_equal(lb_take(lb, 7, 0), -1); /* no such slot */
+    /* Ejected: refused until the ejection ends, then taken while probing. */
+    for (int i = 0; i < RR.eject_failures; i++)
+        lb_done(lb, lb_take(lb, 0, 0), LB_FAILURE, 0);
+    assert_int_equal(lb_take(lb, 0, 10), -1);
+    assert_int_equal(lb_take(lb, 0, RR.eject_base_ms), 0);
+    assert_int_equal(lb_done(lb, 0, LB_SUCCESS, RR.eject_base_ms), LB_EVENT_RECOVERED);
+    /* Down, or drained: refused. */
+    lb_set_health(lb, 1, false, 0);
+    assert_int_equal(lb_take(lb, 1, 0), -1);
+    assert_int_equal(lb_update(lb, 0, 1, NULL, 0), 0);
+    assert_int_equal(lb_take(lb, 0, 0), -1);
+    lb_free(lb);
+}
+
 /* ---- address-set updates ---- */
 
 static void test_update_keeps_adds_drains(void **state)
@@ -579,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_health_down_and_up),
         cmocka_unit_test(test_panic_picks_least_recently_failed),
         cmocka_unit_test(test_exclude_for_retry),
+        cmocka_unit_test(test_take_counts_like_a_pick),
         cmocka_unit_test(test_update_keeps_adds_drains),
         cmocka_unit_test(test_update_is_capped),
         cmocka_unit_test(test_addresses),
