@@ -336,10 +336,10 @@ static bool looks_like_id(const char *s, size_t n)
 
 void replay_endpoint_name(const char *method, const char *target, char *out, size_t size)
 {
-    struct buf b;
-    buf_init(&b, size > 0 ? size - 1 : 0);
     if (size == 0)
         return;
+    struct buf b;
+    buf_init(&b, 0);
     out[0] = '\0';
     const char *p = target;
     /* Absolute form: the path starts after the authority. */
@@ -354,7 +354,7 @@ void replay_endpoint_name(const char *method, const char *target, char *out, siz
     if (rc == 0)
         rc = buf_puts(&b, " ");
     size_t i = 0;
-    while (rc == 0 && i < plen) {
+    while (rc == 0 && i < plen && b.len < size) {
         if (p[i] == '/') {
             rc = buf_append(&b, "/", 1);
             i++;
