@@ -567,7 +567,8 @@ static const char *verdict(const size_t n[REPLAY_OUTCOME_N])
 
 int replay_summary_write(const struct replay_summary *s, struct buf *out)
 {
-    qsort(s->rows, s->n, sizeof(*s->rows), row_cmp);
+    if (s->n > 1)
+        qsort(s->rows, s->n, sizeof(*s->rows), row_cmp);
     int rc = buf_printf(out, "%-10s %-16s %-40s %6s %9s %6s %7s\n", "verdict", "route", "endpoint",
                         "equal", "diverging", "error", "skipped");
     for (size_t i = 0; i < s->n && rc == 0; i++) {
