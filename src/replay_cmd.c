@@ -123,7 +123,8 @@ struct job {
     char endpoint[ENDPOINT_NAME_MAX + 16];
     int route; /* index into the rules configuration, -1: the default rules */
     struct buf req;
-    struct side side[2]; /* legacy, new */
+    struct side side[3]; /* legacy, new, and legacy again for the noise (twin) */
+    bool twin;
     int pending;
 };
 
@@ -168,7 +169,7 @@ struct run {
     uint64_t next_start_us;
     size_t done, bad_input;
     bool progress;
-    bool finished; /* every record is done */
+    bool finished;            /* every record is done */
     bool pumping, pump_again; /* pump runs; a finish inside it asks for another round */
     struct strlist redacted_names;
 };
@@ -686,8 +687,8 @@ static void report(struct job *j, const struct replay_verdict *v, const char *wh
 
 static void job_free(struct job *j)
 {
-    side_dispose(&j->side[0]);
-    side_dispose(&j->side[1]);
+    for (int i = 0; i < 3; i++)
+        side_dispose(&j->side[i]);
     buf_dispose(&j->req);
     replay_record_dispose(&j->rec);
     free(j);
@@ -709,10 +710,15 @@ static void job_side_done(struct side *s)
         acks = r->extra[j->route].acks;
         n_acks = r->extra[j->route].n_acks;
     }
-    struct diff_header *hdrs = calloc(2 * HTTP_MAX_HEADERS, sizeof(*hdrs));
-    struct diff_response rl, rn;
+    struct diff_header *hdrs = calloc(3 * HTTP_MAX_HEADERS, sizeof(*hdrs));
+    struct diff_response rl, rn, rt2;
     struct replay_verdict v;
     const char *why = NULL;
+    const char *const *noise = j->rec.noise;
+    size_t n_noise = j->rec.n_noise;
+    const char **learnt = NULL;
+    struct diff_result twin;
+    bool have_twin = false;
     if (hdrs == NULL) {
         memset(&v, 0, sizeof(v));
         v.outcome = REPLAY_ERROR;
@@ -720,12 +726,31 @@ static void job_side_done(struct side *s)
     } else {
         to_diff_response(&j->side[0], &rl, hdrs);
         to_diff_response(&j->side[1], &rn, hdrs + HTTP_MAX_HEADERS);
-        if (replay_compare(rules, &rl, &rn, j->rec.noise, j->rec.n_noise, acks, n_acks, j->endpoint,
-                           &v) != 0) {
+        /* diff.noise: what legacy shows against itself now is noise too. */
+        if (j->twin && j->side[0].error == NULL && j->side[2].error == NULL) {
+            to_diff_response(&j->side[2], &rt2, hdrs + 2 * HTTP_MAX_HEADERS);
+            have_twin = diff_responses(rules, &rl, &rt2, &twin) == 0;
+            learnt = have_twin ? calloc(n_noise + twin.n + 1, sizeof(*learnt)) : NULL;
+            for (size_t i = 0; learnt != NULL && i < n_noise; i++)
+                learnt[i] = noise[i];
+            for (size_t i = 0; learnt != NULL && i < twin.n; i++) {
+                enum diff_kind k = twin.items[i].kind;
+                if (k == DIFF_JSON || k == DIFF_ADDED || k == DIFF_REMOVED)
+                    learnt[n_noise++] = twin.items[i].path;
+            }
+            if (learnt != NULL)
+                noise = learnt;
+            else
+                n_noise = j->rec.n_noise;
+        }
+        if (replay_compare(rules, &rl, &rn, noise, n_noise, acks, n_acks, j->endpoint, &v) != 0) {
             v.outcome = REPLAY_ERROR;
             why = "out of memory";
         }
     }
+    free(learnt);
+    if (have_twin)
+        diff_result_dispose(&twin);
     free(hdrs);
     r->inflight--;
     report(j, &v, why);
@@ -911,10 +936,16 @@ static void job_start(struct run *r, struct job *j)
                   : rt != NULL && rt->shadow ? rt->shadow_timeout_ms
                                              : REPLAY_TIMEOUT_DEFAULT;
     size_t max_body = rt != NULL ? rt->shadow_max_body_bytes : 1024 * 1024;
-    j->pending = 2;
+    /* A route that learns noise: safe requests go to legacy twice. */
+    j->twin = rt != NULL && rt->noise && safe_method(j->rec.method);
+    j->pending = j->twin ? 3 : 2;
     r->inflight++;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < j->pending; i++) {
         struct side *s = &j->side[i];
+        if (i == 2) {
+            s->ps = j->side[0].ps;
+            s->backend = j->side[0].backend;
+        }
         s->run = r;
         s->owner = j;
         s->done = job_side_done;
@@ -929,6 +960,8 @@ static void job_start(struct run *r, struct job *j)
     j->pending++;
     side_start(&j->side[0]);
     side_start(&j->side[1]);
+    if (j->twin)
+        side_start(&j->side[2]);
     struct side dummy = {.owner = j};
     job_side_done(&dummy);
 }

@@ -33,6 +33,8 @@ class Service:
     def __init__(self, side):
         self.side = side
         self.broken = {"users": True, "orders": True, "post": True, "secure": True}
+        self.nonce = False  # /api/users answers carry a value that changes every time
+        self.calls = 0
         self.seen = []
         self.lock = threading.Lock()
 
@@ -45,6 +47,10 @@ class Service:
         if path.startswith("/api/users/"):
             n = path.rsplit("/", 1)[1]
             doc = {"id": n, "name": "USER" if new and self.broken["users"] else "user"}
+            if self.nonce:
+                with self.lock:
+                    self.calls += 1
+                    doc["nonce"] = "%s-%d" % (self.side, self.calls)
         elif path == "/api/orders" and req.method == "POST":
             qty = json.loads(req.body or b"{}").get("qty", 0)
             doc = {"created": True, "qty": qty + (1 if new and self.broken["post"] else 0)}
@@ -286,6 +292,27 @@ class Replay(FicusTestCase):
         self.assertEqual(rows["GET /api/users/{id}"], ("diverging", 0, 3, 0, 0), out + err)
         self.assertEqual(rows["GET /api/orders"][0], "equal")
         self.assertRegex(out, r"id=u1 \(http://127\.0\.0\.1:\d+#\d+\)")
+
+    def test_noise_of_the_route(self):
+        """Answers that carry a value differing on every call: without diff.noise they
+        diverge; with it in the configuration given, replay sends each safe request to
+        legacy twice and what legacy shows against itself is noise: equal."""
+        self.new_svc.fix()
+        self.legacy_svc.nonce = self.new_svc.nonce = True
+        code, out, _ = self.replay(*self.urls(), "--endpoint", "GET /api/users/{id}", self.log,
+                                   expect=1)
+        self.assertIn("added /nonce", out.replace("json /nonce", "added /nonce"))
+        with open(self.f.config_path) as fh:
+            cfg = json.load(fh)
+        cfg["routes"][0]["diff"] = {"noise": {}}
+        path = os.path.join(self.f.workdir, "noise.json")
+        with open(path, "w") as fh:
+            json.dump(cfg, fh)
+        before = len(self.legacy_svc.replayed("GET"))
+        code, out, _ = self.replay("-c", path, "--endpoint", "GET /api/users/{id}", self.log,
+                                   expect=0)
+        self.assertEqual(self.summary(out)["GET /api/users/{id}"], ("equal", 3, 0, 0, 0), out)
+        self.assertEqual(len(self.legacy_svc.replayed("GET")) - before, 6)  # each one twice
 
     def test_usage(self):
         """Bad usage exits 2 with a reason; --help documents the options."""
