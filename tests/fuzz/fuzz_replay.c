@@ -12,7 +12,9 @@
 #include "fuzz.h"
 
 #include "ficus/buf.h"
+#include "ficus/common.h"
 #include "ficus/config.h"
+#include "ficus/http1.h"
 #include "ficus/replay.h"
 
 #include <string.h>
@@ -49,6 +51,11 @@ static void round_trip(const struct replay_record *r)
     }
     if (rc == 0)
         rc = buf_puts(&head, "\r\n");
+    /* What ficus writes has passed its head scanner: so must this head. */
+    struct head_scan scan = {0};
+    if (rc == 0 &&
+        (http1_scan_head(&scan, head.data, head.len, head.len + 1) != 1 || scan.pos != head.len))
+        rc = FICUS_EBADREQ;
     if (rc == 0)
         rc = buf_puts(&line, "{\"id\":\"i\",\"route\":\"r\",\"method\":\"M\",\"target\":\"/\",");
     if (rc == 0)
