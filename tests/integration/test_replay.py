@@ -88,7 +88,9 @@ class Replay(FicusTestCase):
         self.new = self.backend(self.new_svc, name="new")
         route = {"name": "api", "new_percent": 0, "match": {"path_prefix": "/api"},
                  "shadow": {"methods": ["GET", "POST"]}}
-        self.f = ShadowFicus(self.legacy, self.new, config={"routes": [route]})
+        # A token and a state file: acknowledgements are stored there, replay reads them.
+        self.f = ShadowFicus(self.legacy, self.new, config={"routes": [route]},
+                             token="replay-admin-token", token_env=True, state_file=True)
         self._ficuses.append(self.f)
         self.f.start()
         self.record()
@@ -286,8 +288,9 @@ class Replay(FicusTestCase):
         """--admin reads /api/v1/divergences from the running ficus."""
         self.new_svc.fix("orders", "secure")
         admin = "http://127.0.0.1:%d" % self.f.admin_port
-        code, out, err = self.replay("--admin", admin, *self.urls(), "--header",
-                                     "Authorization: " + SECRET, expect=1)
+        code, out, err = self.replay("--admin", admin, "--token", "replay-admin-token",
+                                     *self.urls(), "--header", "Authorization: " + SECRET,
+                                     expect=1)
         rows = self.summary(out)
         self.assertEqual(rows["GET /api/users/{id}"], ("diverging", 0, 3, 0, 0), out + err)
         self.assertEqual(rows["GET /api/orders"][0], "equal")
@@ -313,6 +316,34 @@ class Replay(FicusTestCase):
                                    expect=0)
         self.assertEqual(self.summary(out)["GET /api/users/{id}"], ("equal", 3, 0, 0, 0), out)
         self.assertEqual(len(self.legacy_svc.replayed("GET")) - before, 6)  # each one twice
+
+    def test_acknowledged_difference_is_not_counted(self):
+        """A difference acknowledged on the admin API (stored in the state file the
+        configuration names) does not count: the users endpoint is equal with -c, and
+        still diverging with --legacy/--new alone (no configuration, no acks)."""
+        self.new_svc.fix("orders", "secure")
+        with self.f.admin() as a:
+            status, _ = a.json_call("POST", "/api/v1/routes/api/acknowledgements",
+                                    {"path": "/name", "kind": "json",
+                                     "endpoint": "GET /api/users/{id}"})
+        self.assertEqual(status, 201)
+
+        def stored():
+            try:
+                with open(self.f.state_path) as fh:
+                    return "/name" in fh.read()
+            except FileNotFoundError:
+                return False
+        wait_until(stored, slow(5), what="acknowledgement in the state file")
+        code, out, _ = self.replay("-c", self.f.config_path, "--header",
+                                   "Authorization: " + SECRET, self.log, expect=0)
+        self.assertEqual(self.summary(out)["GET /api/users/{id}"], ("equal", 3, 0, 0, 0), out)
+        self.replay(*self.urls(), "--header", "Authorization: " + SECRET, self.log, expect=1)
+        with open(self.f.state_path, "rb") as fh:
+            before = fh.read()
+        self.replay("-c", self.f.config_path, self.log)
+        with open(self.f.state_path, "rb") as fh:
+            self.assertEqual(fh.read(), before)  # read, never written
 
     def test_usage(self):
         """Bad usage exits 2 with a reason; --help documents the options."""
