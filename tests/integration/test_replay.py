@@ -345,6 +345,35 @@ class Replay(FicusTestCase):
         with open(self.f.state_path, "rb") as fh:
             self.assertEqual(fh.read(), before)  # read, never written
 
+    def test_progress_only_on_a_terminal(self):
+        """A progress line on standard error when it is a terminal; none in a pipe."""
+        import pty
+        self.new_svc.fix()
+        args = [harness.ficus_bin(), "replay"] + self.urls() + ["--header",
+                                                               "Authorization: " + SECRET,
+                                                               self.log]
+        master, slave = pty.openpty()
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                piece = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not piece:
+                break
+            seen += piece
+        os.close(master)
+        p.stdout.read()
+        p.stdout.close()
+        self.assertEqual(p.wait(timeout=slow(10)), 0)
+        self.assertIn(b"\rreplay: ", seen)
+        self.assertIn(b"done (5 equal, 0 diverging, 0 error, 1 skipped)", seen)
+        _, _, err = self.replay(*self.urls(), self.log)
+        self.assertNotIn("\r", err)
+        self.assertNotIn("in flight", err)
+
     def test_usage(self):
         """Bad usage exits 2 with a reason; --help documents the options."""
         code, out, err = self.replay("--help", expect=0)
