@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-/* ---- writing ---------------------------------------------------------------- */
+/* ---- writing --------------------------------------------------------------------------------- */
 
 /* Headers a record leaves out: hop-by-hop and framing ones (replay frames the
  * body itself) and the shadow's own mark. */
@@ -101,7 +101,7 @@ int replay_request_json(struct buf *out, const struct config *cfg, const char *h
     return rc;
 }
 
-/* ---- reading ---------------------------------------------------------------- */
+/* ---- reading --------------------------------------------------------------------------------- */
 
 void replay_record_init(struct replay_record *r)
 {
@@ -243,7 +243,7 @@ int replay_record_parse(struct replay_record *r, const char *line, size_t len, c
     return replay_record_from_jv(r, v, why, why_size);
 }
 
-/* ---- time, endpoint names, filters ------------------------------------------- */
+/* ---- time, endpoint names, filters ----------------------------------------------------------- */
 
 static bool digits(const char *s, int n, int *out)
 {
@@ -406,7 +406,7 @@ bool replay_filter_match(const struct replay_filter *f, const struct replay_reco
     return true;
 }
 
-/* ---- comparing ---------------------------------------------------------------- */
+/* ---- comparing ------------------------------------------------------------------------------- */
 
 const char *replay_outcome_name(enum replay_outcome o)
 {
@@ -469,7 +469,7 @@ int replay_compare(const struct diff_rules *rules, const struct diff_response *l
     return 0;
 }
 
-/* ---- the summary ---------------------------------------------------------------- */
+/* ---- the summary ----------------------------------------------------------------------------- */
 
 struct summary_row {
     char *route;

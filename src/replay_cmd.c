@@ -176,7 +176,7 @@ struct run {
 
 static const char *const default_headers[] = {"content-type"};
 
-/* ---- options -------------------------------------------------------------------------------- */
+/* ---- options --------------------------------------------------------------------------------- */
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -292,7 +292,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* ---- setup -------------------------------------------------------------------------------- */
+/* ---- setup ----------------------------------------------------------------------------------- */
 
 static int print_errors(struct config_errors *errs)
 {
@@ -578,7 +578,7 @@ static void to_diff_response(const struct side *s, struct diff_response *out,
     out->body_len = s->body.len;
 }
 
-/* ---- results -------------------------------------------------------------------------------- */
+/* ---- results --------------------------------------------------------------------------------- */
 
 static void progress(struct run *r, bool last)
 {
@@ -758,8 +758,7 @@ static void job_side_done(struct side *s)
     pump(r);
 }
 
-/* ---- building and starting a job --------------------------------------------------------------
- */
+/* ---- building and starting a job ------------------------------------------------------------- */
 
 static bool safe_method(const char *m)
 {
@@ -966,7 +965,7 @@ static void job_start(struct run *r, struct job *j)
     job_side_done(&dummy);
 }
 
-/* ---- input ---------------------------------------------------------------------------------- */
+/* ---- input ----------------------------------------------------------------------------------- */
 
 /* Reads one line into r->line (without the newline). Returns 1, 0 at the end
  * of the file, or -1 for a line over REPLAY_LINE_MAX (its rest is skipped). */
@@ -1101,8 +1100,7 @@ static void pump_round(struct run *r)
     }
 }
 
-/* ---- the admin API ----------------------------------------------------------------------------
- */
+/* ---- the admin API --------------------------------------------------------------------------- */
 
 struct admin_fetch {
     struct run *run;
@@ -1181,7 +1179,7 @@ static int admin_start(struct run *r)
     return 0;
 }
 
-/* ---- main ----------------------------------------------------------------------------------- */
+/* ---- main ------------------------------------------------------------------------------------ */
 
 static int open_sources(struct run *r)
 {
