@@ -5,6 +5,7 @@
 #include "ficus/config.h"
 #include "ficus/etcdv3.h"
 #include "ficus/http1.h"
+#include "ficus/redact.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,6 +34,43 @@ static int put_member(struct buf *out, const char *name, const char *value, size
 {
     int rc = buf_printf(out, ",\"%s\":", name);
     return rc != 0 ? rc : buf_json_text(out, value, n);
+}
+
+static size_t count_marks(const char *p, size_t n)
+{
+    size_t count = 0, ml = strlen(REDACT_TEXT);
+    for (size_t i = 0; i + ml <= n; i++) {
+        if (memcmp(p + i, REDACT_TEXT, ml) == 0)
+            count++;
+    }
+    return count;
+}
+
+/* The body as a record may show it: with redact_json patterns or the values
+ * of the request's redacted headers to hide, redact_excerpt's text; *redacted
+ * says whether it hid anything (then that text is what the record keeps),
+ * else the body is kept as it is. Returns 0 or a buf error. */
+static int mask_body(struct buf *out, const struct config *cfg, const struct http_head *h,
+                     const char *body, size_t body_len, size_t n, bool *redacted)
+{
+    struct redact_secrets sec;
+    redact_secrets_init(&sec);
+    bool is_json = false;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (config_is_redacted(cfg, hd->name.p, hd->name.len))
+            redact_secrets_add(&sec, hd->name.p, hd->name.len, hd->value.p, hd->value.len);
+        if (span_ieq(hd->name, "content-type"))
+            is_json = memmem(hd->value.p, hd->value.len, "json", 4) != NULL;
+    }
+    struct redact rd = {cfg->redact_json, cfg->n_redact_json, &sec};
+    int rc = 0;
+    if (redact_active(&rd)) {
+        rc = redact_excerpt(out, &rd, body, body_len, n, is_json);
+        *redacted = rc == 0 && count_marks(out->data, out->len) > count_marks(body, n);
+    }
+    redact_secrets_dispose(&sec);
+    return rc;
 }
 
 int replay_request_json(struct buf *out, const struct config *cfg, const char *head,
@@ -75,14 +113,20 @@ int replay_request_json(struct buf *out, const struct config *cfg, const char *h
         rc = buf_puts(out, "],\"body\":");
     size_t n =
         body_len < cfg->divlog_request_body_bytes ? body_len : cfg->divlog_request_body_bytes;
+    struct buf masked = {0};
+    bool redacted = false;
+    if (rc == 0 && n > 0)
+        rc = mask_body(&masked, cfg, h, body, body_len, n, &redacted);
+    const char *bp = redacted ? masked.data : body;
+    size_t bn = redacted ? masked.len : n;
     bool b64 = false;
     if (rc == 0) {
-        rc = buf_json_string(out, n ? body : "", n);
+        rc = buf_json_string(out, bn ? bp : "", bn);
         if (rc == -EINVAL) { /* not UTF-8 (or cut inside a character): base64 */
             b64 = true;
             rc = buf_puts(out, "\"");
             if (rc == 0)
-                rc = etcdv3_b64_append(out, body, n);
+                rc = etcdv3_b64_append(out, bp, bn);
             if (rc == 0)
                 rc = buf_puts(out, "\"");
         }
@@ -93,6 +137,9 @@ int replay_request_json(struct buf *out, const struct config *cfg, const char *h
         rc = buf_printf(out, ",\"body_bytes\":%zu", body_len);
     if (rc == 0 && n < body_len)
         rc = buf_puts(out, ",\"body_truncated\":true");
+    if (rc == 0 && redacted)
+        rc = buf_puts(out, ",\"body_redacted\":true");
+    buf_dispose(&masked);
     if (rc == 0)
         rc = buf_puts(out, "}");
     if (rc != 0)
@@ -205,6 +252,8 @@ int replay_record_from_jv(struct replay_record *r, const struct jv *v, char *why
     }
     const struct jv *t = jv_get(req, "body_truncated", 14);
     r->body_truncated = t != NULL && t->type == JV_TRUE;
+    const struct jv *red = jv_get(req, "body_redacted", 13);
+    r->body_redacted = red != NULL && red->type == JV_TRUE;
     const struct jv *diffs = jv_get(v, "diffs", 5);
     for (size_t i = 0; diffs != NULL && diffs->type == JV_ARRAY && i < diffs->n; i++) {
         const char *k = str_member(&diffs->u.items[i], "kind");

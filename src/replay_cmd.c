@@ -926,6 +926,12 @@ static void job_start(struct run *r, struct job *j)
                        "divergence_log.request_body_bytes)");
         return;
     }
+    if (j->rec.body_redacted) {
+        job_result_now(j, REPLAY_ERROR,
+                       "the record's request body had values redacted (divergence_log.redact_json "
+                       "or a redacted header's value in it)");
+        return;
+    }
     if (build_request(r, j) != 0) {
         job_result_now(j, REPLAY_ERROR, "the recorded request cannot be sent again");
         return;

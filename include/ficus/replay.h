@@ -52,7 +52,10 @@ struct config;
  * cfg redacts with the value REPLAY_REDACTED, and the body up to
  * cfg->divlog_request_body_bytes, as text when it is UTF-8, else base64
  * ("body_encoding":"base64"); "body_bytes" is the whole body's length and
- * "body_truncated":true says the cap cut it. Pure. Returns 0, FICUS_EBADREQ
+ * "body_truncated":true says the cap cut it. A body holding what the record
+ * must not show (values at divergence_log.redact_json pointers, the value of
+ * one of the request's redacted headers) is kept as redact_excerpt writes it,
+ * with "body_redacted":true. Pure. Returns 0, FICUS_EBADREQ
  * when the head does not parse (nothing appended), or a buf error. */
 int replay_request_json(struct buf *out, const struct config *cfg, const char *head,
                         size_t head_len, const char *body, size_t body_len);
@@ -80,6 +83,7 @@ struct replay_record {
     const char *body;
     size_t body_len;
     bool body_truncated; /* the record holds a prefix: not replayable as it is */
+    bool body_redacted;  /* values were hidden in it: not replayable as it is */
     unsigned kinds;      /* bit (1u << enum diff_kind) per kind among the record's diffs */
     const char **noise;  /* the record's noise paths */
     size_t n_noise;

@@ -8,7 +8,7 @@
  *   each with a name, and redacted exactly when the value is the marker;
  * - the request written again from a parsed record (a head of its method,
  *   target and headers, and its body) reads back the same method, target and
- *   body: the writer and the reader agree. */
+ *   body (unless it says body_redacted): the writer and the reader agree. */
 #include "fuzz.h"
 
 #include "ficus/buf.h"
@@ -67,8 +67,10 @@ static void round_trip(const struct replay_record *r)
         char why[256];
         int v = replay_record_parse(&back, line.data, line.len, why, sizeof(why));
         FUZZ_CHECK(v == REPLAY_PARSED);
-        FUZZ_CHECK(back.body_len == r->body_len);
-        FUZZ_CHECK(r->body_len == 0 || memcmp(back.body, r->body, r->body_len) == 0);
+        /* Unless something had to be hidden in it, the body comes back as it was. */
+        FUZZ_CHECK(back.body_redacted || back.body_len == r->body_len);
+        FUZZ_CHECK(back.body_redacted || r->body_len == 0 ||
+                   memcmp(back.body, r->body, r->body_len) == 0);
         /* A method that parsed is a token: written as it is. */
         FUZZ_CHECK(strcmp(back.method, r->method) == 0);
         FUZZ_CHECK(back.n_headers <= r->n_headers);

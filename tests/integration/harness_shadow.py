@@ -200,7 +200,8 @@ def assert_record_shape(tc, rec, allow_error_side=False):
     tc.assertIn(rec["primary"], ("legacy", "new"))
     req = rec["request"]  # issue 16: the request, for ficus replay
     tc.assertEqual(set(req) & REQUEST_KEYS, REQUEST_KEYS, "request keys missing: %r" % req)
-    tc.assertFalse(set(req) - REQUEST_KEYS - {"body_encoding", "body_truncated"}, repr(req))
+    tc.assertFalse(set(req) - REQUEST_KEYS - {"body_encoding", "body_truncated",
+                                                         "body_redacted"}, repr(req))
     tc.assertEqual(req["v"], 1)
     tc.assertEqual(req["method"], rec["method"])
     for h in req["headers"]:

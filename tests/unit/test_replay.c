@@ -143,6 +143,40 @@ static void test_request_body_cap(void **state)
     config_errors_dispose(&errs);
 }
 
+static void test_request_body_redacted(void **state)
+{
+    (void)state;
+    struct config *cfg = cfg_with("{\"path\":\"x\",\"redact_json\":[\"/card\"]}");
+    const char *head = "POST /pay HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                       "Authorization: Bearer tok-0123456789\r\n\r\n";
+    struct buf line = {0};
+    const char *body = "{\"card\": \"4111111111111111\", \"qty\": 1}";
+    record_line(&line, cfg, head, body, strlen(body));
+    assert_null(strstr(line.data, "4111"));
+    assert_non_null(strstr(line.data, "\"body_redacted\":true"));
+    struct replay_record r;
+    replay_record_init(&r);
+    char why[256];
+    assert_int_equal(replay_record_parse(&r, line.data, line.len, why, sizeof(why)), REPLAY_PARSED);
+    assert_true(r.body_redacted);
+    /* The bearer token echoed in a body is hidden too. */
+    const char *echo = "{\"qty\": 1, \"note\": \"tok-0123456789\"}";
+    record_line(&line, cfg, head, echo, strlen(echo));
+    assert_null(strstr(line.data, "tok-0123456789"));
+    assert_non_null(strstr(line.data, "\"body_redacted\":true"));
+    /* Nothing to hide: the body as sent, whitespace included. */
+    const char *plain = "{\"qty\": 1,  \"x\": [1, 2]}";
+    record_line(&line, cfg, head, plain, strlen(plain));
+    assert_non_null(strstr(line.data, "\"body\":\"{\\\"qty\\\": 1,  \\\"x\\\": [1, 2]}\""));
+    assert_null(strstr(line.data, "body_redacted"));
+    assert_int_equal(replay_record_parse(&r, line.data, line.len, why, sizeof(why)), REPLAY_PARSED);
+    assert_false(r.body_redacted);
+    assert_int_equal(r.body_len, strlen(plain));
+    replay_record_dispose(&r);
+    buf_dispose(&line);
+    config_unref(cfg);
+}
+
 static int parse(const char *line, char *why)
 {
     struct replay_record r;
@@ -372,6 +406,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_round_trip),
         cmocka_unit_test(test_request_body_cap),
+        cmocka_unit_test(test_request_body_redacted),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_times),
         cmocka_unit_test(test_endpoint_names),
