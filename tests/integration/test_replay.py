@@ -374,6 +374,33 @@ class Replay(FicusTestCase):
         self.assertNotIn("\r", err)
         self.assertNotIn("in flight", err)
 
+    def test_https_backend_through_the_tls_module(self):
+        """-c naming an https new backend (verified against a test CA): the replayed
+        requests reach it over TLS and the fixed endpoints are equal."""
+        import shutil
+        import tempfile
+        if shutil.which("openssl") is None:
+            self.skipTest("no openssl command")
+        from harness_tls import Pki
+        pki_dir = tempfile.mkdtemp(prefix="ficus-pki-")
+        self.addCleanup(shutil.rmtree, pki_dir, True)
+        pki = Pki(pki_dir)
+        svc = Service("new")
+        svc.fix()
+        tls_new = self.backend(svc, name="new-tls", ssl_context=pki.server_context("backend"))
+        with open(self.f.config_path) as fh:
+            cfg = json.load(fh)
+        cfg["backends"]["new"] = {"url": "https://127.0.0.1:%d" % tls_new.port,
+                                  "tls": {"ca_file": pki.path("ca.pem")}}
+        path = os.path.join(self.f.workdir, "tls.json")
+        with open(path, "w") as fh:
+            json.dump(cfg, fh)
+        code, out, err = self.replay("-c", path, "--header", "Authorization: " + SECRET,
+                                     self.log, expect=0)
+        self.assertIn("total: 5 equal, 0 diverging, 0 error, 1 skipped", out)
+        self.assertEqual(len(svc.replayed("GET")), 5)
+        self.assertGreaterEqual(len(tls_new.tls_handshakes), 1)
+
     def test_usage(self):
         """Bad usage exits 2 with a reason; --help documents the options."""
         code, out, err = self.replay("--help", expect=0)
