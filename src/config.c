@@ -14,6 +14,7 @@
 #include "ficus/config.h"
 #include "ficus/common.h"
 #include "ficus/endpoint.h"
+#include "ficus/replay.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -130,6 +131,7 @@ static void defaults_config(struct config *cfg)
     cfg->divlog_max_bytes = 100 * MIB;
     cfg->divlog_keep = 5;
     cfg->divlog_body_bytes = 4096;
+    cfg->divlog_request_body_bytes = REPLAY_BODY_BYTES_DEFAULT;
     /* Never modified: the snapshot replaces the pointer when it adds names. */
     cfg->redact_headers = default_redact_headers;
     cfg->n_redact_headers = ARRAY_SIZE(default_redact_headers);
@@ -1716,8 +1718,9 @@ static void set_redact_headers(struct parser *p, const char **extra, size_t n_ex
 
 static void parse_divergence_log(struct parser *p, json_t *v)
 {
-    static const char *const keys[] = {"path",           "max_bytes",   "keep", "body_bytes",
-                                       "redact_headers", "redact_json", NULL};
+    static const char *const keys[] = {
+        "path",           "max_bytes",   "keep", "body_bytes", "request_body_bytes",
+        "redact_headers", "redact_json", NULL};
     const char *loc = "divergence_log";
     struct config *cfg = p->cfg;
     const char **extra = NULL;
@@ -1729,6 +1732,8 @@ static void parse_divergence_log(struct parser *p, json_t *v)
     field_i64(p, v, loc, "max_bytes", 4096, LLONG_MAX, &cfg->divlog_max_bytes);
     field_int(p, v, loc, "keep", 0, 1000, &cfg->divlog_keep);
     field_size(p, v, loc, "body_bytes", 0, 16 * MIB, &cfg->divlog_body_bytes);
+    field_size(p, v, loc, "request_body_bytes", 0, REPLAY_BODY_BYTES_LIMIT,
+               &cfg->divlog_request_body_bytes);
     field_list(p, v, loc, "redact_headers", false, "header names", read_header_name, &extra,
                &n_extra);
     if (n_extra > 0)

@@ -2,6 +2,7 @@
 #include "ficus/config.h"
 #include "ficus/demo.h"
 #include "ficus/log.h"
+#include "ficus/replay.h"
 #include "ficus/server.h"
 #include "ficus/state.h"
 #include "ficus/tls.h"
@@ -14,6 +15,8 @@ static const char usage[] =
     "usage: ficus [run] [-c FILE]      run the proxy (default FILE: ./ficus.json)\n"
     "       ficus check [-c FILE]      validate FILE; print \"ok\" or one line per error\n"
     "       ficus demo [--port N]      run the self-contained demo\n"
+    "       ficus replay [OPTIONS] [LOG...]  send recorded divergent requests again and compare\n"
+    "                                  (ficus replay --help)\n"
     "       ficus --version | --help\n"
     "options:\n"
     "  -c, --config FILE     configuration file\n"
@@ -68,6 +71,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "ficus: unknown command \"%s\"\n%s", cmd, usage);
             return 2;
         }
+        /* replay has options of its own: it reads every argument itself. */
+        if (strcmp(cmd, "replay") == 0)
+            return replay_main(argc - i, argv + i);
     }
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -101,9 +107,5 @@ int main(int argc, char **argv)
         return cmd_check(path);
     if (strcmp(cmd, "demo") == 0)
         return demo_main(port);
-    if (strcmp(cmd, "replay") == 0) {
-        fprintf(stderr, "ficus: replay is reserved and not available yet\n");
-        return 2;
-    }
     return server_run(path);
 }

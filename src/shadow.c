@@ -4,6 +4,7 @@
 #include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/noise.h"
+#include "ficus/replay.h"
 #include "ficus/state.h"
 #include "ficus/upclient.h"
 #include "ficus/upstream.h"
@@ -682,7 +683,16 @@ static int record_json(struct buf *out, const struct comparison *c, const char *
     if (rc == 0)
         rc = text_excerpt(out, newc->body.data, newc->body.len, bb);
     if (rc == 0)
-        rc = buf_puts(out, truncated ? "},\"truncated\":true}" : "}}");
+        rc = buf_puts(out, "},");
+    /* The request, for replay; a head that does not parse again (never
+     * expected: ficus wrote it) leaves the record without it. */
+    if (rc == 0)
+        rc = replay_request_json(out, c->cfg, c->req_head.data, c->req_head.len, c->req_body.data,
+                                 c->req_body.len);
+    if (rc == FICUS_EBADREQ)
+        rc = buf_puts(out, "\"request\":null");
+    if (rc == 0)
+        rc = buf_puts(out, truncated ? ",\"truncated\":true}" : "}");
     return rc;
 }
 

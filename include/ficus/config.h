@@ -224,10 +224,13 @@ struct config {
     struct route_cfg *routes;
     size_t n_routes;
 
-    const char *divlog_path;     /* NULL: no divergence log file */
-    int64_t divlog_max_bytes;    /* default 100 MiB */
-    int divlog_keep;             /* default 5 */
-    size_t divlog_body_bytes;    /* default 4096 */
+    const char *divlog_path;  /* NULL: no divergence log file */
+    int64_t divlog_max_bytes; /* default 100 MiB */
+    int divlog_keep;          /* default 5 */
+    size_t divlog_body_bytes; /* default 4096 */
+    /* request_body_bytes: the request body a record keeps for replay
+     * (REPLAY_BODY_BYTES_DEFAULT, at most REPLAY_BODY_BYTES_LIMIT). */
+    size_t divlog_request_body_bytes;
     const char **redact_headers; /* lower case; default authorization, cookie,
                                     set-cookie, proxy-authorization */
     size_t n_redact_headers;

@@ -176,7 +176,8 @@ def read_records(path):
 
 
 RECORD_KEYS = {"ts", "id", "route", "method", "target", "primary", "legacy", "new", "diffs",
-               "noise", "bodies"}
+               "noise", "bodies", "request"}
+REQUEST_KEYS = {"v", "method", "target", "headers", "body", "body_bytes"}
 SIDE_KEYS = {"status", "ms", "bytes"}
 DIFF_KEYS = {"kind", "path", "legacy", "new"}
 KINDS = {"status", "header", "json", "added", "removed", "body", "error"}
@@ -197,6 +198,16 @@ def assert_record_shape(tc, rec, allow_error_side=False):
     for k in ("id", "route", "method", "target"):
         tc.assertIsInstance(rec[k], str, k)
     tc.assertIn(rec["primary"], ("legacy", "new"))
+    req = rec["request"]  # issue 16: the request, for ficus replay
+    tc.assertEqual(set(req) & REQUEST_KEYS, REQUEST_KEYS, "request keys missing: %r" % req)
+    tc.assertFalse(set(req) - REQUEST_KEYS - {"body_encoding", "body_truncated",
+                                                         "body_redacted"}, repr(req))
+    tc.assertEqual(req["v"], 1)
+    tc.assertEqual(req["method"], rec["method"])
+    for h in req["headers"]:
+        tc.assertEqual(len(h), 2, repr(req["headers"]))
+        tc.assertNotIn(h[0].lower(), ("x-ficus-shadow", "content-length", "transfer-encoding",
+                                      "connection"), repr(req["headers"]))
     for side in ("legacy", "new"):
         s = rec[side]
         tc.assertIsInstance(s, dict)
