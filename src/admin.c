@@ -9,6 +9,7 @@
 #include "ficus/httpserv.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
+#include "ficus/readiness.h"
 #include "ficus/state.h"
 #include "ficus/store.h"
 #include "ficus/worker.h"
@@ -679,6 +680,25 @@ static bool admin_route_sub(struct admin *a, const struct http_head *h, struct s
     return true;
 }
 
+/* GET /api/v1/routes/{name}/endpoints: per-endpoint readiness (readiness.h). */
+static void get_endpoints(struct admin *a, const struct http_head *h, struct span name,
+                          struct reply *r)
+{
+    if (!span_eq(h->method, "GET") && !span_eq(h->method, "HEAD")) {
+        r->allow = "GET, HEAD";
+        reply_error(r, 405, "method not allowed");
+        return;
+    }
+    const struct route_cfg *rt = find_route(a->srv, name.p, name.len);
+    json_t *j = rt != NULL ? readiness_endpoints_json(rt) : NULL;
+    if (rt == NULL)
+        reply_error(r, 404, "no such route");
+    else if (j == NULL)
+        reply_error(r, 500, "out of memory");
+    else
+        reply_json(r, 200, j);
+}
+
 static void dispatch(struct admin *a, const struct http_head *h, const char *body, size_t blen,
                      struct httpserv_reply *out, struct reply *r)
 {
@@ -765,6 +785,10 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
         bool rollback = false;
         if (slash != NULL) {
             struct span sub = {slash, (size_t)(name + nlen - slash)};
+            if (span_eq(sub, "/endpoints")) {
+                get_endpoints(a, h, (struct span){name, (size_t)(slash - name)}, r);
+                return;
+            }
             if (admin_route_sub(a, h, (struct span){name, (size_t)(slash - name)}, sub, body, blen,
                                 out, r))
                 return;
