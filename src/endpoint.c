@@ -1074,6 +1074,13 @@ void endpoint_record(struct endpoint_table *t, int id, const struct endpoint_sam
     e = (struct ep *)ep_get(t, id);
     if (e == NULL)
         e = t->eps[0];
+    /* The warm-up's comparisons teach noise: their differences were judged
+     * before it was known, so they stay out of the window and the totals'
+     * divergences (as out of the guard's counts). */
+    if (t->warmup > 0 && e->comparisons_total < t->warmup) {
+        e->comparisons_total++;
+        return;
+    }
     epoch = now_ms / t->bucket_ms;
     slot = slot_at(e, epoch);
     slot->comparisons++;

@@ -156,7 +156,9 @@ bool endpoint_ack_matches(const struct endpoint_ack *ack, const char *endpoint, 
 
 /* Counts one comparison on endpoint id at now_ms: each item is counted once
  * (per normalised path and kind) as noise, acknowledged (some ack matches) or
- * counted. An id that is not an endpoint counts on "other". */
+ * counted. An id that is not an endpoint counts on "other". A comparison of
+ * an endpoint warming up only counts towards its warm-up: its differences
+ * were judged before its noise was learnt, so it stays out of the window. */
 void endpoint_record(struct endpoint_table *t, int id, const struct endpoint_sample *s,
                      const struct endpoint_ack *acks, size_t n_acks, int64_t now_ms);
 

@@ -511,6 +511,12 @@ static void test_verdicts(void **state)
     endpoint_verdict(t, ready, &limits, 0, &v);
     assert_int_equal(v.readiness, ENDPOINT_NOT_ENOUGH_DATA);
     assert_non_null(strstr(v.reason, "warming up"));
+    /* Every endpoint's first five comparisons are its warm-up, out of the window. */
+    static const char *const eps[] = {"/ready",  "/diverging", "/elsewhere",
+                                      "/mostly", "/errors",    "/both"};
+    for (size_t k = 0; k < ARRAY_SIZE(eps); k++)
+        for (int i = 0; i < 5; i++)
+            record_clean(t, eps[k], 500);
     for (int i = 0; i < 9; i++) {
         /* Noise and an acknowledged difference do not count. */
         struct endpoint_sample s = {
@@ -622,6 +628,14 @@ static void test_warmup_and_find(void **state)
     }
     assert_false(endpoint_warming_up(t, id));
     assert_false(endpoint_warming_up(t, 99));
+    /* The warm-up's comparisons are not in the window; the next one is. */
+    struct endpoint_limits lim = {1, 0.5, 0.5};
+    struct endpoint_verdict v;
+    endpoint_verdict(t, id, &lim, 0, &v);
+    assert_int_equal(v.comparisons, 0);
+    record_clean(t, "/posts/9", 0);
+    endpoint_verdict(t, id, &lim, 0, &v);
+    assert_int_equal(v.comparisons, 1);
     endpoint_table_free(t);
     t = table(NULL, 0, 10, 0);
     assert_false(endpoint_warming_up(t, ENDPOINT_NEW)); /* warm-up off */
