@@ -104,16 +104,19 @@ void metrics_route_windows(struct server *srv, const struct route_state *rs, jso
                                   (json_int_t)w.comparisons, "divergences", (json_int_t)w.divergent,
                                   "divergence_rate", ratio(w.divergent, w.comparisons),
                                   "new_error_rate", ratio(w.new_errors, w.new_requests)));
-    /* Divergence rate per 10-second step over the last 10 minutes, oldest first. */
+    /* Divergence rate per 10-second step over the last 10 minutes, oldest first.
+     * The steps end now (the oldest may be shorter), so that the chart holds
+     * every comparison the window counts. */
     json_t *hist = json_array();
     const struct ring *r = rs->samples;
     if (r != NULL && r->count >= 2) {
         size_t span = r->count - 1 < 600 ? r->count - 1 : 600;
-        for (size_t back = span; back >= 10; back -= 10) {
-            const struct sample *a = sample_at(r, back), *b = sample_at(r, back - 10);
+        for (size_t end = (span - 1) / 10 * 10 + 10; end >= 10; end -= 10) {
+            size_t back = end > span ? span : end;
+            const struct sample *a = sample_at(r, back), *b = sample_at(r, end - 10);
             json_array_append_new(
                 hist,
-                json_pack("{s:i,s:I,s:I,s:f}", "ago_s", (int)(back - 10), "comparisons",
+                json_pack("{s:i,s:I,s:I,s:f}", "ago_s", (int)(end - 10), "comparisons",
                           (json_int_t)(b->comparisons - a->comparisons), "divergences",
                           (json_int_t)(b->divergent - a->divergent), "rate",
                           ratio(b->divergent - a->divergent, b->comparisons - a->comparisons)));
