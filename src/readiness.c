@@ -125,10 +125,19 @@ json_t *readiness_endpoints_json(const struct route_cfg *rt)
     readiness_limits(rt, &lim);
     json_t *j = NULL;
     uv_mutex_lock(&rs->noise_lock);
-    struct endpoint_table *t = table_for(rs, rt);
+    /* A route never compared gets no table of its own for being looked at. */
+    struct endpoint_table *tmp = NULL, *t = rs->endpoints;
+    if (t != NULL) {
+        t = table_for(rs, rt);
+    } else {
+        struct endpoint_config cfg;
+        table_config(rt, &cfg);
+        t = tmp = endpoint_table_new(&cfg);
+    }
     if (t != NULL)
         j = endpoint_table_json(t, &lim, state_now_ms());
     uv_mutex_unlock(&rs->noise_lock);
+    endpoint_table_free(tmp);
     if (j == NULL)
         return NULL;
     json_object_set_new(j, "route", json_string(rt->name));
