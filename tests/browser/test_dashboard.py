@@ -484,6 +484,45 @@ class DashboardTest(unittest.TestCase):
                       if not re.search(r"status of 401 .*/api/v1/routes/orders$", e)]
         self.assertEqual(unexpected, [], "console errors or uncaught exceptions")
 
+    def test_2a_badges_and_chart_agree(self):
+        """The page never contradicts itself: the "rolled back" badge of orders (rolled
+        back by test_2) goes once the route is raised again, the note says so; with
+        comparisons in the window the chart does not say there are none."""
+        p = self.open_dashboard()
+        pills = "document.querySelector('[data-route=orders] [data-field=pills]').textContent"
+        if self.routes()["orders"]["new_percent"] != 0:
+            self.skipTest("orders is not rolled back (test_2 did not run)")
+        p.wait_for(pills + ".includes('rolled back')", 10, "the rolled-back badge")
+        c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=10)
+        try:
+            c.request("PATCH", "/api/v1/routes/orders", body=json.dumps({"new_percent": 30}),
+                      headers={"Authorization": "Bearer " + TOKEN,
+                               "Content-Type": "application/json"})
+            self.assertEqual(c.getresponse().status, 200)
+        finally:
+            c.close()
+        p.wait_for("!" + pills + ".includes('rolled back')", 10, "the badge gone at 30 %")
+        self.assertIn("Raised again", self.field("orders", "rollback-note"))
+        # Rolled back again (the later tests expect it): the badge is back.
+        c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=10)
+        try:
+            c.request("POST", "/api/v1/routes/orders/rollback",
+                      headers={"Authorization": "Bearer " + TOKEN})
+            self.assertEqual(c.getresponse().status, 200)
+        finally:
+            c.close()
+        p.wait_for(pills + ".includes('rolled back')", 10, "the badge back at 0 %")
+        self.send_traffic()
+        p.wait_for("/[1-9][0-9,]* comparisons diverged/.test(document.querySelector("
+                   "'[data-route=orders] [data-field=\"window-counts\"]').textContent)", 10,
+                   "comparisons in the window tile")
+        self.assertFalse(p.evaluate("!!document.querySelector('[data-route=orders] "
+                                    "[data-field=chart] .chart-empty')"),
+                         "the chart says there are no comparisons beside the tile's count")
+        self.assertTrue(p.evaluate("document.querySelectorAll('[data-route=orders] "
+                                   "[data-field=chart] rect:not(.empty-bar)').length > 0"))
+        self.assert_no_page_errors()
+
     def test_3_divergence_records(self):
         """Records and the summary (served by a DevTools interception in the shapes of
         SPEC "Divergence record"): the list, the side-by-side view and copy as curl."""
