@@ -182,6 +182,11 @@ static bool looks_like_id(const char *s, size_t n)
         return true;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
+        unsigned char u = (unsigned char)c;
+        /* A byte no name is made of (not printable ASCII, a quote, a backslash,
+         * a brace) never reaches an endpoint's name, its JSON or a label. */
+        if (u <= ' ' || u >= 0x7f || c == '"' || c == '\\' || c == '{' || c == '}')
+            return true;
         digits += is_digit(c);
         letters += is_alpha(c);
         hex += is_hex(c);

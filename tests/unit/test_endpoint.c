@@ -611,6 +611,17 @@ static void test_ack_matches(void **state)
     assert_false(endpoint_ack_matches(NULL, "GET /x", "json", "/a"));
 }
 
+static void test_odd_bytes_are_ids(void **state)
+{
+    struct endpoint_table *t = table(NULL, 0, 10, 0);
+    (void)state;
+    static const char *const odd[] = {"/x/caf\xc3\xa9", "/x/a\"b", "/x/a\\b", "/x/{y}", "/x/\xff"};
+    for (size_t i = 0; i < ARRAY_SIZE(odd); i++)
+        assert_string_equal(endpoint_name(t, id_of(t, "GET", odd[i])), "GET /x/{id}");
+    assert_string_equal(endpoint_name(t, id_of(t, "GET", "/x/list")), "GET /x/list");
+    endpoint_table_free(t);
+}
+
 static void test_warmup_and_find(void **state)
 {
     struct endpoint_table *t = table(NULL, 0, 10, 3);
@@ -728,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_ack_matches),
         cmocka_unit_test(test_warmup_and_find),
+        cmocka_unit_test(test_odd_bytes_are_ids),
         cmocka_unit_test(test_json_and_series),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
