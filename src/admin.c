@@ -235,6 +235,7 @@ static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
     json_object_set_new(j, "comparisons", json_integer((json_int_t)t.comparisons));
     json_object_set_new(j, "divergences", json_integer((json_int_t)t.divergent));
     json_object_set_new(j, "divergence_rate", json_real(rate(t.divergent, t.comparisons)));
+    json_object_set_new(j, "acknowledged", json_integer((json_int_t)t.acknowledged));
     json_object_set_new(j, "fallbacks", json_integer((json_int_t)t.fallbacks));
     metrics_route_windows(srv, rs, j);
     return j;

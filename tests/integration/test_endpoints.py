@@ -158,6 +158,7 @@ class Endpoints(FicusTestCase):
             r = a.route("api")
             self.assertEqual(r["new_percent"], 100, "acknowledged differences rolled back")
             self.assertEqual(r["divergences"], 0)
+            self.assertEqual(r["acknowledged"], 20)
         eps = self.endpoints(f)
         self.assertEqual(eps["GET /users/{id}"]["acknowledged"], 20)
         self.assertEqual(eps["GET /users/{id}"]["verdict"], "ready")
