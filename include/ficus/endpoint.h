@@ -140,9 +140,10 @@ struct endpoint_sample {
 
 /* An acknowledged difference: expected, shown apart, not counted against
  * readiness. path is a JSON Pointer pattern ("*" matches any one segment, as in
- * diff.ignore; for header items the header name, "status", "body", or the
- * failed side for errors); kind NULL or "" matches any kind, endpoint NULL or
- * "" any endpoint. The strings belong to the caller. */
+ * diff.ignore; for header items the header name, "status", or the failed side
+ * for errors; a body difference is covered by any acknowledgement of kind
+ * "body", or of path "body" or ""); kind NULL or "" matches any kind, endpoint
+ * NULL or "" any endpoint. The strings belong to the caller. */
 struct endpoint_ack {
     const char *path;
     const char *kind;

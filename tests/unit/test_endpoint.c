@@ -608,6 +608,13 @@ static void test_ack_matches(void **state)
     assert_true(endpoint_ack_matches(&any, "GET /x", "added", "/7/id"));
     assert_true(endpoint_ack_matches(&body, "GET /x", "body", "1234"));
     assert_false(endpoint_ack_matches(&body, "GET /x", "json", "/a"));
+    struct endpoint_ack body_named = {.path = "body", .kind = "body"};
+    struct endpoint_ack any_kind_body = {.path = "body"};
+    struct endpoint_ack json_only = {.path = "/a", .kind = "json"};
+    assert_true(endpoint_ack_matches(&body_named, "GET /x", "body", "17"));
+    assert_true(endpoint_ack_matches(&any_kind_body, "GET /x", "body", "0"));
+    assert_false(endpoint_ack_matches(&json_only, "GET /x", "body", "0"));
+    assert_false(endpoint_ack_matches(&any, "GET /x", "body", "0"));
     assert_false(endpoint_ack_matches(NULL, "GET /x", "json", "/a"));
 }
 
