@@ -11,7 +11,8 @@ killed one is gone (and another drives the ramp) within seconds.
                 a corrupt or foreign value written by hand (logged, ignored), and the
                 acknowledgements API on the fleet (stored in etcd and the cache)
   Guard         a trip through one instance's traffic rolls back the others; the
-                guard decides on the fleet's sum of published counts
+                guard decides on the fleet's sum of published counts; a difference
+                acknowledged through one instance is counted by no guard
   Ramp          each step taken exactly once (etcd's history of the key), on after
                 the driver is killed with SIGKILL
   Outage        a restart during an etcd outage starts from the cached state; a
