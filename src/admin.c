@@ -9,6 +9,7 @@
 #include "ficus/httpserv.h"
 #include "ficus/log.h"
 #include "ficus/metrics.h"
+#include "ficus/readiness.h"
 #include "ficus/state.h"
 #include "ficus/store.h"
 #include "ficus/worker.h"
@@ -234,6 +235,7 @@ static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
     json_object_set_new(j, "comparisons", json_integer((json_int_t)t.comparisons));
     json_object_set_new(j, "divergences", json_integer((json_int_t)t.divergent));
     json_object_set_new(j, "divergence_rate", json_real(rate(t.divergent, t.comparisons)));
+    json_object_set_new(j, "acknowledged", json_integer((json_int_t)t.acknowledged));
     json_object_set_new(j, "fallbacks", json_integer((json_int_t)t.fallbacks));
     metrics_route_windows(srv, rs, j);
     return j;
@@ -679,6 +681,25 @@ static bool admin_route_sub(struct admin *a, const struct http_head *h, struct s
     return true;
 }
 
+/* GET /api/v1/routes/{name}/endpoints: per-endpoint readiness (readiness.h). */
+static void get_endpoints(struct admin *a, const struct http_head *h, struct span name,
+                          struct reply *r)
+{
+    if (!span_eq(h->method, "GET") && !span_eq(h->method, "HEAD")) {
+        r->allow = "GET, HEAD";
+        reply_error(r, 405, "method not allowed");
+        return;
+    }
+    const struct route_cfg *rt = find_route(a->srv, name.p, name.len);
+    json_t *j = rt != NULL ? readiness_endpoints_json(rt) : NULL;
+    if (rt == NULL)
+        reply_error(r, 404, "no such route");
+    else if (j == NULL)
+        reply_error(r, 500, "out of memory");
+    else
+        reply_json(r, 200, j);
+}
+
 static void dispatch(struct admin *a, const struct http_head *h, const char *body, size_t blen,
                      struct httpserv_reply *out, struct reply *r)
 {
@@ -765,6 +786,10 @@ static void dispatch(struct admin *a, const struct http_head *h, const char *bod
         bool rollback = false;
         if (slash != NULL) {
             struct span sub = {slash, (size_t)(name + nlen - slash)};
+            if (span_eq(sub, "/endpoints")) {
+                get_endpoints(a, h, (struct span){name, (size_t)(slash - name)}, r);
+                return;
+            }
             if (admin_route_sub(a, h, (struct span){name, (size_t)(slash - name)}, sub, body, blen,
                                 out, r))
                 return;

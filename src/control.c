@@ -38,8 +38,10 @@ static void guard_counts(struct server *srv, const struct route_cfg *rt, struct 
     metrics_window(rt->state, rt->guard_window_ms, &w);
     struct fleet_counts others;
     *instances = 1 + store_fleet_counts(srv->store, rt->name, rt->guard_window_ms, &others);
-    sum->comparisons = w.comparisons + others.comparisons;
-    sum->divergent = w.divergent + others.divergent;
+    /* Comparisons of endpoints still warming up and differences that are
+     * noise or acknowledged are not counted (readiness.h). */
+    sum->comparisons = w.guard_comparisons + others.comparisons;
+    sum->divergent = w.guard_divergent + others.divergent;
     sum->new_requests = w.new_requests + others.new_requests;
     sum->new_errors = w.new_errors + others.new_errors;
 }
@@ -148,8 +150,9 @@ static void publish_counts(struct server *srv)
             metrics_window(rt->state, rt->guard_window_ms, &w);
             c[n].route = rt->name;
             c[n].window_ms = rt->guard_window_ms;
-            c[n].c.comparisons = w.comparisons;
-            c[n].c.divergent = w.divergent <= w.comparisons ? w.divergent : w.comparisons;
+            c[n].c.comparisons = w.guard_comparisons;
+            c[n].c.divergent =
+                w.guard_divergent <= w.guard_comparisons ? w.guard_divergent : w.guard_comparisons;
             c[n].c.new_requests = w.new_requests;
             c[n].c.new_errors = w.new_errors <= w.new_requests ? w.new_errors : w.new_requests;
             n++;

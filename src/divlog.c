@@ -24,7 +24,8 @@ struct path_stat {
     char *route;
     char *path; /* normalised */
     char *kind;
-    unsigned long long count, noise;
+    unsigned long long count, noise, acked;
+    bool noise_now; /* the path's class in the latest comparison that had it */
     char example_id[64];
 };
 
@@ -106,8 +107,11 @@ static unsigned hash_key(const char *route, const char *path, const char *kind)
     return (unsigned)(h % SUMMARY_BUCKETS);
 }
 
+/* What a path was in one comparison; the lowest wins when it was several. */
+enum { CLS_COUNTED, CLS_ACKED, CLS_NOISE };
+
 static void count_path(struct divlog *d, const char *route, const char *raw_path, const char *kind,
-                       bool noise, const char *id)
+                       int cls, const char *id)
 {
     char path[1024];
     diff_normalize_path(raw_path, path, sizeof(path));
@@ -136,10 +140,10 @@ static void count_path(struct divlog *d, const char *route, const char *raw_path
         d->buckets[h] = ps;
         d->n_stats++;
     }
-    if (noise)
-        ps->noise++;
-    else
-        ps->count++;
+    ps->noise += cls == CLS_NOISE;
+    ps->acked += cls == CLS_ACKED;
+    ps->count += cls == CLS_COUNTED;
+    ps->noise_now = cls == CLS_NOISE;
     snprintf(ps->example_id, sizeof(ps->example_id), "%s", id);
 }
 
@@ -185,11 +189,12 @@ struct divrec *divrec_new(const char *route, const char *id, bool divergent, con
 /* The (kind, normalised path) entries of one record, each once: a list
  * endpoint whose every item differs shows "/ * /views" once per comparison, so
  * a path's count stays a number of comparisons and its rate a share of them
- * (the summary once showed 210 %). Counted beats noise when a path is both. */
+ * (the summary once showed 210 %). Counted beats acknowledged beats noise
+ * when a path is several. */
 struct rec_stat {
     const char *kind;
     char path[1024];
-    bool noise;
+    int cls;
 };
 
 static void count_record(struct divlog *d, const struct divrec *rec)
@@ -208,21 +213,24 @@ static void count_record(struct divlog *d, const struct divrec *rec)
         struct rec_stat cur;
         size_t j = 0;
         st += strlen(st) + 1;
-        if (k != DIVREC_NOISE && k >= DIFF_KIND_N)
+        bool noise = k == DIVREC_NOISE;
+        cur.cls = noise ? CLS_NOISE : (k & DIVREC_ACK) ? CLS_ACKED : CLS_COUNTED;
+        if (!noise)
+            k &= (unsigned char)~DIVREC_ACK;
+        if (!noise && k >= DIFF_KIND_N)
             continue;
-        cur.noise = k == DIVREC_NOISE;
-        cur.kind = cur.noise ? "json" : diff_kind_name((enum diff_kind)k);
-        diff_normalize_path(!cur.noise && k == DIFF_BODY ? "" : path, cur.path, sizeof(cur.path));
+        cur.kind = noise ? "json" : diff_kind_name((enum diff_kind)k);
+        diff_normalize_path(!noise && k == DIFF_BODY ? "" : path, cur.path, sizeof(cur.path));
         while (j < n_seen &&
                !(strcmp(seen[j].kind, cur.kind) == 0 && strcmp(seen[j].path, cur.path) == 0))
             j++;
         if (j == n_seen)
             seen[n_seen++] = cur;
-        else if (!cur.noise)
-            seen[j].noise = false;
+        else if (cur.cls < seen[j].cls)
+            seen[j].cls = cur.cls;
     }
     for (size_t j = 0; j < n_seen; j++)
-        count_path(d, rec->route, seen[j].path, seen[j].kind, seen[j].noise, rec->id);
+        count_path(d, rec->route, seen[j].path, seen[j].kind, seen[j].cls, rec->id);
     free(seen);
 }
 
@@ -462,12 +470,14 @@ json_t *divlog_summary(struct divlog *d, const char *route)
                 state_totals(d->srv->state, rs, &t);
                 comparisons = t.comparisons;
             }
-            unsigned long long all = ps->count + ps->noise;
-            items[n++] = json_pack("{s:s,s:s,s:s,s:I,s:I,s:f,s:b,s:s}", "route", ps->route, "path",
-                                   ps->path, "kind", ps->kind, "count", (json_int_t)ps->count,
-                                   "noise_count", (json_int_t)ps->noise, "rate",
-                                   comparisons ? (double)all / (double)comparisons : 0.0, "noise",
-                                   ps->noise > ps->count, "example_id", ps->example_id);
+            unsigned long long all = ps->count + ps->noise + ps->acked;
+            /* noise: how the latest comparison with the path classed it. */
+            items[n++] =
+                json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:b,s:s}", "route", ps->route, "path",
+                          ps->path, "kind", ps->kind, "count", (json_int_t)ps->count, "noise_count",
+                          (json_int_t)ps->noise, "acknowledged_count", (json_int_t)ps->acked,
+                          "rate", comparisons ? (double)all / (double)comparisons : 0.0, "noise",
+                          ps->noise_now, "example_id", ps->example_id);
         }
     }
     if (n > 1)

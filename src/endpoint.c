@@ -182,6 +182,11 @@ static bool looks_like_id(const char *s, size_t n)
         return true;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
+        unsigned char u = (unsigned char)c;
+        /* A byte no name is made of (not printable ASCII, a quote, a backslash,
+         * a brace) never reaches an endpoint's name, its JSON or a label. */
+        if (u <= ' ' || u >= 0x7f || c == '"' || c == '\\' || c == '{' || c == '}')
+            return true;
         digits += is_digit(c);
         letters += is_alpha(c);
         hex += is_hex(c);
@@ -1032,7 +1037,10 @@ bool endpoint_ack_matches(const struct endpoint_ack *ack, const char *endpoint, 
     if (ack->kind != NULL && ack->kind[0] != '\0' && (kind == NULL || strcmp(ack->kind, kind) != 0))
         return false;
     if (kind != NULL && strcmp(kind, "body") == 0)
-        path = ""; /* a body difference is one thing, whatever its offset */
+        /* A body difference is one thing, whatever its offset: any path of an
+         * acknowledgement of kind body (the API wants one) covers it. */
+        return (ack->kind != NULL && strcmp(ack->kind, "body") == 0) || ack->path[0] == '\0' ||
+               strcmp(ack->path, "body") == 0;
     return diff_pointer_match(ack->path, path != NULL ? path : "");
 }
 
@@ -1074,6 +1082,13 @@ void endpoint_record(struct endpoint_table *t, int id, const struct endpoint_sam
     e = (struct ep *)ep_get(t, id);
     if (e == NULL)
         e = t->eps[0];
+    /* The warm-up's comparisons teach noise: their differences were judged
+     * before it was known, so they stay out of the window and the totals'
+     * divergences (as out of the guard's counts). */
+    if (t->warmup > 0 && e->comparisons_total < t->warmup) {
+        e->comparisons_total++;
+        return;
+    }
     epoch = now_ms / t->bucket_ms;
     slot = slot_at(e, epoch);
     slot->comparisons++;

@@ -3,6 +3,7 @@
 #include "ficus/discovery.h"
 #include "ficus/divlog.h"
 #include "ficus/log.h"
+#include "ficus/readiness.h"
 #include "ficus/worker.h"
 #include "ficus/upstream.h"
 
@@ -16,6 +17,7 @@
 
 struct sample {
     unsigned long long comparisons, divergent, new_requests, new_errors;
+    unsigned long long guard_comparisons, guard_divergent;
 };
 
 struct ring {
@@ -43,6 +45,8 @@ static void take_sample(struct route_state *rs, void *arg)
     struct sample *s = &r->s[r->next];
     s->comparisons = t.comparisons;
     s->divergent = t.divergent;
+    s->guard_comparisons = t.guard_comparisons;
+    s->guard_divergent = t.guard_divergent;
     /* A fallback counts new's failed attempt under new (conn.c), so new's
      * error rate sees it. */
     s->new_requests = 0;
@@ -80,6 +84,8 @@ void metrics_window(const struct route_state *rs, int64_t window_ms, struct wind
     out->divergent = now->divergent - then->divergent;
     out->new_requests = now->new_requests - then->new_requests;
     out->new_errors = now->new_errors - then->new_errors;
+    out->guard_comparisons = now->guard_comparisons - then->guard_comparisons;
+    out->guard_divergent = now->guard_divergent - then->guard_divergent;
     out->seconds = (double)back;
 }
 
@@ -98,16 +104,19 @@ void metrics_route_windows(struct server *srv, const struct route_state *rs, jso
                                   (json_int_t)w.comparisons, "divergences", (json_int_t)w.divergent,
                                   "divergence_rate", ratio(w.divergent, w.comparisons),
                                   "new_error_rate", ratio(w.new_errors, w.new_requests)));
-    /* Divergence rate per 10-second step over the last 10 minutes, oldest first. */
+    /* Divergence rate per 10-second step over the last 10 minutes, oldest first.
+     * The steps end now (the oldest may be shorter), so that the chart holds
+     * every comparison the window counts. */
     json_t *hist = json_array();
     const struct ring *r = rs->samples;
     if (r != NULL && r->count >= 2) {
         size_t span = r->count - 1 < 600 ? r->count - 1 : 600;
-        for (size_t back = span; back >= 10; back -= 10) {
-            const struct sample *a = sample_at(r, back), *b = sample_at(r, back - 10);
+        for (size_t end = (span - 1) / 10 * 10 + 10; end >= 10; end -= 10) {
+            size_t back = end > span ? span : end;
+            const struct sample *a = sample_at(r, back), *b = sample_at(r, end - 10);
             json_array_append_new(
                 hist,
-                json_pack("{s:i,s:I,s:I,s:f}", "ago_s", (int)(back - 10), "comparisons",
+                json_pack("{s:i,s:I,s:I,s:f}", "ago_s", (int)(end - 10), "comparisons",
                           (json_int_t)(b->comparisons - a->comparisons), "divergences",
                           (json_int_t)(b->divergent - a->divergent), "rate",
                           ratio(b->divergent - a->divergent, b->comparisons - a->comparisons)));
@@ -373,6 +382,7 @@ void metrics_render(struct server *srv, struct buf *out)
         rc.pass = (int)i;
         state_each(srv->state, render_route, &rc);
     }
+    readiness_render_metrics(srv->state, out);
 
     head(out, "ficus_upstream_connections", "gauge", "Upstream connections, by state.");
     /* Pools belong to workers; their sizes are read without a lock and may be

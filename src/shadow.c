@@ -4,6 +4,7 @@
 #include "ficus/divlog.h"
 #include "ficus/log.h"
 #include "ficus/noise.h"
+#include "ficus/readiness.h"
 #include "ficus/replay.h"
 #include "ficus/state.h"
 #include "ficus/upclient.h"
@@ -84,7 +85,8 @@ struct comparison {
     bool skipped;
     bool divergent;
     unsigned long long kinds[DIFF_KIND_N];
-    unsigned long long n_noise;
+    unsigned long long n_noise, n_acked;
+    bool warm; /* its endpoint was past its warm-up: the guard counts it */
 };
 
 /* A worker's diff batches. Comparisons that become ready during a loop turn
@@ -109,6 +111,9 @@ struct shadow_worker {
     struct diff_header hdrs[HTTP_MAX_HEADERS * 3];
     struct diff_result res[2];
     struct buf line, diffs, noise, stats; /* record text, kept between batches */
+    struct buf excerpt;                   /* a body excerpt, redacted */
+    struct readiness_result rr;           /* the comparison's classes */
+    struct http_head req_scratch;         /* the request head, parsed for its secrets */
     char ts_prefix[64];                   /* "YYYY-MM-DDTHH:MM:SS" of ts_sec */
     time_t ts_sec;
     /* Finished comparisons kept with their buffers and head storage for the
@@ -207,7 +212,8 @@ static struct comparison *comparison_get(struct shadow_worker *sw)
     c->skipped = false;
     c->divergent = false;
     memset(c->kinds, 0, sizeof(c->kinds));
-    c->n_noise = 0;
+    c->n_noise = c->n_acked = 0;
+    c->warm = false;
     return c;
 }
 
@@ -612,37 +618,14 @@ static int member_str(struct buf *out, const char *name, const char *value, bool
     return rc != 0 ? rc : buf_json_text(out, value, strlen(value));
 }
 
-/* One diff item, {"kind":..,"path":..,"legacy":..,"new":..}; a redacted header
- * shows "[redacted]" on both sides, an absent side null. */
-static int diff_item_json(struct buf *out, const struct diff_item *it, bool redact)
-{
-    int rc = buf_puts(out, "{");
-    if (rc == 0)
-        rc = member_str(out, "kind", diff_kind_name(it->kind), true);
-    if (rc == 0)
-        rc = member_str(out, "path", it->path, false);
-    const struct jv *sides[2] = {it->legacy, it->new_};
-    for (int i = 0; i < 2 && rc == 0; i++) {
-        rc = buf_puts(out, i == 0 ? ",\"legacy\":" : ",\"new\":");
-        if (rc != 0)
-            break;
-        if (redact)
-            rc = buf_puts(out, "\"[redacted]\"");
-        else if (sides[i] == NULL)
-            rc = buf_puts(out, "null");
-        else
-            rc = jv_write(out, sides[i], DIVLOG_REAL_PRECISION);
-    }
-    return rc != 0 ? rc : buf_puts(out, "}");
-}
-
 /* The record line, SPEC's format: the members in this order, "truncated" only
  * when set. Bytes that are not UTF-8 (a Latin-1 query string, say) are escaped
  * as \xNN: a record is never refused for the client's bytes. Fails only when
  * memory runs out. */
 static int record_json(struct buf *out, const struct comparison *c, const char *ts,
                        const struct capture *legacy, const struct capture *newc,
-                       const struct buf *diffs, const struct buf *noise, bool truncated)
+                       const struct buf *diffs, const struct buf *noise, bool truncated,
+                       const char *endpoint, const struct redact *red, struct buf *tmp)
 {
     size_t bb = c->cfg->divlog_body_bytes;
     int rc = buf_puts(out, "{");
@@ -656,6 +639,8 @@ static int record_json(struct buf *out, const struct comparison *c, const char *
         rc = member_str(out, "method", c->method, false);
     if (rc == 0)
         rc = member_str(out, "target", c->target, false);
+    if (rc == 0)
+        rc = member_str(out, "endpoint", endpoint, false);
     if (rc == 0)
         rc = member_str(out, "primary", c->primary_is_new ? "new" : "legacy", false);
     if (rc == 0)
@@ -676,12 +661,17 @@ static int record_json(struct buf *out, const struct comparison *c, const char *
         rc = buf_append(out, noise->data, noise->len);
     if (rc == 0)
         rc = buf_puts(out, "],\"bodies\":{\"legacy\":");
-    if (rc == 0)
-        rc = text_excerpt(out, legacy->body.data, legacy->body.len, bb);
-    if (rc == 0)
-        rc = buf_puts(out, ",\"new\":");
-    if (rc == 0)
-        rc = text_excerpt(out, newc->body.data, newc->body.len, bb);
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        const struct capture *cap = i == 0 ? legacy : newc;
+        buf_reset(tmp);
+        if (i == 1)
+            rc = buf_puts(out, ",\"new\":");
+        if (rc == 0)
+            rc = redact_excerpt(tmp, red, cap->body.data ? cap->body.data : "", cap->body.len, bb,
+                                readiness_is_json(cap->parsed));
+        if (rc == 0)
+            rc = text_excerpt(out, tmp->data ? tmp->data : "", tmp->len, tmp->len);
+    }
     if (rc == 0)
         rc = buf_puts(out, "},");
     /* The request, for replay; a head that does not parse again (never
@@ -728,38 +718,48 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     buf_reset(noise);
     buf_reset(stats);
     size_t n_diffs = 0, n_noise_items = 0, n_stats = 0;
-    uv_mutex_lock(&rs->noise_lock);
-    if (rt->noise && rs->noise == NULL)
-        rs->noise = noise_new(rt->noise_threshold);
-    if (learn && rs->noise != NULL)
-        noise_observe(rs->noise, &res[1]);
+    struct readiness_result *rr = &sw->rr;
+    const struct readiness_sides sides = {
+        .legacy_status = rl.error == NULL ? rl.status : 0,
+        .new_status = rn.error == NULL ? rn.status : 0,
+        .legacy_error = rl.error,
+        .new_error = rn.error,
+        .legacy_ms = legacy->ms,
+        .new_ms = newc->ms,
+    };
+    readiness_compare(rs, rt, c->method, c->target, &res[0], learn ? &res[1] : NULL, &sides, rr);
+    c->warm = !rr->warming;
+    c->n_noise = rr->n_noise;
+    c->n_acked = rr->n_acked;
+    c->divergent = rr->counted;
+    struct redact_secrets secrets;
+    redact_secrets_init(&secrets);
+    const struct redact red = {c->cfg->redact_json, c->cfg->n_redact_json, &secrets};
+    if (res[0].n > 0)
+        readiness_secrets(&secrets, c->cfg, c->req_head.data, c->req_head.len, &sw->req_scratch);
     for (size_t i = 0; i < res[0].n; i++) {
         struct diff_item *it = &res[0].items[i];
-        bool is_noise =
-            rs->noise != NULL &&
-            (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&
-            noise_is_noise(rs->noise, it->path);
+        bool is_noise = rr->noise[i];
         struct buf *to = is_noise ? noise : diffs;
         size_t mark = to->len;
         bool first = is_noise ? n_noise_items == 0 : n_diffs == 0;
         int rc = first ? 0 : buf_puts(to, ",");
         if (is_noise) {
-            c->n_noise++;
             if (rc == 0)
                 rc = buf_json_text(to, it->path, strlen(it->path));
         } else {
-            c->kinds[it->kind]++;
-            c->divergent = true;
-            bool redact =
-                it->kind == DIFF_HEADER && config_is_redacted(c->cfg, it->path, strlen(it->path));
+            if (!rr->acked[i])
+                c->kinds[it->kind]++;
             if (rc == 0)
-                rc = diff_item_json(to, it, redact);
+                rc = readiness_item_json(to, c->cfg, &red, it, rr->acked[i]);
         }
         /* An item that cannot be written (out of memory: bytes that are not
          * UTF-8 are escaped) is left out of the record and of the path
          * statistics; the comparison still counts as divergent. */
         if (rc == 0)
-            rc = divrec_add_stat(stats, is_noise ? DIVREC_NOISE : (int)it->kind, it->path);
+            rc = divrec_add_stat(
+                stats, is_noise ? DIVREC_NOISE : (int)it->kind | (rr->acked[i] ? DIVREC_ACK : 0),
+                it->path);
         if (rc != 0) {
             to->len = mark;
             continue;
@@ -770,15 +770,19 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
         else
             n_diffs++;
     }
-    uv_mutex_unlock(&rs->noise_lock);
-    if (c->divergent || n_noise_items > 0) {
+    /* A comparison whose differences are all acknowledged is still written:
+     * the log shows every difference, marked. */
+    bool written = c->divergent || n_diffs > 0;
+    if (written || n_noise_items > 0) {
         buf_reset(&sw->line);
         char ts[96];
         format_ts(sw, &c->ts, ts, sizeof(ts));
-        if (record_json(&sw->line, c, ts, legacy, newc, diffs, noise, res[0].truncated) == 0)
-            c->record = divrec_new(rt->name, c->reqid, c->divergent, &sw->line, stats, n_stats);
-        c->record_lost = c->record == NULL && c->divergent;
+        if (record_json(&sw->line, c, ts, legacy, newc, diffs, noise, res[0].truncated,
+                        rr->endpoint, &red, &sw->excerpt) == 0)
+            c->record = divrec_new(rt->name, c->reqid, written, &sw->line, stats, n_stats);
+        c->record_lost = c->record == NULL && written;
     }
+    redact_secrets_dispose(&secrets);
     diff_result_dispose(&res[0]);
     diff_result_dispose(&res[1]);
 }
@@ -817,6 +821,13 @@ static void finish_one(struct comparison *c, int status, struct divrec **recs, s
         counter_add(&rc->divergent, 1);
     if (c->n_noise)
         counter_add(&rc->noise, c->n_noise);
+    if (c->n_acked)
+        counter_add(&rc->acknowledged, c->n_acked);
+    if (c->warm) {
+        counter_add(&rc->guard_comparisons, 1);
+        if (c->divergent)
+            counter_add(&rc->guard_divergent, 1);
+    }
     if (c->record != NULL && w->srv->divlog != NULL) {
         recs[(*n_recs)++] = c->record;
         c->record = NULL;
@@ -835,6 +846,7 @@ static void shadow_worker_maybe_free(struct shadow_worker *sw)
         buf_dispose(&sw->diffs);
         buf_dispose(&sw->noise);
         buf_dispose(&sw->stats);
+        buf_dispose(&sw->excerpt);
         while (sw->free_list != NULL) {
             struct comparison *c = sw->free_list;
             sw->free_list = c->next;
@@ -1033,7 +1045,11 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
     /* The noise sample: safe requests only, since legacy sees them twice. */
     bool safe = span_eq(req->method, "GET") || span_eq(req->method, "HEAD") ||
                 span_eq(req->method, "OPTIONS");
-    if (rt->noise && safe && (double)(worker_random(w) % 10000) < rt->noise_percent * 100.0) {
+    /* Every safe request of an endpoint still warming up gets one, then the
+     * configured share. */
+    if (rt->noise && safe &&
+        ((double)(worker_random(w) % 10000) < rt->noise_percent * 100.0 ||
+         readiness_wants_twin(rs, rt, req->method, req->target))) {
         c->twin = calloc(1, sizeof(*c->twin));
         if (c->twin != NULL) {
             c->twin->c = c;

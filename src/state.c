@@ -1,6 +1,7 @@
 #include "ficus/state.h"
 #include "ficus/buf.h"
 #include "ficus/common.h"
+#include "ficus/endpoint.h"
 #include "ficus/log.h"
 
 #include <dirent.h>
@@ -33,11 +34,15 @@ struct state_table {
     bool dirty;              /* changed since the last save */
 };
 
-/* A route's acknowledged differences, replaced whole on each change. */
+/* A route's acknowledged differences, replaced whole on each change and never
+ * changed in place: the control thread's list, also published to comparisons
+ * (rs->acks_pub), each holding a reference. */
 struct state_acks {
     struct arena arena;
     struct fleet_ack *v;
+    struct endpoint_ack *match; /* the same entries, as comparisons match them */
     size_t n;
+    atomic_int refs;
 };
 
 /* Clock skew between the machines of a fleet, for telling a rollback that
@@ -59,10 +64,44 @@ int64_t state_now_ms(void)
 
 static void acks_free(struct state_acks *a)
 {
-    if (a == NULL)
+    if (a == NULL || atomic_fetch_sub(&a->refs, 1) != 1)
         return;
     arena_dispose(&a->arena);
     free(a);
+}
+
+void state_acks_drop(struct state_acks *a)
+{
+    acks_free(a);
+}
+
+struct state_acks *state_acks_hold(struct route_state *rs)
+{
+    uv_mutex_lock(&rs->noise_lock);
+    struct state_acks *a = rs->acks_pub;
+    if (a != NULL)
+        atomic_fetch_add(&a->refs, 1);
+    uv_mutex_unlock(&rs->noise_lock);
+    return a;
+}
+
+const struct endpoint_ack *state_acks_view(const struct state_acks *a, size_t *n)
+{
+    *n = a != NULL ? a->n : 0;
+    return a != NULL ? a->match : NULL;
+}
+
+/* Publishes the control thread's current list to the comparisons. */
+static void acks_publish(struct route_state *rs)
+{
+    struct state_acks *a = rs->acks;
+    if (a != NULL)
+        atomic_fetch_add(&a->refs, 1);
+    uv_mutex_lock(&rs->noise_lock);
+    struct state_acks *old = rs->acks_pub;
+    rs->acks_pub = a;
+    uv_mutex_unlock(&rs->noise_lock);
+    acks_free(old);
 }
 
 /* A copy of n acknowledgements (ids made where missing), or NULL when out of
@@ -72,9 +111,11 @@ static struct state_acks *acks_new(const struct fleet_ack *src, size_t n)
     struct state_acks *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return NULL;
+    atomic_init(&a->refs, 1);
     arena_init(&a->arena);
     a->v = arena_alloc(&a->arena, n * sizeof(*a->v));
-    if (a->v == NULL)
+    a->match = arena_alloc(&a->arena, n * sizeof(*a->match));
+    if (a->v == NULL || a->match == NULL)
         goto fail;
     for (size_t i = 0; i < n; i++) {
         const struct fleet_ack *s = &src[i];
@@ -94,6 +135,8 @@ static struct state_acks *acks_new(const struct fleet_ack *src, size_t n)
         if (a->v[i].id == NULL || a->v[i].path == NULL || a->v[i].kind == NULL ||
             a->v[i].endpoint == NULL || a->v[i].note == NULL)
             goto fail;
+        a->match[i] =
+            (struct endpoint_ack){a->v[i].path, a->v[i].kind, a->v[i].endpoint, a->v[i].note};
     }
     a->n = n;
     return a;
@@ -125,6 +168,8 @@ void state_table_free(struct state_table *t)
         free(t->entries[i]->samples);
         noise_free(t->entries[i]->noise);
         acks_free(t->entries[i]->acks);
+        acks_free(t->entries[i]->acks_pub);
+        endpoint_table_free(t->entries[i]->endpoints);
         uv_mutex_destroy(&t->entries[i]->noise_lock);
         free(t->entries[i]);
     }
@@ -265,6 +310,7 @@ int state_apply(struct state_table *t, struct route_state *rs, const struct flee
     }
     acks_free(rs->acks);
     rs->acks = acks;
+    acks_publish(rs);
     rs->overridden = true;
     if (src < STATE_SRC_N)
         t->changes[src]++;
@@ -289,6 +335,7 @@ void state_reset(struct state_table *t, struct route_state *rs, const struct rou
     rs->last_rollback[0] = '\0';
     acks_free(rs->acks);
     rs->acks = NULL;
+    acks_publish(rs);
     if (src < STATE_SRC_N)
         t->changes[src]++;
     t->dirty = true;
@@ -761,6 +808,9 @@ void state_totals(const struct state_table *t, const struct route_state *rs,
         SUM(divergent);
         SUM(noise);
         SUM(fallbacks);
+        SUM(acknowledged);
+        SUM(guard_comparisons);
+        SUM(guard_divergent);
     }
 #undef SUM
 }

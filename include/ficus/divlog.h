@@ -39,8 +39,10 @@ struct divrec {
     size_t n_stats;
 };
 
-/* The kind byte of a noise path in divrec.stats; other values are enum diff_kind. */
+/* The kind byte of a noise path in divrec.stats; other values are enum diff_kind,
+ * with DIVREC_ACK set for an acknowledged item. */
 #define DIVREC_NOISE 0xff
+#define DIVREC_ACK   0x40
 
 /* Appends one statistics entry (kind: enum diff_kind or DIVREC_NOISE) to stats,
  * the buffer later given to divrec_new. Returns 0 or a buf error. */

@@ -140,9 +140,10 @@ struct endpoint_sample {
 
 /* An acknowledged difference: expected, shown apart, not counted against
  * readiness. path is a JSON Pointer pattern ("*" matches any one segment, as in
- * diff.ignore; for header items the header name, "status", "body", or the
- * failed side for errors); kind NULL or "" matches any kind, endpoint NULL or
- * "" any endpoint. The strings belong to the caller. */
+ * diff.ignore; for header items the header name, "status", or the failed side
+ * for errors; a body difference is covered by any acknowledgement of kind
+ * "body", or of path "body" or ""); kind NULL or "" matches any kind, endpoint
+ * NULL or "" any endpoint. The strings belong to the caller. */
 struct endpoint_ack {
     const char *path;
     const char *kind;
@@ -156,7 +157,9 @@ bool endpoint_ack_matches(const struct endpoint_ack *ack, const char *endpoint, 
 
 /* Counts one comparison on endpoint id at now_ms: each item is counted once
  * (per normalised path and kind) as noise, acknowledged (some ack matches) or
- * counted. An id that is not an endpoint counts on "other". */
+ * counted. An id that is not an endpoint counts on "other". A comparison of
+ * an endpoint warming up only counts towards its warm-up: its differences
+ * were judged before its noise was learnt, so it stays out of the window. */
 void endpoint_record(struct endpoint_table *t, int id, const struct endpoint_sample *s,
                      const struct endpoint_ack *acks, size_t n_acks, int64_t now_ms);
 

@@ -27,6 +27,9 @@ void metrics_sample(struct server *srv);
 /* Counts over the last window_ms for a route, from the samples. */
 struct window_counts {
     unsigned long long comparisons, divergent, new_requests, new_errors;
+    /* What the guard counts: comparisons of endpoints past their warm-up and
+     * those with a difference neither noise nor acknowledged. */
+    unsigned long long guard_comparisons, guard_divergent;
     double seconds; /* how much history the counts cover */
 };
 void metrics_window(const struct route_state *rs, int64_t window_ms, struct window_counts *out);

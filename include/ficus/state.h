@@ -59,9 +59,16 @@ struct route_counters {
     atomic_ullong divergent;                /* comparisons with at least one diff */
     atomic_ullong noise;
     atomic_ullong fallbacks;
+    atomic_ullong acknowledged; /* acknowledged diff items (readiness.h) */
+    /* What the guard counts: comparisons of endpoints past their warm-up, and
+     * those of them with a difference neither noise nor acknowledged. */
+    atomic_ullong guard_comparisons;
+    atomic_ullong guard_divergent;
 } __attribute__((aligned(64)));
 
 struct state_acks;
+struct endpoint_ack;
+struct endpoint_table;
 
 struct route_state {
     char name[128];
@@ -83,7 +90,12 @@ struct route_state {
     struct route_counters *counters; /* one per worker */
     void *samples;                   /* the metrics sampler's ring, freed with the entry */
     struct noise_stats *noise;       /* legacy-vs-legacy statistics, under noise_lock */
-    uv_mutex_t noise_lock;           /* taken on the threadpool only, around one update */
+    /* The route's comparison statistics lock: noise, endpoints and acks_pub.
+     * Taken around one update on the threadpool, for a read on the control
+     * thread, and briefly by a worker deciding a noise twin. */
+    uv_mutex_t noise_lock;
+    struct endpoint_table *endpoints; /* under noise_lock; NULL until the first comparison */
+    struct state_acks *acks_pub;      /* under noise_lock: the snapshot comparisons match */
 };
 
 /* Sums of a route's counters over every worker. */
@@ -98,6 +110,8 @@ struct route_totals {
     unsigned long long divergent;
     unsigned long long noise;
     unsigned long long fallbacks;
+    unsigned long long acknowledged;
+    unsigned long long guard_comparisons, guard_divergent;
 };
 
 struct state_table;
@@ -182,6 +196,16 @@ void state_acks_replace(struct state_table *t, struct route_state *rs, const str
 /* A route's acknowledged differences: sets *n and returns them (NULL when
  * none); they live until the route's next change. */
 const struct fleet_ack *state_acks(const struct route_state *rs, size_t *n);
+
+/* The acknowledgements comparisons match, as an immutable snapshot the
+ * control thread publishes whenever a route's list changes (state_apply,
+ * state_reset: the admin API, the state file, the store's watch): any thread
+ * takes a reference (NULL: none), reads it through state_acks_view and drops
+ * it. Takes rs->noise_lock: not to be called with it held. */
+struct state_acks *state_acks_hold(struct route_state *rs);
+void state_acks_drop(struct state_acks *a);
+/* The snapshot's entries as endpoint_ack_matches takes them; *n their count. */
+const struct endpoint_ack *state_acks_view(const struct state_acks *a, size_t *n);
 
 /* The live state of rs as a value (out initialised; strings copied into its
  * arena). Returns 0 or FICUS_ENOMEM. */

@@ -484,6 +484,45 @@ class DashboardTest(unittest.TestCase):
                       if not re.search(r"status of 401 .*/api/v1/routes/orders$", e)]
         self.assertEqual(unexpected, [], "console errors or uncaught exceptions")
 
+    def test_2a_badges_and_chart_agree(self):
+        """The page never contradicts itself: the "rolled back" badge of orders (rolled
+        back by test_2) goes once the route is raised again, the note says so; with
+        comparisons in the window the chart does not say there are none."""
+        p = self.open_dashboard()
+        pills = "document.querySelector('[data-route=orders] [data-field=pills]').textContent"
+        if self.routes()["orders"]["new_percent"] != 0:
+            self.skipTest("orders is not rolled back (test_2 did not run)")
+        p.wait_for(pills + ".includes('rolled back')", 10, "the rolled-back badge")
+        c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=10)
+        try:
+            c.request("PATCH", "/api/v1/routes/orders", body=json.dumps({"new_percent": 30}),
+                      headers={"Authorization": "Bearer " + TOKEN,
+                               "Content-Type": "application/json"})
+            self.assertEqual(c.getresponse().status, 200)
+        finally:
+            c.close()
+        p.wait_for("!" + pills + ".includes('rolled back')", 10, "the badge gone at 30 %")
+        self.assertIn("Raised again", self.field("orders", "rollback-note"))
+        # Rolled back again (the later tests expect it): the badge is back.
+        c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=10)
+        try:
+            c.request("POST", "/api/v1/routes/orders/rollback",
+                      headers={"Authorization": "Bearer " + TOKEN})
+            self.assertEqual(c.getresponse().status, 200)
+        finally:
+            c.close()
+        p.wait_for(pills + ".includes('rolled back')", 10, "the badge back at 0 %")
+        self.send_traffic()
+        p.wait_for("/[1-9][0-9,]* comparisons diverged/.test(document.querySelector("
+                   "'[data-route=orders] [data-field=\"window-counts\"]').textContent)", 10,
+                   "comparisons in the window tile")
+        self.assertFalse(p.evaluate("!!document.querySelector('[data-route=orders] "
+                                    "[data-field=chart] .chart-empty')"),
+                         "the chart says there are no comparisons beside the tile's count")
+        self.assertTrue(p.evaluate("document.querySelectorAll('[data-route=orders] "
+                                   "[data-field=chart] rect:not(.empty-bar)').length > 0"))
+        self.assert_no_page_errors()
+
     def test_3_divergence_records(self):
         """Records and the summary (served by a DevTools interception in the shapes of
         SPEC "Divergence record"): the list, the side-by-side view and copy as curl."""
@@ -719,6 +758,99 @@ class DashboardTest(unittest.TestCase):
         p.evaluate("document.getElementById('fleet-section').scrollIntoView(); true")
         p.pump(0.3)
         p.screenshot(os.path.join(self.out, "dashboard-servers.png"), full_page=False)
+        self.assert_no_page_errors()
+
+    def endpoint_rows(self):
+        return self.page.evaluate(
+            "[...document.querySelectorAll('[data-route=orders] table.endpoints tbody tr')]"
+            ".map(tr => Object.fromEntries([...tr.querySelectorAll('td[data-col]')]"
+            ".map(td => [td.dataset.col, td.textContent])))")
+
+    def test_7_endpoint_table(self):
+        """The endpoints of orders as GET /api/v1/routes/orders/endpoints gives them:
+        name, comparisons, divergent share, verdict and reason; a click on a column
+        head sorts by it."""
+        p = self.open_dashboard()
+        self.send_traffic()
+        want = {}
+
+        def settled():
+            doc = api_json(self.admin, "/api/v1/routes/orders/endpoints")
+            eps = {e["endpoint"]: e for e in doc["endpoints"]
+                   if e["endpoint"] != "other" or e["comparisons_total"] > 0}
+            want.clear()
+            want.update(eps)
+            return "GET /api/orders/{id}" in eps and all(
+                e["comparisons"] == e["comparisons_total"] for e in eps.values())
+        wait_until(settled, 10, "the orders endpoints")
+        shown = lambda: {r["endpoint"]: r for r in self.endpoint_rows()}
+        expect = lambda: {name: {"endpoint": name, "comparisons": "{:,}".format(e["comparisons"]),
+                                 "verdict": e["verdict"], "reason": e["reason"]}
+                          for name, e in want.items()}
+        strip = lambda rows: {n: {k: v for k, v in r.items() if k != "divergence_rate"}
+                              for n, r in rows.items()}
+        wait_until(lambda: settled() and strip(shown()) == expect(), 10,
+                   "the endpoint table to show what the API says")
+        rows = shown()
+        ids = want["GET /api/orders/{id}"]
+        self.assertGreater(ids["divergent"], 0, ids)  # every fifth price differs
+        self.assertIn("%", rows["GET /api/orders/{id}"]["divergence_rate"])
+        self.assertEqual(ids["verdict"], "not enough data")  # no guard: 200 needed
+        # Most compared first; a click on "endpoint" sorts by name, again reverses.
+        order = [r["endpoint"] for r in self.endpoint_rows()]
+        self.assertEqual(order[0], "GET /api/orders/{id}")
+        p.evaluate("document.querySelector('[data-route=orders] table.endpoints "
+                   "th[data-sort=endpoint]').click(); true")
+        names = [r["endpoint"] for r in self.endpoint_rows()]
+        self.assertEqual(names, sorted(names))
+        p.evaluate("document.querySelector('[data-route=orders] table.endpoints "
+                   "th[data-sort=endpoint]').click(); true")
+        self.assertEqual([r["endpoint"] for r in self.endpoint_rows()], sorted(names, reverse=True))
+        self.assertEqual(p.evaluate("document.querySelector('[data-route=orders] "
+                                    "th[data-sort=endpoint]').getAttribute('aria-sort')"),
+                         "descending")
+        self.assert_no_page_errors()
+
+    def test_8_acknowledge_button(self):
+        """The Acknowledge button of a top path POSTs to the real server with the admin
+        token; the path then shows as acknowledged, counted apart."""
+        p = self.open_dashboard()
+        self.send_traffic()
+        btn = ("document.querySelector('[data-route=orders] table.paths "
+               "tr[data-path=\"/price\"] button[data-action=ack]')")
+        p.wait_for("!!" + btn, 10, "an Acknowledge button next to /price")
+        p.evaluate(btn + ".click(); true")
+        p.wait_for("document.getElementById('token-dlg').open", 5, "the token dialog")
+        p.evaluate("document.getElementById('token-input').value = %s;"
+                   "document.getElementById('token-ok').click(); true" % js(TOKEN))
+
+        def acks():
+            return api_json(self.admin, "/api/v1/routes/orders/acknowledgements")[
+                "acknowledgements"]
+        wait_until(lambda: [(a["path"], a["kind"]) for a in acks()] == [("/price", "json")],
+                   10, "the acknowledgement through the API")
+        p.wait_for("(() => { const tr = document.querySelector('[data-route=orders] "
+                   "table.paths tr[data-path=\"/price\"]'); return tr && "
+                   "tr.classList.contains('acked') && !tr.querySelector('button'); })()", 10,
+                   "/price shown as acknowledged")
+        self.assertIn("1 acknowledged", self.field("orders", "paths-note"))
+        # New comparisons of /price count as acknowledged, not as divergences.
+        before = self.routes()["orders"]["divergences"]
+        self.send_traffic()
+        wait_until(lambda: any(x["path"] == "/price" and x.get("acknowledged_count", 0) > 0
+                               for x in api_json(self.admin, "/api/v1/divergences/summary?"
+                                                 "route=orders")["paths"]),
+                   10, "acknowledged /price in the summary")
+        p.wait_for("document.querySelector('[data-route=orders] table.paths "
+                   "tr[data-path=\"/price\"]').textContent.includes('ack.')", 10,
+                   "the acknowledged count on the page")
+        after = self.routes()["orders"]["divergences"]
+        # Only the status difference of /api/orders/boom (once per send_traffic) is new.
+        self.assertLessEqual(after - before, 2)
+        # Shown in the records too: the acknowledged item is marked.
+        recs = api_json(self.admin, "/api/v1/divergences?route=orders&limit=20")["divergences"]
+        marked = [d for r in recs for d in r["diffs"] if d["path"] == "/price"]
+        self.assertTrue(marked and marked[0].get("acknowledged") is True, marked[:2])
         self.assert_no_page_errors()
 
     def test_9_clean_exit(self):

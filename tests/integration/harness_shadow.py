@@ -175,8 +175,8 @@ def read_records(path):
     return out
 
 
-RECORD_KEYS = {"ts", "id", "route", "method", "target", "primary", "legacy", "new", "diffs",
-               "noise", "bodies", "request"}
+RECORD_KEYS = {"ts", "id", "route", "method", "target", "endpoint", "primary", "legacy", "new",
+               "diffs", "noise", "bodies", "request"}
 REQUEST_KEYS = {"v", "method", "target", "headers", "body", "body_bytes"}
 SIDE_KEYS = {"status", "ms", "bytes"}
 DIFF_KEYS = {"kind", "path", "legacy", "new"}
@@ -221,8 +221,11 @@ def assert_record_shape(tc, rec, allow_error_side=False):
         tc.assertIsInstance(s["bytes"], int)
     tc.assertIsInstance(rec["diffs"], list)
     tc.assertLessEqual(len(rec["diffs"]), 50)
+    tc.assertIsInstance(rec["endpoint"], str)
     for d in rec["diffs"]:
-        tc.assertEqual(set(d), DIFF_KEYS, "diff %r" % d)
+        tc.assertEqual(set(d) - {"acknowledged"}, DIFF_KEYS, "diff %r" % d)
+        if "acknowledged" in d:
+            tc.assertIs(d["acknowledged"], True)
         tc.assertIn(d["kind"], KINDS)
         tc.assertIsInstance(d["path"], str)
     tc.assertIsInstance(rec["noise"], list)

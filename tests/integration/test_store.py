@@ -11,7 +11,8 @@ killed one is gone (and another drives the ramp) within seconds.
                 a corrupt or foreign value written by hand (logged, ignored), and the
                 acknowledgements API on the fleet (stored in etcd and the cache)
   Guard         a trip through one instance's traffic rolls back the others; the
-                guard decides on the fleet's sum of published counts
+                guard decides on the fleet's sum of published counts; a difference
+                acknowledged through one instance is counted by no guard
   Ramp          each step taken exactly once (etcd's history of the key), on after
                 the driver is killed with SIGKILL
   Outage        a restart during an etcd outage starts from the cached state; a
@@ -309,6 +310,37 @@ class Guard(HealthyCluster):
             m = adm.metrics()
         self.assertEqual(metric(m, "ficus_rollbacks_total", route="all", reason="guard"), 1)
         self.assertEqual(metric(m, "ficus_route_new_percent", route="all"), 0)
+
+    def test_an_acknowledged_difference_counts_on_no_instance(self):
+        """A difference acknowledged through one instance (stored in etcd) is not counted
+        by the other's guard (its snapshot comes from the store's watch); once the
+        acknowledgement is removed, the same traffic rolls the fleet back."""
+        legacy, new = self.backends()
+        a, b = self.fleet(2, legacy, new, new_prefix("ackguard"), route=GUARDED)
+        path = "/api/v1/routes/all/acknowledgements"
+        with a.admin() as adm:
+            status, doc = adm.json_call("POST", path, {"path": "body", "kind": "body",
+                                                       "note": "each answers its name"})
+            self.assertEqual(status, 201, doc)
+            ack_id = doc["acknowledgement"]["id"]
+        wait_all([b], lambda f: len(route_of(f)["acknowledgements"]) == 1, slow(5),
+                 "the acknowledgement on the other instance")
+        send(b, 40, "b")
+        wait_until(lambda: route_of(b)["window"]["comparisons"] >= 40, slow(10),
+                   what="b's sampler and guard to see its 40 comparisons")
+        for f in (a, b):
+            r = route_of(f)
+            self.assertEqual(r["new_percent"], 50, "an acknowledged difference tripped the guard")
+        self.assertEqual(route_of(b)["divergences"], 0)
+        self.assertEqual(route_of(b)["acknowledged"], 40)
+        with a.admin() as adm:
+            status, doc = adm.json_call("DELETE", path + "/" + ack_id)
+            self.assertEqual(status, 200, doc)
+        wait_all([b], lambda f: route_of(f)["acknowledgements"] == [], slow(5),
+                 "the removal on the other instance")
+        # 60 counted of 100 in the window: above the guard's 0.5.
+        send(b, 60, "b2")
+        wait_all([a, b], self.rolled_back, slow(10), "the fleet rolled back without it")
 
     def test_the_guard_decides_on_the_sum_of_the_fleet(self):
         legacy, new = self.backends()

@@ -511,6 +511,12 @@ static void test_verdicts(void **state)
     endpoint_verdict(t, ready, &limits, 0, &v);
     assert_int_equal(v.readiness, ENDPOINT_NOT_ENOUGH_DATA);
     assert_non_null(strstr(v.reason, "warming up"));
+    /* Every endpoint's first five comparisons are its warm-up, out of the window. */
+    static const char *const eps[] = {"/ready",  "/diverging", "/elsewhere",
+                                      "/mostly", "/errors",    "/both"};
+    for (size_t k = 0; k < ARRAY_SIZE(eps); k++)
+        for (int i = 0; i < 5; i++)
+            record_clean(t, eps[k], 500);
     for (int i = 0; i < 9; i++) {
         /* Noise and an acknowledged difference do not count. */
         struct endpoint_sample s = {
@@ -602,7 +608,25 @@ static void test_ack_matches(void **state)
     assert_true(endpoint_ack_matches(&any, "GET /x", "added", "/7/id"));
     assert_true(endpoint_ack_matches(&body, "GET /x", "body", "1234"));
     assert_false(endpoint_ack_matches(&body, "GET /x", "json", "/a"));
+    struct endpoint_ack body_named = {.path = "body", .kind = "body"};
+    struct endpoint_ack any_kind_body = {.path = "body"};
+    struct endpoint_ack json_only = {.path = "/a", .kind = "json"};
+    assert_true(endpoint_ack_matches(&body_named, "GET /x", "body", "17"));
+    assert_true(endpoint_ack_matches(&any_kind_body, "GET /x", "body", "0"));
+    assert_false(endpoint_ack_matches(&json_only, "GET /x", "body", "0"));
+    assert_false(endpoint_ack_matches(&any, "GET /x", "body", "0"));
     assert_false(endpoint_ack_matches(NULL, "GET /x", "json", "/a"));
+}
+
+static void test_odd_bytes_are_ids(void **state)
+{
+    struct endpoint_table *t = table(NULL, 0, 10, 0);
+    (void)state;
+    static const char *const odd[] = {"/x/caf\xc3\xa9", "/x/a\"b", "/x/a\\b", "/x/{y}", "/x/\xff"};
+    for (size_t i = 0; i < ARRAY_SIZE(odd); i++)
+        assert_string_equal(endpoint_name(t, id_of(t, "GET", odd[i])), "GET /x/{id}");
+    assert_string_equal(endpoint_name(t, id_of(t, "GET", "/x/list")), "GET /x/list");
+    endpoint_table_free(t);
 }
 
 static void test_warmup_and_find(void **state)
@@ -622,6 +646,14 @@ static void test_warmup_and_find(void **state)
     }
     assert_false(endpoint_warming_up(t, id));
     assert_false(endpoint_warming_up(t, 99));
+    /* The warm-up's comparisons are not in the window; the next one is. */
+    struct endpoint_limits lim = {1, 0.5, 0.5};
+    struct endpoint_verdict v;
+    endpoint_verdict(t, id, &lim, 0, &v);
+    assert_int_equal(v.comparisons, 0);
+    record_clean(t, "/posts/9", 0);
+    endpoint_verdict(t, id, &lim, 0, &v);
+    assert_int_equal(v.comparisons, 1);
     endpoint_table_free(t);
     t = table(NULL, 0, 10, 0);
     assert_false(endpoint_warming_up(t, ENDPOINT_NEW)); /* warm-up off */
@@ -714,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_ack_matches),
         cmocka_unit_test(test_warmup_and_find),
+        cmocka_unit_test(test_odd_bytes_are_ids),
         cmocka_unit_test(test_json_and_series),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,7 @@
 
 #include "ficus/common.h"
 #include "ficus/config.h"
+#include "ficus/endpoint.h"
 #include "ficus/state.h"
 
 #include <stdio.h>
@@ -150,6 +151,39 @@ static void test_acks_through_the_file_writer(void **state)
     config_errors_dispose(&errs);
 }
 
+/* What comparisons match: the snapshot published at each change, each holder
+ * keeping its own until it drops it, as the threadpool does. */
+static void test_published_snapshot(void **state)
+{
+    struct fixture *f = *state;
+    size_t n = 99;
+    assert_null(state_acks_hold(f->rs));
+    assert_null(state_acks_view(NULL, &n));
+    assert_int_equal(n, 0);
+    struct heard h = {0};
+    state_acks_replace(f->t, f->rs, two, 2, STATE_SRC_ADMIN, on_done, &h);
+    assert_int_equal(h.result, 0);
+    struct state_acks *old = state_acks_hold(f->rs);
+    assert_non_null(old);
+    const struct endpoint_ack *m = state_acks_view(old, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(m[0].path, "/*/id");
+    assert_string_equal(m[0].endpoint, "GET /posts/{id}");
+    assert_string_equal(m[1].kind, "header");
+    /* Replaced: the new list is published, the held one stays readable. */
+    state_acks_replace(f->t, f->rs, two + 1, 1, STATE_SRC_ADMIN, on_done, &h);
+    struct state_acks *cur = state_acks_hold(f->rs);
+    assert_ptr_not_equal(cur, old);
+    assert_int_equal((state_acks_view(cur, &n), n), 1);
+    assert_string_equal(state_acks_view(cur, &n)[0].path, "content-type");
+    assert_string_equal(m[0].path, "/*/id");
+    state_acks_drop(old);
+    state_acks_drop(cur);
+    /* A reset (the store's value gone) publishes none. */
+    state_reset(f->t, f->rs, NULL, STATE_SRC_STORE);
+    assert_null(state_acks_hold(f->rs));
+}
+
 /* A writer like the etcd store's when it refuses: nothing is applied here. */
 static int refuse_with;
 static void refusing_change(void *wctx, struct route_state *rs, const struct fleet_change *ch,
@@ -245,6 +279,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_acks_through_the_file_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_published_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_writer_that_refuses_changes_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_state_file_that_cannot_be_written, setup, teardown),
