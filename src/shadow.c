@@ -1,5 +1,6 @@
 #include "ficus/shadow.h"
 #include "ficus/common.h"
+#include "ficus/correlate.h"
 #include "ficus/diff.h"
 #include "ficus/divlog.h"
 #include "ficus/log.h"
@@ -489,11 +490,42 @@ static void probe_start(struct comparison *c, struct probe *p)
         probe_finish(p, "connect_error", false);
 }
 
+/* shadow.correlate: a request shadowed to new has the legacy ids the map
+ * knows replaced by new's, in its path and configured body fields. The
+ * client's request is not touched: this is the comparison's own copy. The
+ * rewritten body (a few bytes longer or shorter) replaces the copy without
+ * counting against the memory budget again. */
+static void correlate_request(struct comparison *c)
+{
+    const struct correlate_cfg *cc = &c->rt->shadow_correlate;
+    if (!cc->enabled || c->rs->correlate == NULL || c->primary_is_new)
+        return;
+    struct buf head = {0}, body = {0};
+    bool body_changed = false;
+    if (correlate_rewrite(c->rs->correlate, cc, c->req_head.data, c->req_head.len, c->req_body.data,
+                          c->req_body.len, c->chunked_body, (int64_t)(io_now_us() / 1000), &head,
+                          &body, &body_changed) > 0) {
+        buf_dispose(&c->req_head);
+        c->req_head = head;
+        head = (struct buf){0};
+        if (body_changed) {
+            size_t max = c->req_body.max;
+            buf_dispose(&c->req_body);
+            c->req_body = body;
+            c->req_body.max = max;
+            body = (struct buf){0};
+        }
+    }
+    buf_dispose(&head);
+    buf_dispose(&body);
+}
+
 static void launch(struct comparison *c)
 {
     if (c->launched)
         return;
     c->launched = true;
+    correlate_request(c);
     c->refs++; /* held across the launches: a probe may finish inside its start */
     probe_start(c, &c->shadow);
     if (c->twin != NULL)
@@ -702,6 +734,12 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
     diff_responses(&rt->diff, &rl, &rn, &res[0]);
+    /* shadow.correlate: a write's created ids are learnt before its own diff,
+     * whose id pair is then equal. */
+    struct correlate *cm = rt->shadow_correlate.enabled ? c->rs->correlate : NULL;
+    int64_t now_ms = (int64_t)(io_now_us() / 1000);
+    if (cm != NULL)
+        correlate_observe(cm, &rt->shadow_correlate, c->method, c->target, &rl, &rn, now_ms);
 
     struct route_state *rs = c->rs;
     bool learn = c->twin != NULL && legacy->error == NULL && c->twin->cap.error == NULL &&
@@ -725,6 +763,8 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
         noise_observe(rs->noise, &res[1]);
     for (size_t i = 0; i < res[0].n; i++) {
         struct diff_item *it = &res[0].items[i];
+        if (cm != NULL && correlate_item_equal(cm, it, now_ms))
+            continue;
         bool is_noise =
             rs->noise != NULL &&
             (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&
