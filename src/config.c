@@ -1439,6 +1439,15 @@ static void parse_correlate(struct parser *p, json_t *v, const char *loc, struct
     field_bool(p, v, loc, "location", &cc->location);
     if (cc->id_pointer == NULL && !cc->location && ptr == NULL)
         fail(p, loc, "needs \"id_pointer\" or \"location\": true (where the created id is read)");
+    bool writes = false;
+    for (size_t i = 0; i < rt->n_shadow_methods; i++) {
+        const char *mth = rt->shadow_methods[i];
+        if (strcmp(mth, "GET") != 0 && strcmp(mth, "HEAD") != 0 && strcmp(mth, "OPTIONS") != 0)
+            writes = true;
+    }
+    if (!writes)
+        fail(p, loc,
+             "learns ids from shadowed writes: list them (POST, PUT, ...) in shadow.methods");
     json_t *fields = json_object_get(v, "body_fields");
     if (fields != NULL) {
         char fl[LOC_MAX];
