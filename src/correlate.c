@@ -874,3 +874,12 @@ bool correlate_item_equal(struct correlate *m, const struct diff_item *it, int64
     pthread_mutex_unlock(&m->lock);
     return yes;
 }
+
+bool correlate_diff_equal(void *ctx, int kind, const char *path, const struct jv *legacy,
+                          const struct jv *new_)
+{
+    const struct correlate_diff_ctx *dc = ctx;
+    struct diff_item it = {
+        .kind = (enum diff_kind)kind, .path = path, .legacy = legacy, .new_ = new_};
+    return correlate_item_equal(dc->m, &it, dc->now_ms);
+}

@@ -733,13 +733,17 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     struct diff_response rl, rn, rt2;
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
-    diff_responses(&rt->diff, &rl, &rn, &res[0]);
     /* shadow.correlate: a write's created ids are learnt before its own diff,
-     * whose id pair is then equal. */
-    struct correlate *cm = rt->shadow_correlate.enabled ? c->rs->correlate : NULL;
-    int64_t now_ms = (int64_t)(io_now_us() / 1000);
-    if (cm != NULL)
-        correlate_observe(cm, &rt->shadow_correlate, c->method, c->target, &rl, &rn, now_ms);
+     * and correlated id pairs are equal in every diff of the route. */
+    struct diff_rules rules = rt->diff;
+    struct correlate_diff_ctx cd = {.m = rt->shadow_correlate.enabled ? c->rs->correlate : NULL,
+                                    .now_ms = (int64_t)(io_now_us() / 1000)};
+    if (cd.m != NULL) {
+        correlate_observe(cd.m, &rt->shadow_correlate, c->method, c->target, &rl, &rn, cd.now_ms);
+        rules.equal_hook = correlate_diff_equal;
+        rules.equal_ctx = &cd;
+    }
+    diff_responses(&rules, &rl, &rn, &res[0]);
 
     struct route_state *rs = c->rs;
     bool learn = c->twin != NULL && legacy->error == NULL && c->twin->cap.error == NULL &&
@@ -763,8 +767,6 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
         noise_observe(rs->noise, &res[1]);
     for (size_t i = 0; i < res[0].n; i++) {
         struct diff_item *it = &res[0].items[i];
-        if (cm != NULL && correlate_item_equal(cm, it, now_ms))
-            continue;
         bool is_noise =
             rs->noise != NULL &&
             (it->kind == DIFF_JSON || it->kind == DIFF_ADDED || it->kind == DIFF_REMOVED) &&

@@ -136,4 +136,17 @@ int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, cons
  * matched when true. */
 bool correlate_item_equal(struct correlate *m, const struct diff_item *it, int64_t now_ms);
 
+/* What correlate_diff_equal needs: the map and the time of the comparison. */
+struct correlate_diff_ctx {
+    struct correlate *m;
+    int64_t now_ms;
+};
+
+/* correlate_item_equal in the shape of diff_rules.equal_hook (ctx: a struct
+ * correlate_diff_ctx): set it on a copy of the route's rules, and correlated
+ * pairs never become diff items, so they neither fill DIFF_MAX_ITEMS nor keep
+ * the items of an unordered or match_by array from pairing. */
+bool correlate_diff_equal(void *ctx, int kind, const char *path, const struct jv *legacy,
+                          const struct jv *new_);
+
 #endif

@@ -306,6 +306,50 @@ static void test_observe_and_diff_items(void **state)
     correlate_free(m);
 }
 
+/* Through diff_responses with the hook: 60 correlated ids in a list do not fill
+ * the 50 items, and the one real difference after them is reported alone. */
+static void test_diff_hook_keeps_real_differences(void **state)
+{
+    (void)state;
+    struct correlate *m = correlate_new(1000, 60000);
+    struct buf lb = {0}, nb = {0};
+    buf_puts(&lb, "[");
+    buf_puts(&nb, "[");
+    for (int i = 1; i <= 60; i++) {
+        char l[16], n[16];
+        snprintf(l, sizeof(l), "%d", i);
+        snprintf(n, sizeof(n), "p-%d", i);
+        learn(m, "/posts", l, n, true, 0);
+        buf_printf(&lb, "%s{\"id\":%d,\"t\":\"a\"}", i > 1 ? "," : "", i);
+        buf_printf(&nb, "%s{\"id\":\"p-%d\",\"t\":\"%s\"}", i > 1 ? "," : "", i,
+                   i == 60 ? "b" : "a");
+    }
+    buf_puts(&lb, "]");
+    buf_puts(&nb, "]");
+    struct diff_header ct[] = {{"content-type", 12, "application/json", 16}};
+    struct diff_response l = {
+        .status = 200, .headers = ct, .n_headers = 1, .body = lb.data, .body_len = lb.len};
+    struct diff_response n = {
+        .status = 200, .headers = ct, .n_headers = 1, .body = nb.data, .body_len = nb.len};
+    struct correlate_diff_ctx cd = {.m = m, .now_ms = 1};
+    struct diff_rules rules = {.equal_hook = correlate_diff_equal, .equal_ctx = &cd};
+    struct diff_result r;
+    assert_int_equal(diff_responses(&rules, &l, &n, &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_false(r.truncated);
+    assert_string_equal(r.items[0].path, "/59/t");
+    diff_result_dispose(&r);
+    /* Without it: 50 id items, truncated, the title lost. */
+    rules.equal_hook = NULL;
+    assert_int_equal(diff_responses(&rules, &l, &n, &r), 0);
+    assert_int_equal(r.n, DIFF_MAX_ITEMS);
+    assert_true(r.truncated);
+    diff_result_dispose(&r);
+    buf_dispose(&lb);
+    buf_dispose(&nb);
+    correlate_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -316,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_path_rewrite),
         cmocka_unit_test(test_body_rewrite),
         cmocka_unit_test(test_observe_and_diff_items),
+        cmocka_unit_test(test_diff_hook_keeps_real_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
