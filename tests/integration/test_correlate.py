@@ -33,7 +33,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import FicusTestCase, sanitized, wait_until  # noqa: E402
-from harness_admin import KeepAlive, slow  # noqa: E402
+from harness_admin import KeepAlive, metric, slow  # noqa: E402
 from harness_shadow import ShadowFicus  # noqa: E402
 
 
@@ -77,6 +77,8 @@ def store_app(side, planted=None):
             store["comments"][cid] = {"id": cid, "post_id": body["post_id"],
                                       "text": body.get("text")}
             return send(out, 201, store["comments"][cid], [("Location", "/comments/%s" % cid)])
+        if parts == ["posts"] and req.method == "GET":
+            return send(out, 200, list(store["posts"].values()))
         if len(parts) >= 2 and parts[0] == "posts":
             post = store["posts"].get(key(parts[1]))
             if post is None:
@@ -135,6 +137,7 @@ class CorrelateSequence(FicusTestCase):
             ("DELETE", "/posts/2", None),
             ("GET", "/posts/2", None),
             ("GET", "/posts/1", None),
+            ("GET", "/posts", None),
         ]
         answers = []
         c = KeepAlive(f.port)
@@ -153,7 +156,8 @@ class CorrelateSequence(FicusTestCase):
     def test_correlated_sequence_has_no_divergence(self):
         f, legacy, new, answers = self.run_sequence()
         # The client saw legacy's answers, with legacy's ids.
-        self.assertEqual([a[2] for a in answers], [201, 201, 200, 200, 201, 200, 204, 404, 200])
+        self.assertEqual([a[2] for a in answers], [201, 201, 200, 200, 201, 200, 204, 404, 200,
+                                                 200])
         self.assertEqual(json.loads(answers[0][3])["id"], 1)
         self.assertEqual(f.metric("ficus_divergences_total", route="api", kind="status"), 0)
         total = sum(f.metric("ficus_divergences_total", route="api", kind=k)
@@ -220,12 +224,18 @@ class CorrelateSequence(FicusTestCase):
 # the bound: many creates through minimal asyncio services
 
 
+ROUND = 2000
+# New's ids are long (about 110 bytes): a map that kept every pair would grow by 15 MiB
+# and more over the creates measured, well past the RSS bound below.
+PAD = b"x" * 100
+OUTCOMES = ("compared", "skipped_inflight", "skipped_body", "skipped_method", "timeout", "error",
+            "skipped_queue", "skipped_memory")
 SERVE_RE = re.compile(rb"content-length:\s*(\d+)", re.I)
 
 
 class CreateProtocol(asyncio.Protocol):
     """Answers every request with 201 and {"id": <next id>}: numbers for legacy,
-    "p-<n>" for new. Keep-alive, Content-Length bodies only."""
+    "p-<n>-xxx..." for new. Keep-alive, Content-Length bodies only."""
 
     def __init__(self, side, counter):
         self.side = side
@@ -249,7 +259,7 @@ class CreateProtocol(asyncio.Protocol):
             self.buf = self.buf[end + 4 + n:]
             self.counter[0] += 1
             i = self.counter[0]
-            body = (b'{"id":%d}' % i) if self.side == "L" else (b'{"id":"p-%d"}' % i)
+            body = (b'{"id":%d}' % i) if self.side == "L" else (b'{"id":"p-%d-%s"}' % (i, PAD))
             out.append(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         if out:
@@ -327,7 +337,7 @@ class CorrelateBound(FicusTestCase):
         self.addCleanup(new.close)
         rt = route(max_entries=1000)
         # Shadows outlive the client's answer: the client's concurrency does not bound
-        # them, and every create must be compared.
+        # them (the rounds below do), and every create must be compared.
         rt["shadow"]["max_inflight"] = 100000
         f = ShadowFicus(legacy.url, new.url, config={
             "routes": [rt],
@@ -336,36 +346,50 @@ class CorrelateBound(FicusTestCase):
         self._ficuses.append(f)
         f.start()
         f.wait_admin()
+
+        def shadows():
+            m = f.metrics()
+            return {o: metric(m, "ficus_shadow_total", route="api", outcome=o) or 0
+                    for o in OUTCOMES}
+
+        def creates(n):
+            # In rounds, each waiting until its shadows are all counted: the client
+            # moves on when legacy answered, and an unbounded backlog of shadows to a
+            # slower new would time out (under ASan) instead of being compared.
+            for k in range(0, n, ROUND):
+                r = min(ROUND, n - k)
+                want = sum(shadows().values()) + r
+                self.assertEqual(asyncio.run(post_many(f.port, r)), {201: r})
+                wait_until(lambda: sum(shadows().values()) >= want, slow(30),
+                           what="the shadows of a round counted")
+
         t0 = time.monotonic()
         warm = min(10000, total // 5)
-        self.assertEqual(asyncio.run(post_many(f.port, warm)), {201: warm})
-        f.wait_metric("ficus_comparisons_total", warm, timeout=slow(30), route="api")
+        creates(warm)
         base = f.rss_kb()
-        self.assertEqual(asyncio.run(post_many(f.port, total - warm)), {201: total - warm})
-        outcomes = ("compared", "skipped_inflight", "skipped_body", "skipped_method", "timeout",
-                    "error", "skipped_queue", "skipped_memory")
-        wait_until(lambda: sum(f.metric("ficus_shadow_total", route="api", outcome=o)
-                               for o in outcomes) >= total, slow(30), what="every shadow counted")
+        creates(total - warm)
         elapsed = time.monotonic() - t0
         rss = f.rss_kb()
         cor = f.api("/api/v1/routes/api")["correlation"]
         print("\n[correlate] %d creates in %.1fs, map %d of %d, evicted %d, rss %d KiB after "
               "%d creates, %d KiB after all" % (total, elapsed, cor["size"], cor["max_entries"],
                                                 cor["evicted"], base, warm, rss))
-        self.assertEqual(cor["size"], 1000, cor)
-        self.assertEqual(cor["learnt"], total, cor)
-        self.assertEqual(cor["evicted"], total - 1000, cor)
-        self.assertEqual(f.metric("ficus_correlation_entries", route="api"), 1000)
-        # Every create was compared and none diverged: each pair was learnt before its
-        # own diff took the ids as equal.
-        self.assertEqual({o: f.metric("ficus_shadow_total", route="api", outcome=o)
-                          for o in outcomes if f.metric("ficus_shadow_total", route="api",
-                                                        outcome=o)}, {"compared": total})
+        # Every compared create taught one pair and none diverged: each pair was learnt
+        # before its own diff took the ids as equal. On a busy machine a few shadows
+        # may be skipped when the diff queue is full (skipped_queue): nothing else.
+        sh = shadows()
+        compared = sh.pop("compared")
+        self.assertGreaterEqual(compared, total * 0.95, sh)
+        self.assertEqual({o: n for o, n in sh.items() if n and o != "skipped_queue"}, {})
         self.assertEqual(f.metric("ficus_divergences_total", route="api", kind="json"), 0)
+        self.assertEqual(cor["size"], 1000, cor)
+        self.assertEqual(cor["learnt"], compared, cor)
+        self.assertEqual(cor["evicted"], compared - 1000, cor)
+        self.assertEqual(f.metric("ficus_correlation_entries", route="api"), 1000)
         if not asan:
-            # The bound: what the other creates add is noise of the allocator, not the
-            # map (80,000 more pairs kept would be 8 MiB and more).
-            self.assertLess(rss - base, 4096, "rss grew from %d to %d KiB" % (base, rss))
+            # The bound: what the other creates add is the allocator's noise (shadows of
+            # a round in flight), not the map: 90,000 more pairs kept would be 15 MiB.
+            self.assertLess(rss - base, 8192, "rss grew from %d to %d KiB" % (base, rss))
             self.assertLess(rss, 64 * 1024, "rss %d KiB" % rss)
 
 
