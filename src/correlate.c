@@ -83,7 +83,8 @@ struct correlate *correlate_new(size_t max_entries, int64_t ttl_ms)
     struct correlate *m = calloc(1, sizeof(*m));
     if (m == NULL)
         return NULL;
-    size_t nb = buckets_for(max_entries);
+    /* The buckets grow with the pairs (rehash), not with the bound. */
+    size_t nb = 16;
     m->by_key = calloc(nb, sizeof(*m->by_key));
     m->by_legacy = calloc(nb, sizeof(*m->by_legacy));
     if (m->by_key == NULL || m->by_legacy == NULL) {
@@ -225,40 +226,44 @@ static void evict_to(struct correlate *m, size_t bound)
 
 /* ---- the public map ------------------------------------------------------------------ */
 
+/* Moves every pair to nb buckets. Returns 0 or FICUS_ENOMEM (nothing changed). */
+static int rehash(struct correlate *m, size_t nb)
+{
+    struct centry **bk = calloc(nb, sizeof(*bk)), **bl = calloc(nb, sizeof(*bl));
+    if (bk == NULL || bl == NULL) {
+        free(bk);
+        free(bl);
+        return FICUS_ENOMEM;
+    }
+    free(m->by_key);
+    free(m->by_legacy);
+    m->by_key = bk;
+    m->by_legacy = bl;
+    m->mask = nb - 1;
+    for (struct centry *e = m->head; e != NULL; e = e->next) {
+        e->knext = bk[e->khash & m->mask];
+        bk[e->khash & m->mask] = e;
+        e->lnext = bl[e->lhash & m->mask];
+        bl[e->lhash & m->mask] = e;
+    }
+    return 0;
+}
+
 int correlate_configure(struct correlate *m, size_t max_entries, int64_t ttl_ms, int64_t now_ms)
 {
     if (max_entries == 0 || max_entries > CORRELATE_MAX_ENTRIES || ttl_ms < 1)
         return -EINVAL;
     pthread_mutex_lock(&m->lock);
-    int rc = 0;
-    size_t nb = buckets_for(max_entries);
-    if (nb != m->mask + 1) {
-        struct centry **bk = calloc(nb, sizeof(*bk)), **bl = calloc(nb, sizeof(*bl));
-        if (bk == NULL || bl == NULL) {
-            free(bk);
-            free(bl);
-            rc = FICUS_ENOMEM;
-            goto out;
-        }
-        free(m->by_key);
-        free(m->by_legacy);
-        m->by_key = bk;
-        m->by_legacy = bl;
-        m->mask = nb - 1;
-        for (struct centry *e = m->head; e != NULL; e = e->next) {
-            e->knext = bk[e->khash & m->mask];
-            bk[e->khash & m->mask] = e;
-            e->lnext = bl[e->lhash & m->mask];
-            bl[e->lhash & m->mask] = e;
-        }
-    }
     m->max_entries = max_entries;
     m->ttl_ms = ttl_ms;
     sweep(m, now_ms, 0);
     evict_to(m, max_entries);
-out:
+    /* Fewer buckets when pairs were evicted; more come with new pairs. */
+    size_t nb = buckets_for(m->size);
+    if (nb < m->mask + 1)
+        rehash(m, nb); /* out of memory: the larger table stays, which is correct */
     pthread_mutex_unlock(&m->lock);
-    return rc;
+    return 0;
 }
 
 int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, const char *legacy,
@@ -281,6 +286,9 @@ int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, co
         entry_remove(m, old);
     sweep(m, now_ms, 8);
     evict_to(m, m->max_entries - 1);
+    /* One pair per bucket at most; out of memory, the chains grow longer instead. */
+    if (m->size + 1 > m->mask + 1 && m->mask + 1 < buckets_for(m->max_entries))
+        rehash(m, (m->mask + 1) * 2);
     struct centry *e = malloc(sizeof(*e) + scope_len + legacy_len + new_len + 3);
     if (e == NULL) {
         rc = FICUS_ENOMEM;

@@ -12,7 +12,9 @@
  * milliseconds), so tests inject it. The map is bounded: at most max_entries
  * pairs (least recently used evicted first), each forgotten ttl_ms after its
  * last use, each id at most CORRELATE_ID_MAX bytes and each collection at most
- * CORRELATE_SCOPE_MAX (longer ones are not learnt).
+ * CORRELATE_SCOPE_MAX (longer ones are not learnt). A pair costs one allocation
+ * of about 64 bytes plus its three texts, and two bucket pointers; the buckets
+ * grow with the pairs, not with the bound.
  *
  * Threads: one map per route is shared by the threadpool threads that compare
  * (they learn and match pairs) and by the workers that build shadow requests
@@ -78,8 +80,8 @@ struct correlate;
 struct correlate *correlate_new(size_t max_entries, int64_t ttl_ms);
 void correlate_free(struct correlate *m);
 
-/* A reload's new bounds; a smaller max_entries evicts at once. Returns 0 or
- * FICUS_ENOMEM (the old bounds then stay). */
+/* A reload's new bounds; a smaller max_entries evicts at once. Returns 0, or
+ * -EINVAL for bounds correlate_new refuses (nothing changed). */
 int correlate_configure(struct correlate *m, size_t max_entries, int64_t ttl_ms, int64_t now_ms);
 
 /* Remembers legacy -> new_ in collection scope (the path before the id, no
