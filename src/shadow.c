@@ -64,6 +64,9 @@ struct comparison {
 
     struct buf req_head;
     struct buf req_body;
+    /* shadow.correlate: the request as rewritten for new (the shadow only; a
+     * noise twin to legacy sends req_head). Empty: not rewritten. */
+    struct buf cor_head, cor_body;
     bool chunked_body; /* the head says chunked */
     bool req_complete;
     bool launched;
@@ -135,6 +138,8 @@ static void comparison_dispose(struct comparison *c)
     capture_dispose(&c->primary);
     capture_dispose(&c->shadow.cap);
     buf_dispose(&c->req_body);
+    buf_dispose(&c->cor_head);
+    buf_dispose(&c->cor_body);
     buf_dispose(&c->text);
     free(c);
 }
@@ -222,6 +227,8 @@ static void comparison_free(struct comparison *c)
         free(c->twin);
     }
     buf_dispose(&c->req_head); /* the exchange's, handed over */
+    buf_dispose(&c->cor_head);
+    buf_dispose(&c->cor_body);
     free(c->record);
     budget_release(c);
     pool_set_unref(c->ps);
@@ -457,24 +464,29 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
     upclient_start(&p->uc, u, &probe_handlers, p, &p->cap.head, p->cap.head_mem, c->is_head,
                    c->cfg->max_header_bytes, UPCLIENT_TOTAL, c->rt->shadow_timeout_ms);
     /* The head and the body are copied per probe: a write owns what it sends. */
-    size_t blen = c->req_body.len;
+    const struct buf *rh = &c->req_head, *rb = &c->req_body;
+    if (p == &c->shadow && c->cor_head.len > 0) {
+        rh = &c->cor_head;
+        rb = c->cor_body.len > 0 ? &c->cor_body : rb;
+    }
+    size_t blen = rb->len;
     char hdr[24] = "";
     int hl = 0;
     if (c->chunked_body && blen > 0)
         hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", blen);
     const char *tail = c->chunked_body ? (blen > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : "";
     size_t tl = strlen(tail);
-    size_t total = c->req_head.len + (size_t)hl + blen + tl;
+    size_t total = rh->len + (size_t)hl + blen + tl;
     char *out = malloc(total);
     if (out == NULL) {
         probe_finish(p, "connect_error", false);
         return;
     }
-    memcpy(out, c->req_head.data, c->req_head.len);
-    memcpy(out + c->req_head.len, hdr, (size_t)hl);
+    memcpy(out, rh->data, rh->len);
+    memcpy(out + rh->len, hdr, (size_t)hl);
     if (blen > 0)
-        memcpy(out + c->req_head.len + hl, c->req_body.data, blen);
-    memcpy(out + c->req_head.len + hl + blen, tail, tl);
+        memcpy(out + rh->len + hl, rb->data, blen);
+    memcpy(out + rh->len + hl + blen, tail, tl);
     uv_buf_t b = uv_buf_init(out, (unsigned)total);
     if (upstream_write(u, &b, 1, NULL, out) != 0)
         probe_finish(p, "reset", false);
@@ -490,34 +502,23 @@ static void probe_start(struct comparison *c, struct probe *p)
         probe_finish(p, "connect_error", false);
 }
 
-/* shadow.correlate: a request shadowed to new has the legacy ids the map
- * knows replaced by new's, in its path and configured body fields. The
- * client's request is not touched: this is the comparison's own copy. The
- * rewritten body (a few bytes longer or shorter) replaces the copy without
- * counting against the memory budget again. */
+/* shadow.correlate: a request shadowed to new gets the legacy ids the map
+ * knows replaced by new's, in its path and configured body fields, in a copy
+ * of its own (cor_head, cor_body): the client's request and a noise twin to
+ * legacy are not touched. The rewritten body is not counted against the
+ * memory budget. */
 static void correlate_request(struct comparison *c)
 {
     const struct correlate_cfg *cc = &c->rt->shadow_correlate;
     if (!cc->enabled || c->rs->correlate == NULL || c->primary_is_new)
         return;
-    struct buf head = {0}, body = {0};
     bool body_changed = false;
     if (correlate_rewrite(c->rs->correlate, cc, c->req_head.data, c->req_head.len, c->req_body.data,
-                          c->req_body.len, c->chunked_body, (int64_t)(io_now_us() / 1000), &head,
-                          &body, &body_changed) > 0) {
-        buf_dispose(&c->req_head);
-        c->req_head = head;
-        head = (struct buf){0};
-        if (body_changed) {
-            size_t max = c->req_body.max;
-            buf_dispose(&c->req_body);
-            c->req_body = body;
-            c->req_body.max = max;
-            body = (struct buf){0};
-        }
+                          c->req_body.len, c->chunked_body, (int64_t)(io_now_us() / 1000),
+                          &c->cor_head, &c->cor_body, &body_changed) <= 0) {
+        buf_dispose(&c->cor_head);
+        buf_dispose(&c->cor_body);
     }
-    buf_dispose(&head);
-    buf_dispose(&body);
 }
 
 static void launch(struct comparison *c)

@@ -107,14 +107,18 @@ CORRELATE = {"id_pointer": "/id", "location": True,
              "max_entries": 100, "ttl_ms": 600000}
 
 
-def route(correlate=CORRELATE, max_entries=None):
+def route(correlate=CORRELATE, max_entries=None, noise=False):
     shadow = {"percent": 100, "methods": ["GET", "POST", "PATCH", "DELETE"]}
     if correlate is not None:
         shadow["correlate"] = dict(correlate)
         if max_entries is not None:
             shadow["correlate"]["max_entries"] = max_entries
-    return {"name": "api", "new_percent": 0, "shadow": shadow,
-            "diff": {"headers": ["content-type", "location"]}}
+    diff = {"headers": ["content-type", "location"]}
+    if noise:
+        # Every safe request also goes to legacy a second time (the noise twin): it
+        # must get the client's ids, not new's.
+        diff["noise"] = {"percent": 100}
+    return {"name": "api", "new_percent": 0, "shadow": shadow, "diff": diff}
 
 
 class CorrelateSequence(FicusTestCase):
@@ -123,7 +127,7 @@ class CorrelateSequence(FicusTestCase):
         """The sequence through ficus; returns (ficus, legacy, new, client answers)."""
         legacy = self.backend(store_app("L"), name="legacy")
         new = self.backend(store_app("N", planted), name="new")
-        f = ShadowFicus(legacy, new, config={"routes": [route(correlate)]})
+        f = ShadowFicus(legacy, new, config={"routes": [route(correlate, noise=True)]})
         self._ficuses.append(f)
         f.start()
         f.wait_admin()
@@ -172,6 +176,9 @@ class CorrelateSequence(FicusTestCase):
         self.assertIn(("GET", "/posts/p-2"), new_seen)
         legacy_seen = [(r.method, r.target) for r in legacy.requests]
         self.assertIn(("PATCH", "/posts/1"), legacy_seen)
+        # Each GET reached legacy twice (the client's, the noise twin), never with new's ids.
+        self.assertEqual(legacy_seen.count(("GET", "/posts/1")), 4, legacy_seen)
+        self.assertFalse([t for t in legacy_seen if "p-" in t[1]], legacy_seen)
         comment_new = [r for r in new.requests if r.target == "/comments"][0]
         self.assertEqual(json.loads(comment_new.body)["post_id"], "p-1")
         self.assertEqual(int(comment_new.header("content-length")), len(comment_new.body))
