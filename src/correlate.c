@@ -732,30 +732,23 @@ static int rewrite_at(struct correlate *m, const struct correlate_field *f, json
     return count;
 }
 
-static int rewrite_body(struct correlate *m, const struct correlate_cfg *cfg, const char *body,
-                        size_t body_len, const char *path, size_t plen, int64_t now_ms,
-                        struct buf *out)
+/* The request body as JSON when body fields may be rewritten in it, else NULL.
+ * Parsed before the map is locked. */
+static json_t *body_json(const struct correlate_cfg *cfg, const char *body, size_t body_len)
 {
     if (cfg->n_body_fields == 0 || body_len == 0 || body_len > CORRELATE_MAX_REWRITE_BODY)
-        return 0;
-    json_t *root = json_loadb(body, body_len, JSON_DECODE_ANY, NULL);
-    if (root == NULL)
-        return 0;
-    int count = 0;
-    for (size_t i = 0; i < cfg->n_body_fields; i++)
-        count += rewrite_at(m, &cfg->body_fields[i], root, cfg->body_fields[i].pointer, path, plen,
-                            now_ms, 0);
-    int rc = count;
-    if (count > 0) {
-        size_t need = json_dumpb(root, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
-        buf_reset(out);
-        rc = need == 0 ? FICUS_ENOMEM : buf_reserve(out, need);
-        if (rc == 0) {
-            out->len = json_dumpb(root, out->data, need, JSON_COMPACT | JSON_ENCODE_ANY);
-            rc = count;
-        }
-    }
-    json_decref(root);
+        return NULL;
+    return json_loadb(body, body_len, JSON_DECODE_ANY, NULL);
+}
+
+/* Writes root compactly into out. Returns 0 or FICUS_ENOMEM. */
+static int dump_json(json_t *root, struct buf *out)
+{
+    size_t need = json_dumpb(root, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    buf_reset(out);
+    int rc = need == 0 ? FICUS_ENOMEM : buf_reserve(out, need);
+    if (rc == 0)
+        out->len = json_dumpb(root, out->data, need, JSON_COMPACT | JSON_ENCODE_ANY);
     return rc;
 }
 
@@ -795,17 +788,24 @@ int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, cons
         plen++;
     struct buf target = {0};
     struct buf nbody = {0};
-    int count = 0;
+    int count = 0, nb = 0;
+    /* Parsing and writing the body happen outside the lock: it covers the
+     * lookups only. */
+    json_t *root = body_json(cfg, body, body_len);
     pthread_mutex_lock(&m->lock);
     int rc = rewrite_target(m, t, tn, now_ms, &target, &count);
-    int nb = rc == 0 ? rewrite_body(m, cfg, body, body_len, t, plen, now_ms, &nbody) : 0;
-    if (nb > 0)
-        count += nb;
-    else if (nb < 0)
-        rc = nb;
+    for (size_t i = 0; rc == 0 && root != NULL && i < cfg->n_body_fields; i++) {
+        if (cfg->body_fields[i].pointer != NULL)
+            nb += rewrite_at(m, &cfg->body_fields[i], root, cfg->body_fields[i].pointer, t, plen,
+                             now_ms, 0);
+    }
+    count += nb;
     if (rc == 0)
         m->st.rewritten += (unsigned long long)count;
     pthread_mutex_unlock(&m->lock);
+    if (rc == 0 && nb > 0)
+        rc = dump_json(root, &nbody);
+    json_decref(root);
     if (rc == 0 && count > 0) {
         buf_reset(out_head);
         rc = buf_append(out_head, head, (size_t)(t - head));

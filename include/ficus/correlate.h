@@ -20,7 +20,8 @@
  * (they learn and match pairs) and by the workers that build shadow requests
  * (they rewrite). Every function taking a struct correlate locks the map's own
  * mutex for its duration; each holds it for one bounded operation (a lookup,
- * an insert with at most a few evictions, one request's rewrite). */
+ * an insert with at most a few evictions, one request's lookups; a body is
+ * parsed and written outside the lock). */
 #ifndef FICUS_CORRELATE_H
 #define FICUS_CORRELATE_H
 
