@@ -8,25 +8,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One pair. It is in two hash chains (by collection and legacy id, for the
- * rewrite; by legacy id alone, for the diff and for fields of no collection)
- * and in the use list, most recently used first. One allocation: scope,
- * legacy and new texts follow, each NUL-terminated. */
+/* The two sides of a pair. */
+enum { LEGACY = 0, NEW = 1 };
+
+/* One pair. For each side it is in two hash chains: by collection and that
+ * side's id (rewrites towards the other side), and by that side's id alone
+ * (the diff, fields of no collection). And in the use list, most recently
+ * used first. One allocation: scope, legacy and new texts follow, each
+ * NUL-terminated. */
 struct centry {
-    struct centry *knext; /* chain of by_key */
-    struct centry *lnext; /* chain of by_legacy */
+    struct centry *knext[2]; /* chains of by_key[side] */
+    struct centry *inext[2]; /* chains of by_id[side] */
     struct centry *prev, *next;
-    uint64_t khash, lhash;
+    uint64_t khash[2], ihash[2];
     int64_t used_ms;
     uint16_t scope_len;
-    uint8_t legacy_len, new_len;
-    bool new_is_string;
+    uint8_t len[2];
+    bool is_string[2]; /* the id is a JSON string (else a number) when written into a body */
     char data[];
 };
 
 struct correlate {
     pthread_mutex_t lock;
-    struct centry **by_key, **by_legacy;
+    struct centry **by_key[2], **by_id[2];
     size_t mask; /* buckets - 1, a power of two minus one */
     struct centry *head, *tail;
     size_t size, max_entries;
@@ -38,13 +42,9 @@ static const char *centry_scope(const struct centry *e)
 {
     return e->data;
 }
-static const char *centry_legacy(const struct centry *e)
+static const char *centry_id(const struct centry *e, int side)
 {
-    return e->data + e->scope_len + 1;
-}
-static const char *centry_new(const struct centry *e)
-{
-    return e->data + e->scope_len + 1 + e->legacy_len + 1;
+    return e->data + e->scope_len + 1 + (side == NEW ? e->len[LEGACY] + 1 : 0);
 }
 
 static uint64_t fnv(uint64_t h, const char *p, size_t n)
@@ -56,7 +56,7 @@ static uint64_t fnv(uint64_t h, const char *p, size_t n)
     return h;
 }
 
-static uint64_t hash_legacy(const char *p, size_t n)
+static uint64_t hash_id(const char *p, size_t n)
 {
     return fnv(0xcbf29ce484222325ULL, p, n);
 }
@@ -76,6 +76,37 @@ static size_t buckets_for(size_t max_entries)
     return n;
 }
 
+static void free_tables(struct centry **t[4])
+{
+    for (int i = 0; i < 4; i++)
+        free(t[i]);
+}
+
+/* Four tables of nb buckets, or false (none). */
+static bool alloc_tables(struct centry **t[4], size_t nb)
+{
+    bool ok = true;
+    for (int i = 0; i < 4; i++) {
+        t[i] = calloc(nb, sizeof(struct centry *));
+        ok = ok && t[i] != NULL;
+    }
+    if (!ok)
+        free_tables(t);
+    return ok;
+}
+
+static void link_entry(struct correlate *m, struct centry *e)
+{
+    for (int side = 0; side < 2; side++) {
+        struct centry **b = &m->by_key[side][e->khash[side] & m->mask];
+        e->knext[side] = *b;
+        *b = e;
+        b = &m->by_id[side][e->ihash[side] & m->mask];
+        e->inext[side] = *b;
+        *b = e;
+    }
+}
+
 struct correlate *correlate_new(size_t max_entries, int64_t ttl_ms)
 {
     if (max_entries == 0 || max_entries > CORRELATE_MAX_ENTRIES || ttl_ms < 1)
@@ -85,14 +116,15 @@ struct correlate *correlate_new(size_t max_entries, int64_t ttl_ms)
         return NULL;
     /* The buckets grow with the pairs (rehash), not with the bound. */
     size_t nb = 16;
-    m->by_key = calloc(nb, sizeof(*m->by_key));
-    m->by_legacy = calloc(nb, sizeof(*m->by_legacy));
-    if (m->by_key == NULL || m->by_legacy == NULL) {
-        free(m->by_key);
-        free(m->by_legacy);
+    struct centry **t[4];
+    if (!alloc_tables(t, nb)) {
         free(m);
         return NULL;
     }
+    m->by_key[LEGACY] = t[0];
+    m->by_key[NEW] = t[1];
+    m->by_id[LEGACY] = t[2];
+    m->by_id[NEW] = t[3];
     pthread_mutex_init(&m->lock, NULL);
     m->mask = nb - 1;
     m->max_entries = max_entries;
@@ -108,8 +140,8 @@ void correlate_free(struct correlate *m)
         next = e->next;
         free(e);
     }
-    free(m->by_key);
-    free(m->by_legacy);
+    struct centry **t[4] = {m->by_key[LEGACY], m->by_key[NEW], m->by_id[LEGACY], m->by_id[NEW]};
+    free_tables(t);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }
@@ -151,14 +183,16 @@ static void touch(struct correlate *m, struct centry *e, int64_t now_ms)
 
 static void entry_remove(struct correlate *m, struct centry *e)
 {
-    struct centry **pp = &m->by_key[e->khash & m->mask];
-    while (*pp != e)
-        pp = &(*pp)->knext;
-    *pp = e->knext;
-    pp = &m->by_legacy[e->lhash & m->mask];
-    while (*pp != e)
-        pp = &(*pp)->lnext;
-    *pp = e->lnext;
+    for (int side = 0; side < 2; side++) {
+        struct centry **pp = &m->by_key[side][e->khash[side] & m->mask];
+        while (*pp != e)
+            pp = &(*pp)->knext[side];
+        *pp = e->knext[side];
+        pp = &m->by_id[side][e->ihash[side] & m->mask];
+        while (*pp != e)
+            pp = &(*pp)->inext[side];
+        *pp = e->inext[side];
+    }
     list_unlink(m, e);
     m->size--;
     free(e);
@@ -181,34 +215,38 @@ static void sweep(struct correlate *m, int64_t now_ms, size_t limit)
     }
 }
 
-static struct centry *find_key(struct correlate *m, const char *scope, size_t sn, const char *id,
-                               size_t n, uint64_t h)
+/* The pair whose side's id in scope is id, or NULL. */
+static struct centry *find_key(struct correlate *m, int side, const char *scope, size_t sn,
+                               const char *id, size_t n)
 {
-    for (struct centry *e = m->by_key[h & m->mask]; e != NULL; e = e->knext) {
-        if (e->khash == h && e->scope_len == sn && e->legacy_len == n &&
-            memcmp(centry_scope(e), scope, sn) == 0 && memcmp(centry_legacy(e), id, n) == 0)
+    uint64_t h = hash_key(scope, sn, id, n);
+    for (struct centry *e = m->by_key[side][h & m->mask]; e != NULL; e = e->knext[side]) {
+        if (e->khash[side] == h && e->scope_len == sn && e->len[side] == n &&
+            memcmp(centry_scope(e), scope, sn) == 0 && memcmp(centry_id(e, side), id, n) == 0)
             return e;
     }
     return NULL;
 }
 
-/* The most recently used live pair of legacy id in any collection; expired
- * ones met on the way are dropped. With new_ set, only that exact pair. */
-static struct centry *find_legacy(struct correlate *m, const char *id, size_t n, const char *new_,
-                                  size_t new_len, int64_t now_ms)
+/* The most recently used live pair whose side's id is id, in any collection;
+ * expired ones met on the way are dropped. With other set, only a pair whose
+ * other side is other. */
+static struct centry *find_id(struct correlate *m, int side, const char *id, size_t n,
+                              const char *other, size_t other_len, int64_t now_ms)
 {
-    uint64_t h = hash_legacy(id, n);
+    uint64_t h = hash_id(id, n);
     struct centry *best = NULL;
-    for (struct centry *e = m->by_legacy[h & m->mask], *next; e != NULL; e = next) {
-        next = e->lnext;
-        if (e->lhash != h || e->legacy_len != n || memcmp(centry_legacy(e), id, n) != 0)
+    for (struct centry *e = m->by_id[side][h & m->mask], *next; e != NULL; e = next) {
+        next = e->inext[side];
+        if (e->ihash[side] != h || e->len[side] != n || memcmp(centry_id(e, side), id, n) != 0)
             continue;
         if (expired(m, e, now_ms)) {
             entry_remove(m, e);
             m->st.expired++;
             continue;
         }
-        if (new_ != NULL && (e->new_len != new_len || memcmp(centry_new(e), new_, new_len) != 0))
+        if (other != NULL &&
+            (e->len[!side] != other_len || memcmp(centry_id(e, !side), other, other_len) != 0))
             continue;
         if (best == NULL || e->used_ms > best->used_ms)
             best = e;
@@ -229,23 +267,18 @@ static void evict_to(struct correlate *m, size_t bound)
 /* Moves every pair to nb buckets. Returns 0 or FICUS_ENOMEM (nothing changed). */
 static int rehash(struct correlate *m, size_t nb)
 {
-    struct centry **bk = calloc(nb, sizeof(*bk)), **bl = calloc(nb, sizeof(*bl));
-    if (bk == NULL || bl == NULL) {
-        free(bk);
-        free(bl);
+    struct centry **t[4];
+    if (!alloc_tables(t, nb))
         return FICUS_ENOMEM;
-    }
-    free(m->by_key);
-    free(m->by_legacy);
-    m->by_key = bk;
-    m->by_legacy = bl;
+    struct centry **old[4] = {m->by_key[LEGACY], m->by_key[NEW], m->by_id[LEGACY], m->by_id[NEW]};
+    free_tables(old);
+    m->by_key[LEGACY] = t[0];
+    m->by_key[NEW] = t[1];
+    m->by_id[LEGACY] = t[2];
+    m->by_id[NEW] = t[3];
     m->mask = nb - 1;
-    for (struct centry *e = m->head; e != NULL; e = e->next) {
-        e->knext = bk[e->khash & m->mask];
-        bk[e->khash & m->mask] = e;
-        e->lnext = bl[e->lhash & m->mask];
-        bl[e->lhash & m->mask] = e;
-    }
+    for (struct centry *e = m->head; e != NULL; e = e->next)
+        link_entry(m, e);
     return 0;
 }
 
@@ -267,21 +300,25 @@ int correlate_configure(struct correlate *m, size_t max_entries, int64_t ttl_ms,
 }
 
 int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, const char *legacy,
-                    size_t legacy_len, const char *new_, size_t new_len, bool new_is_string,
-                    int64_t now_ms)
+                    size_t legacy_len, bool legacy_is_string, const char *new_, size_t new_len,
+                    bool new_is_string, int64_t now_ms)
 {
     if (legacy_len == 0 || new_len == 0 || legacy_len > CORRELATE_ID_MAX ||
         new_len > CORRELATE_ID_MAX || scope_len > CORRELATE_SCOPE_MAX)
         return -EINVAL;
     pthread_mutex_lock(&m->lock);
     int rc = 0;
-    uint64_t kh = hash_key(scope, scope_len, legacy, legacy_len);
-    struct centry *old = find_key(m, scope, scope_len, legacy, legacy_len, kh);
-    if (old != NULL && old->new_len == new_len && old->new_is_string == new_is_string &&
-        memcmp(centry_new(old), new_, new_len) == 0) {
+    struct centry *old = find_key(m, LEGACY, scope, scope_len, legacy, legacy_len);
+    if (old != NULL && old->len[NEW] == new_len &&
+        memcmp(centry_id(old, NEW), new_, new_len) == 0 &&
+        old->is_string[LEGACY] == legacy_is_string && old->is_string[NEW] == new_is_string) {
         touch(m, old, now_ms);
         goto out;
     }
+    if (old != NULL)
+        entry_remove(m, old);
+    /* A new id belongs to one legacy id in a collection, as the other way round. */
+    old = find_key(m, NEW, scope, scope_len, new_, new_len);
     if (old != NULL)
         entry_remove(m, old);
     sweep(m, now_ms, 8);
@@ -294,13 +331,16 @@ int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, co
         rc = FICUS_ENOMEM;
         goto out;
     }
-    e->khash = kh;
-    e->lhash = hash_legacy(legacy, legacy_len);
+    e->khash[LEGACY] = hash_key(scope, scope_len, legacy, legacy_len);
+    e->khash[NEW] = hash_key(scope, scope_len, new_, new_len);
+    e->ihash[LEGACY] = hash_id(legacy, legacy_len);
+    e->ihash[NEW] = hash_id(new_, new_len);
     e->used_ms = now_ms;
     e->scope_len = (uint16_t)scope_len;
-    e->legacy_len = (uint8_t)legacy_len;
-    e->new_len = (uint8_t)new_len;
-    e->new_is_string = new_is_string;
+    e->len[LEGACY] = (uint8_t)legacy_len;
+    e->len[NEW] = (uint8_t)new_len;
+    e->is_string[LEGACY] = legacy_is_string;
+    e->is_string[NEW] = new_is_string;
     char *d = e->data;
     memcpy(d, scope, scope_len);
     d[scope_len] = '\0';
@@ -310,10 +350,7 @@ int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, co
     d += legacy_len + 1;
     memcpy(d, new_, new_len);
     d[new_len] = '\0';
-    e->knext = m->by_key[kh & m->mask];
-    m->by_key[kh & m->mask] = e;
-    e->lnext = m->by_legacy[e->lhash & m->mask];
-    m->by_legacy[e->lhash & m->mask] = e;
+    link_entry(m, e);
     e->prev = e->next = NULL;
     list_push_front(m, e);
     m->size++;
@@ -323,37 +360,38 @@ out:
     return rc;
 }
 
-/* Under the lock: the lookup of correlate_lookup. */
-static int lookup_locked(struct correlate *m, const char *scope, size_t scope_len, const char *id,
-                         size_t n, int64_t now_ms, char *out, bool *is_string)
+/* Under the lock: correlate_lookup from side's id to the other side's. */
+static int lookup_locked(struct correlate *m, int side, const char *scope, size_t scope_len,
+                         const char *id, size_t n, int64_t now_ms, char *out, bool *is_string)
 {
     if (n == 0 || n > CORRELATE_ID_MAX)
         return -1;
     struct centry *e;
     if (scope != NULL) {
-        e = find_key(m, scope, scope_len, id, n, hash_key(scope, scope_len, id, n));
+        e = scope_len <= CORRELATE_SCOPE_MAX ? find_key(m, side, scope, scope_len, id, n) : NULL;
         if (e != NULL && expired(m, e, now_ms)) {
             entry_remove(m, e);
             m->st.expired++;
             e = NULL;
         }
     } else {
-        e = find_legacy(m, id, n, NULL, 0, now_ms);
+        e = find_id(m, side, id, n, NULL, 0, now_ms);
     }
     if (e == NULL)
         return -1;
     touch(m, e, now_ms);
-    memcpy(out, centry_new(e), (size_t)e->new_len + 1);
+    memcpy(out, centry_id(e, !side), (size_t)e->len[!side] + 1);
     if (is_string != NULL)
-        *is_string = e->new_is_string;
-    return e->new_len;
+        *is_string = e->is_string[!side];
+    return e->len[!side];
 }
 
-int correlate_lookup(struct correlate *m, const char *scope, size_t scope_len, const char *legacy,
-                     size_t legacy_len, int64_t now_ms, char *out, bool *is_string)
+int correlate_lookup(struct correlate *m, bool to_legacy, const char *scope, size_t scope_len,
+                     const char *id, size_t id_len, int64_t now_ms, char *out, bool *is_string)
 {
     pthread_mutex_lock(&m->lock);
-    int n = lookup_locked(m, scope, scope_len, legacy, legacy_len, now_ms, out, is_string);
+    int n = lookup_locked(m, to_legacy ? NEW : LEGACY, scope, scope_len, id, id_len, now_ms, out,
+                          is_string);
     pthread_mutex_unlock(&m->lock);
     return n;
 }
@@ -363,7 +401,7 @@ static bool is_pair_locked(struct correlate *m, const char *legacy, size_t legac
 {
     if (legacy_len == 0 || legacy_len > CORRELATE_ID_MAX || new_len == 0)
         return false;
-    struct centry *e = find_legacy(m, legacy, legacy_len, new_, new_len, now_ms);
+    struct centry *e = find_id(m, LEGACY, legacy, legacy_len, new_, new_len, now_ms);
     if (e != NULL)
         touch(m, e, now_ms);
     return e != NULL;
@@ -563,7 +601,7 @@ int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, cons
             memcmp(last, l.p, l.n) == 0)
             scope_len = sl; /* PUT /posts/4 answering {"id":4}: the collection is /posts */
     }
-    rc = correlate_learn(m, scope, scope_len, l.p, l.n, n.p, n.n, n.is_string, now_ms);
+    rc = correlate_learn(m, scope, scope_len, l.p, l.n, l.is_string, n.p, n.n, n.is_string, now_ms);
     rc = rc == 0 ? 1 : rc == -EINVAL ? 0 : rc;
 out:
     arena_dispose(&a);
@@ -591,9 +629,22 @@ static int put_segment(struct buf *out, const char *p, size_t n)
     return 0;
 }
 
-/* Appends the target with its known path segments rewritten; counts them. */
-static int rewrite_target(struct correlate *m, const char *t, size_t tn, int64_t now_ms,
-                          struct buf *out, int *count)
+/* A rewrite's direction: side is the side whose ids the request carries
+ * (LEGACY for a request shadowed to new, NEW for one shadowed to legacy); path
+ * and plen the request path in legacy's terms, where collections are learnt
+ * (for a request to legacy, the rewritten one). */
+struct rw {
+    struct correlate *m;
+    int side;
+    int64_t now_ms;
+    const char *path;
+    size_t plen;
+};
+
+/* Appends the target with its known path segments rewritten; counts them. The
+ * collection of a segment is the path before it in legacy's terms: the
+ * target's own for ids of legacy, what was written so far for ids of new. */
+static int rewrite_target(struct rw *w, const char *t, size_t tn, struct buf *out, int *count)
 {
     size_t plen = 0;
     while (plen < tn && t[plen] != '?' && t[plen] != '#')
@@ -610,10 +661,13 @@ static int rewrite_target(struct correlate *m, const char *t, size_t tn, int64_t
         size_t s = i + 1, e = s;
         while (e < plen && t[e] != '/')
             e++;
+        /* The lookup before the "/" is appended: that may move out->data. */
+        const char *scope = w->side == LEGACY ? t : out->len > 0 ? out->data : "";
+        size_t scope_len = w->side == LEGACY ? i : out->len;
+        int n = e > s ? lookup_locked(w->m, w->side, scope, scope_len, t + s, e - s, w->now_ms, id,
+                                      NULL)
+                      : -1;
         rc = buf_append(out, "/", 1);
-        int n = -1;
-        if (rc == 0 && e > s && i <= CORRELATE_SCOPE_MAX)
-            n = lookup_locked(m, t, i, t + s, e - s, now_ms, id, NULL);
         if (rc == 0 && n > 0) {
             rc = put_segment(out, id, (size_t)n);
             (*count)++;
@@ -627,10 +681,11 @@ static int rewrite_target(struct correlate *m, const char *t, size_t tn, int64_t
     return rc;
 }
 
-/* The new value for a body id, or NULL. path/plen: the request's path. */
-static json_t *field_replacement(struct correlate *m, const struct correlate_field *f, json_t *v,
-                                 const char *path, size_t plen, int64_t now_ms)
+/* The other side's value for a body id, or NULL. */
+static json_t *field_replacement(struct rw *w, const struct correlate_field *f, json_t *v)
 {
+    const char *path = w->path;
+    size_t plen = w->plen;
     char text[64];
     const char *p;
     size_t n;
@@ -647,7 +702,8 @@ static json_t *field_replacement(struct correlate *m, const struct correlate_fie
     bool is_string = true;
     int got = -1;
     if (f->collection != NULL) {
-        got = lookup_locked(m, f->collection, strlen(f->collection), p, n, now_ms, id, &is_string);
+        got = lookup_locked(w->m, w->side, f->collection, strlen(f->collection), p, n, w->now_ms,
+                            id, &is_string);
     } else {
         /* The request path's collections, longest first: /posts/4/comments,
          * /posts/4, /posts. */
@@ -655,13 +711,12 @@ static json_t *field_replacement(struct correlate *m, const struct correlate_fie
         while (got < 0 && sl > 0) {
             while (sl > 0 && path[sl - 1] == '/')
                 sl--;
-            if (sl <= CORRELATE_SCOPE_MAX)
-                got = lookup_locked(m, path, sl, p, n, now_ms, id, &is_string);
+            got = lookup_locked(w->m, w->side, path, sl, p, n, w->now_ms, id, &is_string);
             while (sl > 0 && path[sl - 1] != '/')
                 sl--;
         }
         if (got < 0)
-            got = lookup_locked(m, NULL, 0, p, n, now_ms, id, &is_string);
+            got = lookup_locked(w->m, w->side, NULL, 0, p, n, w->now_ms, id, &is_string);
     }
     if (got < 0)
         return NULL;
@@ -672,8 +727,8 @@ static json_t *field_replacement(struct correlate *m, const struct correlate_fie
 }
 
 /* Rewrites the values at pointer ptr (from its current segment) under v. */
-static int rewrite_at(struct correlate *m, const struct correlate_field *f, json_t *v,
-                      const char *ptr, const char *path, size_t plen, int64_t now_ms, int depth)
+static int rewrite_at(struct rw *w, const struct correlate_field *f, json_t *v, const char *ptr,
+                      int depth)
 {
     if (*ptr != '/' || depth > 64)
         return 0;
@@ -703,11 +758,11 @@ static int rewrite_at(struct correlate *m, const struct correlate_field *f, json
             if (!star && strcmp(key, seg) != 0)
                 continue;
             if (*rest == '\0') {
-                json_t *nv = field_replacement(m, f, child, path, plen, now_ms);
+                json_t *nv = field_replacement(w, f, child);
                 if (nv != NULL && json_object_set_new(v, key, nv) == 0)
                     count++;
             } else {
-                count += rewrite_at(m, f, child, rest, path, plen, now_ms, depth + 1);
+                count += rewrite_at(w, f, child, rest, depth + 1);
             }
         }
     } else if (json_is_array(v)) {
@@ -721,11 +776,11 @@ static int rewrite_at(struct correlate *m, const struct correlate_field *f, json
             }
             json_t *child = json_array_get(v, i);
             if (*rest == '\0') {
-                json_t *nv = field_replacement(m, f, child, path, plen, now_ms);
+                json_t *nv = field_replacement(w, f, child);
                 if (nv != NULL && json_array_set_new(v, i, nv) == 0)
                     count++;
             } else {
-                count += rewrite_at(m, f, child, rest, path, plen, now_ms, depth + 1);
+                count += rewrite_at(w, f, child, rest, depth + 1);
             }
         }
     }
@@ -769,9 +824,9 @@ static int put_headers(struct buf *out, const char *h, size_t n, bool set_length
     return rc;
 }
 
-int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, const char *head,
-                      size_t head_len, const char *body, size_t body_len, bool chunked,
-                      int64_t now_ms, struct buf *out_head, struct buf *out_body,
+int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, bool to_legacy,
+                      const char *head, size_t head_len, const char *body, size_t body_len,
+                      bool chunked, int64_t now_ms, struct buf *out_head, struct buf *out_body,
                       bool *body_changed)
 {
     *body_changed = false;
@@ -792,12 +847,21 @@ int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, cons
     /* Parsing and writing the body happen outside the lock: it covers the
      * lookups only. */
     json_t *root = body_json(cfg, body, body_len);
+    struct rw w = {
+        .m = m, .side = to_legacy ? NEW : LEGACY, .now_ms = now_ms, .path = t, .plen = plen};
     pthread_mutex_lock(&m->lock);
-    int rc = rewrite_target(m, t, tn, now_ms, &target, &count);
+    int rc = rewrite_target(&w, t, tn, &target, &count);
+    if (to_legacy && target.len > 0) {
+        /* Body fields look in legacy's collections: the rewritten path's. */
+        w.path = target.data;
+        for (w.plen = 0;
+             w.plen < target.len && target.data[w.plen] != '?' && target.data[w.plen] != '#';
+             w.plen++)
+            ;
+    }
     for (size_t i = 0; rc == 0 && root != NULL && i < cfg->n_body_fields; i++) {
         if (cfg->body_fields[i].pointer != NULL)
-            nb += rewrite_at(m, &cfg->body_fields[i], root, cfg->body_fields[i].pointer, t, plen,
-                             now_ms, 0);
+            nb += rewrite_at(&w, &cfg->body_fields[i], root, cfg->body_fields[i].pointer, 0);
     }
     count += nb;
     if (rc == 0)

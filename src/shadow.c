@@ -502,20 +502,22 @@ static void probe_start(struct comparison *c, struct probe *p)
         probe_finish(p, "connect_error", false);
 }
 
-/* shadow.correlate: a request shadowed to new gets the legacy ids the map
- * knows replaced by new's, in its path and configured body fields, in a copy
- * of its own (cor_head, cor_body): the client's request and a noise twin to
- * legacy are not touched. The rewritten body is not counted against the
- * memory budget. */
+/* shadow.correlate: a shadow request gets the ids the map knows replaced by
+ * those of the side it goes to (legacy ids become new's on the way to new,
+ * new ids legacy's on the way to legacy), in its path and configured body
+ * fields, in a copy of its own (cor_head, cor_body): the client's request and
+ * a noise twin to legacy are not touched. The rewritten body is not counted
+ * against the memory budget. */
 static void correlate_request(struct comparison *c)
 {
     const struct correlate_cfg *cc = &c->rt->shadow_correlate;
-    if (!cc->enabled || c->rs->correlate == NULL || c->primary_is_new)
+    if (!cc->enabled || c->rs->correlate == NULL)
         return;
     bool body_changed = false;
-    if (correlate_rewrite(c->rs->correlate, cc, c->req_head.data, c->req_head.len, c->req_body.data,
-                          c->req_body.len, c->chunked_body, (int64_t)(io_now_us() / 1000),
-                          &c->cor_head, &c->cor_body, &body_changed) <= 0) {
+    if (correlate_rewrite(c->rs->correlate, cc, c->primary_is_new, c->req_head.data,
+                          c->req_head.len, c->req_body.data, c->req_body.len, c->chunked_body,
+                          (int64_t)(io_now_us() / 1000), &c->cor_head, &c->cor_body,
+                          &body_changed) <= 0) {
         buf_dispose(&c->cor_head);
         buf_dispose(&c->cor_body);
     }

@@ -85,20 +85,23 @@ void correlate_free(struct correlate *m);
  * -EINVAL for bounds correlate_new refuses (nothing changed). */
 int correlate_configure(struct correlate *m, size_t max_entries, int64_t ttl_ms, int64_t now_ms);
 
-/* Remembers legacy -> new_ in collection scope (the path before the id, no
- * trailing "/"; "" for the root). new_is_string: the new id is a JSON string
- * (a JSON number otherwise) when written into a body. Returns 0, -EINVAL when
- * an id is empty or longer than CORRELATE_ID_MAX or the scope longer than
+/* Remembers legacy <-> new_ in collection scope (the path before the id in
+ * legacy's terms, no trailing "/"; "" for the root), replacing a pair of
+ * either id in that collection. *_is_string: the id is a JSON string (a JSON
+ * number otherwise) when written into a body. Returns 0, -EINVAL when an id is
+ * empty or longer than CORRELATE_ID_MAX or the scope longer than
  * CORRELATE_SCOPE_MAX, or FICUS_ENOMEM. */
 int correlate_learn(struct correlate *m, const char *scope, size_t scope_len, const char *legacy,
-                    size_t legacy_len, const char *new_, size_t new_len, bool new_is_string,
-                    int64_t now_ms);
+                    size_t legacy_len, bool legacy_is_string, const char *new_, size_t new_len,
+                    bool new_is_string, int64_t now_ms);
 
-/* The new id of legacy in scope (scope NULL: any collection, the most recently
- * used first), copied NUL-terminated into out (CORRELATE_ID_MAX + 1 bytes).
- * Returns its length, or -1 when unknown or expired. Touches the pair. */
-int correlate_lookup(struct correlate *m, const char *scope, size_t scope_len, const char *legacy,
-                     size_t legacy_len, int64_t now_ms, char *out, bool *is_string);
+/* The new id of a legacy id in scope, or with to_legacy the legacy id of a new
+ * id (scope NULL: any collection, the most recently used first), copied
+ * NUL-terminated into out (CORRELATE_ID_MAX + 1 bytes); *is_string (may be
+ * NULL) its JSON type. Returns its length, or -1 when unknown or expired.
+ * Touches the pair. */
+int correlate_lookup(struct correlate *m, bool to_legacy, const char *scope, size_t scope_len,
+                     const char *id, size_t id_len, int64_t now_ms, char *out, bool *is_string);
 
 /* Is legacy -> new_ a remembered pair in any collection? */
 bool correlate_is_pair(struct correlate *m, const char *legacy, size_t legacy_len, const char *new_,
@@ -120,17 +123,19 @@ int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, cons
                       const char *target, const struct diff_response *legacy,
                       const struct diff_response *new_, int64_t now_ms);
 
-/* Rewrites a request about to be shadowed to new: the path segments whose
- * (collection, id) is known, and the values at cfg->body_fields of a JSON
- * body (re-serialised compactly then, and the head's Content-Length set to the
- * new length unless chunked). head is the complete raw head ("...\r\n\r\n").
+/* Rewrites a request about to be shadowed to new (legacy ids become new's), or
+ * with to_legacy to legacy (new ids become legacy's: a client routed to new
+ * carries new's ids): the path segments whose (collection, id) is known, and
+ * the values at cfg->body_fields of a JSON body (re-serialised compactly
+ * then, and the head's Content-Length set to the new length unless chunked).
+ * head is the complete raw head ("...\r\n\r\n").
  * Returns the number of ids rewritten; when > 0, out_head holds the new head
  * and, if the body changed, out_body the new body (*body_changed set). Both
  * outputs are the caller's (initialised bufs; emptied first). 0: nothing to
  * change, outputs untouched. Negative: an error, send the request unchanged. */
-int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, const char *head,
-                      size_t head_len, const char *body, size_t body_len, bool chunked,
-                      int64_t now_ms, struct buf *out_head, struct buf *out_body,
+int correlate_rewrite(struct correlate *m, const struct correlate_cfg *cfg, bool to_legacy,
+                      const char *head, size_t head_len, const char *body, size_t body_len,
+                      bool chunked, int64_t now_ms, struct buf *out_head, struct buf *out_body,
                       bool *body_changed);
 
 /* Is a diff item only a correlated pair: a JSON value (number or string) on

@@ -21,12 +21,14 @@
 static int learn(struct correlate *m, const char *scope, const char *l, const char *n, bool str,
                  int64_t now)
 {
-    return correlate_learn(m, scope, strlen(scope), l, strlen(l), n, strlen(n), str, now);
+    bool l_int = strspn(l, "0123456789") == strlen(l);
+    return correlate_learn(m, scope, strlen(scope), l, strlen(l), !l_int, n, strlen(n), str, now);
 }
 
 static int lookup(struct correlate *m, const char *scope, const char *l, int64_t now, char *out)
 {
-    return correlate_lookup(m, scope, scope ? strlen(scope) : 0, l, strlen(l), now, out, NULL);
+    return correlate_lookup(m, false, scope, scope ? strlen(scope) : 0, l, strlen(l), now, out,
+                            NULL);
 }
 
 static void test_learn_lookup_per_collection(void **state)
@@ -160,7 +162,8 @@ static void test_path_rewrite(void **state)
     bool changed;
     const char *head = "PATCH /posts/4/comments/7?x=/posts/4 HTTP/1.1\r\nHost: a\r\n"
                        "Content-Length: 2\r\n\r\n";
-    int n = correlate_rewrite(m, &cfg, head, strlen(head), "{}", 2, false, 1, &h, &b, &changed);
+    int n =
+        correlate_rewrite(m, &cfg, false, head, strlen(head), "{}", 2, false, 1, &h, &b, &changed);
     assert_int_equal(n, 2);
     assert_false(changed);
     assert_int_equal(h.len, strlen("PATCH /posts/p-4/comments/c%207?x=/posts/4 HTTP/1.1\r\nHost: "
@@ -171,11 +174,13 @@ static void test_path_rewrite(void **state)
                         h.len);
     /* Nothing known: nothing changes. */
     const char *other = "GET /posts/5 HTTP/1.1\r\n\r\n";
-    assert_int_equal(
-        correlate_rewrite(m, &cfg, other, strlen(other), NULL, 0, false, 2, &h, &b, &changed), 0);
+    assert_int_equal(correlate_rewrite(m, &cfg, false, other, strlen(other), NULL, 0, false, 2, &h,
+                                       &b, &changed),
+                     0);
     const char *users = "DELETE /users/4/ HTTP/1.1\r\n\r\n";
-    assert_int_equal(
-        correlate_rewrite(m, &cfg, users, strlen(users), NULL, 0, false, 3, &h, &b, &changed), 1);
+    assert_int_equal(correlate_rewrite(m, &cfg, false, users, strlen(users), NULL, 0, false, 3, &h,
+                                       &b, &changed),
+                     1);
     assert_memory_equal(h.data, "DELETE /users/u-4/ HTTP/1.1\r\n\r\n", h.len);
     struct correlate_stats st;
     correlate_stats(m, 4, &st);
@@ -204,8 +209,8 @@ static void test_body_rewrite(void **state)
     const char *head = "POST /comments HTTP/1.1\r\nContent-Type: application/json\r\n"
                        "Content-Length: 61\r\n\r\n";
     const char *body = "{\"post_id\":4,\"author\":4,\"tags\":[{\"ref\":\"x\"},{\"ref\":\"y\"}]}";
-    int n = correlate_rewrite(m, &cfg, head, strlen(head), body, strlen(body), false, 1, &h, &b,
-                              &changed);
+    int n = correlate_rewrite(m, &cfg, false, head, strlen(head), body, strlen(body), false, 1, &h,
+                              &b, &changed);
     assert_int_equal(n, 3);
     assert_true(changed);
     const char *want =
@@ -219,17 +224,17 @@ static void test_body_rewrite(void **state)
     assert_null(strstr(h.data, "Content-Length: 61"));
     /* Chunked: the body changes, the head keeps its framing. */
     const char *chead = "POST /comments HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-    n = correlate_rewrite(m, &cfg, chead, strlen(chead), "{\"post_id\":\"4\"}", 15, true, 2, &h, &b,
-                          &changed);
+    n = correlate_rewrite(m, &cfg, false, chead, strlen(chead), "{\"post_id\":\"4\"}", 15, true, 2,
+                          &h, &b, &changed);
     assert_int_equal(n, 1);
     assert_memory_equal(h.data, chead, strlen(chead));
     assert_memory_equal(b.data, "{\"post_id\":\"p-4\"}", b.len);
     /* Not JSON, or no field known: untouched. */
-    assert_int_equal(
-        correlate_rewrite(m, &cfg, head, strlen(head), "post_id=4", 9, false, 3, &h, &b, &changed),
-        0);
-    assert_int_equal(correlate_rewrite(m, &cfg, head, strlen(head), "{\"post_id\":5}", 13, false, 3,
+    assert_int_equal(correlate_rewrite(m, &cfg, false, head, strlen(head), "post_id=4", 9, false, 3,
                                        &h, &b, &changed),
+                     0);
+    assert_int_equal(correlate_rewrite(m, &cfg, false, head, strlen(head), "{\"post_id\":5}", 13,
+                                       false, 3, &h, &b, &changed),
                      0);
     buf_dispose(&h);
     buf_dispose(&b);
@@ -261,7 +266,7 @@ static void test_observe_and_diff_items(void **state)
     assert_int_equal(correlate_observe(m, &cfg, "POST", "/posts?x=1", &l, &n, 0), 1);
     char out[CORRELATE_ID_MAX + 1];
     bool is_string = false;
-    assert_int_equal(correlate_lookup(m, "/posts", 6, "4", 1, 1, out, &is_string), 3);
+    assert_int_equal(correlate_lookup(m, false, "/posts", 6, "4", 1, 1, out, &is_string), 3);
     assert_true(is_string);
     /* From the Location alone (no JSON body): the collection is the Location's. */
     struct correlate_cfg loc_only = {.enabled = true, .location = true};
@@ -270,13 +275,13 @@ static void test_observe_and_diff_items(void **state)
     struct diff_response l2 = {.status = 201, .headers = lh2, .n_headers = 1};
     struct diff_response n2 = {.status = 201, .headers = nh2, .n_headers = 1};
     assert_int_equal(correlate_observe(m, &loc_only, "POST", "/users", &l2, &n2, 2), 1);
-    assert_int_equal(correlate_lookup(m, "/u", 2, "9", 1, 3, out, &is_string), 2);
+    assert_int_equal(correlate_lookup(m, false, "/u", 2, "9", 1, 3, out, &is_string), 2);
     assert_false(is_string);
     /* A PUT to the id's own path learns in its collection. */
     struct diff_response l3 = {.status = 200, .body = "{\"id\":7}", .body_len = 8};
     struct diff_response n3 = {.status = 200, .body = "{\"id\":\"p-7\"}", .body_len = 12};
     assert_int_equal(correlate_observe(m, &cfg, "PUT", "/posts/7", &l3, &n3, 4), 1);
-    assert_int_equal(correlate_lookup(m, "/posts", 6, "7", 1, 5, out, NULL), 3);
+    assert_int_equal(correlate_lookup(m, false, "/posts", 6, "7", 1, 5, out, NULL), 3);
 
     /* Diff items: the pair is equal, another value is not. */
     struct diff_result r;
@@ -350,6 +355,65 @@ static void test_diff_hook_keeps_real_differences(void **state)
     correlate_free(m);
 }
 
+/* A client routed to new carries new's ids: its shadow to legacy gets legacy's,
+ * in nested paths (collections are legacy's paths) and body fields; a new id
+ * names one legacy id per collection. */
+static void test_rewrite_to_legacy(void **state)
+{
+    (void)state;
+    struct correlate *m = correlate_new(100, 60000);
+    struct correlate_field fields[] = {{.pointer = "/post_id", .collection = "/posts"},
+                                       {.pointer = "/parent"}};
+    struct correlate_cfg cfg = {
+        .enabled = true, .id_pointer = "/id", .body_fields = fields, .n_body_fields = 2};
+    learn(m, "/posts", "4", "p-4", true, 0);
+    learn(m, "/posts/4/comments", "7", "c-7", true, 0);
+    char out[CORRELATE_ID_MAX + 1];
+    bool is_string = true;
+    assert_int_equal(correlate_lookup(m, true, "/posts", 6, "p-4", 3, 1, out, &is_string), 1);
+    assert_string_equal(out, "4");
+    assert_false(is_string);
+    struct buf h = {0}, b = {0};
+    bool changed;
+    const char *head = "PUT /posts/p-4/comments/c-7 HTTP/1.1\r\nContent-Length: 33\r\n\r\n";
+    const char *body = "{\"post_id\":\"p-4\",\"parent\":\"c-7\"}";
+    int n = correlate_rewrite(m, &cfg, true, head, strlen(head), body, strlen(body), false, 2, &h,
+                              &b, &changed);
+    assert_int_equal(n, 4);
+    assert_true(changed);
+    const char *want_head = "PUT /posts/4/comments/7 HTTP/1.1\r\nContent-Length: 24\r\n\r\n";
+    assert_int_equal(h.len, strlen(want_head));
+    assert_memory_equal(h.data, want_head, h.len);
+    assert_int_equal(b.len, 24);
+    assert_memory_equal(b.data, "{\"post_id\":4,\"parent\":7}", b.len);
+    /* The forward direction does not take new ids for legacy ones. */
+    assert_int_equal(correlate_rewrite(m, &cfg, false, head, strlen(head), body, strlen(body),
+                                       false, 3, &h, &b, &changed),
+                     0);
+    /* A long collection: the rewritten path grows while its prefix is the
+     * collection looked up (found by fuzz_correlate: the lookup read the
+     * buffer the append had just moved). */
+    char scope[201], rhead[300];
+    memset(scope, 'a', 200);
+    scope[0] = '/';
+    scope[200] = '\0';
+    learn(m, scope, "1", "n-1", true, 2);
+    snprintf(rhead, sizeof(rhead), "GET %s/n-1 HTTP/1.1\r\n\r\n", scope);
+    assert_int_equal(
+        correlate_rewrite(m, &cfg, true, rhead, strlen(rhead), NULL, 0, false, 3, &h, &b, &changed),
+        1);
+    assert_int_equal(h.len, strlen(rhead) - 2);
+    assert_memory_equal(h.data + 4 + 200, "/1 HTTP", 7);
+    /* Learning another legacy id for p-4 in /posts replaces the pair. */
+    learn(m, "/posts", "5", "p-4", true, 4);
+    assert_int_equal(correlate_lookup(m, true, "/posts", 6, "p-4", 3, 5, out, NULL), 1);
+    assert_string_equal(out, "5");
+    assert_int_equal(correlate_lookup(m, false, "/posts", 6, "4", 1, 5, out, NULL), -1);
+    buf_dispose(&h);
+    buf_dispose(&b);
+    correlate_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -361,6 +425,7 @@ int main(void)
         cmocka_unit_test(test_body_rewrite),
         cmocka_unit_test(test_observe_and_diff_items),
         cmocka_unit_test(test_diff_hook_keeps_real_differences),
+        cmocka_unit_test(test_rewrite_to_legacy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
