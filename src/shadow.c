@@ -64,8 +64,8 @@ struct comparison {
 
     struct buf req_head;
     struct buf req_body;
-    /* shadow.correlate: the request as rewritten for new (the shadow only; a
-     * noise twin to legacy sends req_head). Empty: not rewritten. */
+    /* shadow.correlate: the request as rewritten for the shadow's backend (the
+     * shadow, and a noise twin when both go to legacy). Empty: not rewritten. */
     struct buf cor_head, cor_body;
     bool chunked_body; /* the head says chunked */
     bool req_complete;
@@ -465,7 +465,7 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
                    c->cfg->max_header_bytes, UPCLIENT_TOTAL, c->rt->shadow_timeout_ms);
     /* The head and the body are copied per probe: a write owns what it sends. */
     const struct buf *rh = &c->req_head, *rb = &c->req_body;
-    if (p == &c->shadow && c->cor_head.len > 0) {
+    if (c->cor_head.len > 0 && (p == &c->shadow || (p == c->twin && c->primary_is_new))) {
         rh = &c->cor_head;
         rb = c->cor_body.len > 0 ? &c->cor_body : rb;
     }
@@ -505,8 +505,9 @@ static void probe_start(struct comparison *c, struct probe *p)
 /* shadow.correlate: a shadow request gets the ids the map knows replaced by
  * those of the side it goes to (legacy ids become new's on the way to new,
  * new ids legacy's on the way to legacy), in its path and configured body
- * fields, in a copy of its own (cor_head, cor_body): the client's request and
- * a noise twin to legacy are not touched. The rewritten body is not counted
+ * fields, in a copy of its own (cor_head, cor_body) that every probe to that
+ * backend sends: the client's request is not touched, and a noise twin gets
+ * the ids legacy knows either way. The rewritten body is not counted
  * against the memory budget. */
 static void correlate_request(struct comparison *c)
 {

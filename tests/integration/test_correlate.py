@@ -118,20 +118,23 @@ def route(correlate=CORRELATE, max_entries=None, noise=False):
         # Every safe request also goes to legacy a second time (the noise twin): it
         # must get the client's ids, not new's.
         diff["noise"] = {"percent": 100}
-    return {"name": "api", "new_percent": 0, "shadow": shadow, "diff": diff}
+    return {"name": "api", "new_percent": 0, "shadow": shadow, "diff": diff,
+            "override_header": "x-ficus-backend"}
 
 
 class CorrelateSequence(FicusTestCase):
 
-    def run_sequence(self, correlate=CORRELATE, planted=None):
-        """The sequence through ficus; returns (ficus, legacy, new, client answers)."""
+    def run_sequence(self, correlate=CORRELATE, planted=None, steps=None):
+        """The sequence through ficus; returns (ficus, legacy, new, client answers). A
+        step with a fourth member True goes to new (override header): its shadow goes
+        to legacy."""
         legacy = self.backend(store_app("L"), name="legacy")
         new = self.backend(store_app("N", planted), name="new")
         f = ShadowFicus(legacy, new, config={"routes": [route(correlate, noise=True)]})
         self._ficuses.append(f)
         f.start()
         f.wait_admin()
-        steps = [
+        steps = steps or [
             ("POST", "/posts", {"title": "first"}),
             ("POST", "/posts", {"title": "second"}),
             ("GET", "/posts/1", None),
@@ -146,9 +149,12 @@ class CorrelateSequence(FicusTestCase):
         answers = []
         c = KeepAlive(f.port)
         try:
-            for i, (method, path, doc) in enumerate(steps):
+            for i, step in enumerate(steps):
+                method, path, doc = step[:3]
                 body = json.dumps(doc).encode() if doc is not None else None
                 hdrs = {"Content-Type": "application/json"} if body else {}
+                if len(step) > 3 and step[3]:
+                    hdrs["x-ficus-backend"] = "new"
                 status, _, data = c.request(method, path, headers=hdrs, body=body)
                 answers.append((method, path, status, data))
                 # The comparison (and a create's pair) is in before the next request.
@@ -196,6 +202,29 @@ class CorrelateSequence(FicusTestCase):
         self.assertEqual(f.metric("ficus_correlation_total", route="api", event="learnt"), 3)
         self.assertEqual(f.metric("ficus_correlation_total", route="api", event="rewritten"), 7)
         self.assertEqual(f.metric("ficus_correlation_entries", route="api"), 3)
+
+    def test_clients_on_new_get_legacy_ids_on_legacy(self):
+        """A client routed to new carries new's ids; its shadow to legacy gets legacy's."""
+        f, legacy, new, answers = self.run_sequence(steps=[
+            ("POST", "/posts", {"title": "first"}),
+            ("GET", "/posts/p-1", None, True),
+            ("POST", "/posts", {"title": "second"}, True),
+            ("PATCH", "/posts/p-2", {"title": "second, edited"}, True),
+            ("POST", "/comments", {"post_id": "p-2", "text": "hi"}, True),
+            ("GET", "/posts/p-2/comments", None, True),
+            ("GET", "/posts/2", None),
+        ])
+        self.assertEqual([a[2] for a in answers], [201, 200, 201, 200, 201, 200, 200])
+        self.assertEqual(json.loads(answers[2][3])["id"], "p-2")  # new answered the client
+        self.assertEqual(f.records(), [])
+        self.assertEqual(f.api("/api/v1/routes/api")["divergences"], 0)
+        legacy_seen = [(r.method, r.target) for r in legacy.requests]
+        for want in [("GET", "/posts/1"), ("PATCH", "/posts/2"), ("GET", "/posts/2/comments")]:
+            self.assertIn(want, legacy_seen)
+        self.assertFalse([t for t in legacy_seen if "p-" in t[1]], legacy_seen)
+        comment = [r for r in legacy.requests if r.target == "/comments"][0]
+        self.assertEqual(json.loads(comment.body)["post_id"], 2)  # legacy's type: a number
+        self.assertIn(("GET", "/posts/p-2"), [(r.method, r.target) for r in new.requests])
 
     def test_planted_difference_is_the_only_divergence(self):
         f, _, _, _ = self.run_sequence(planted={"patch_title"})
