@@ -569,7 +569,7 @@ static bool read_id(const struct correlate_cfg *cfg, const struct diff_response 
 }
 
 int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, const char *method,
-                      const char *target, const struct diff_response *legacy,
+                      const char *target, size_t target_len, const struct diff_response *legacy,
                       const struct diff_response *new_, int64_t now_ms)
 {
     if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 || strcmp(method, "OPTIONS") == 0)
@@ -591,7 +591,7 @@ int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, cons
         scope = l.scope;
         scope_len = l.scope_len;
     } else {
-        url_path(target, strlen(target), &scope, &scope_len);
+        url_path(target, target_len, &scope, &scope_len);
         while (scope_len > 0 && scope[scope_len - 1] == '/')
             scope_len--;
         size_t sl;
@@ -606,6 +606,20 @@ int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, cons
 out:
     arena_dispose(&a);
     return rc;
+}
+
+bool correlate_head_target(const char *head, size_t head_len, const char **target, size_t *len)
+{
+    const char *sp1 = memchr(head, ' ', head_len);
+    if (sp1 == NULL)
+        return false;
+    const char *t = sp1 + 1;
+    const char *sp2 = memchr(t, ' ', head_len - (size_t)(t - head));
+    if (sp2 == NULL)
+        return false;
+    *target = t;
+    *len = (size_t)(sp2 - t);
+    return true;
 }
 
 /* ---- rewriting requests ------------------------------------------------------------------- */

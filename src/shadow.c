@@ -743,7 +743,12 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     struct correlate_diff_ctx cd = {.m = rt->shadow_correlate.enabled ? c->rs->correlate : NULL,
                                     .now_ms = (int64_t)(io_now_us() / 1000)};
     if (cd.m != NULL) {
-        correlate_observe(cd.m, &rt->shadow_correlate, c->method, c->target, &rl, &rn, cd.now_ms);
+        /* The collection is learnt in legacy's terms: a client on new sent new's ids. */
+        const char *tgt = c->target;
+        size_t tlen = strlen(tgt);
+        if (c->primary_is_new && c->cor_head.len > 0)
+            correlate_head_target(c->cor_head.data, c->cor_head.len, &tgt, &tlen);
+        correlate_observe(cd.m, &rt->shadow_correlate, c->method, tgt, tlen, &rl, &rn, cd.now_ms);
         rules.equal_hook = correlate_diff_equal;
         rules.equal_ctx = &cd;
     }

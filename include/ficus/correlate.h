@@ -116,12 +116,18 @@ void correlate_stats(struct correlate *m, int64_t now_ms, struct correlate_stats
  * responses are 2xx, reads the created id from each (cfg->id_pointer in a JSON
  * body that is not gzip-encoded, else the Location header when cfg->location)
  * and learns the pair in the collection: the Location's path before the id,
- * else the request path (without query), less its last segment when that
- * segment is the legacy id itself. Returns 1 when a pair was learnt, 0 when
- * there was none to learn, or a negative error. */
+ * else the request path (without query; target is in legacy's terms), less
+ * its last segment when that segment is the legacy id itself. Returns 1 when a pair was learnt, 0
+ * when there was none to learn, or a negative error. */
 int correlate_observe(struct correlate *m, const struct correlate_cfg *cfg, const char *method,
-                      const char *target, const struct diff_response *legacy,
+                      const char *target, size_t target_len, const struct diff_response *legacy,
                       const struct diff_response *new_, int64_t now_ms);
+
+/* The request target of a raw head ("METHOD SP target SP ..."), not
+ * NUL-terminated: false when there is none. For correlate_observe's target in
+ * legacy's terms when the client (on new) sent new's ids: the target of the
+ * request rewritten for legacy. */
+bool correlate_head_target(const char *head, size_t head_len, const char **target, size_t *len);
 
 /* Rewrites a request about to be shadowed to new (legacy ids become new's), or
  * with to_legacy to legacy (new ids become legacy's: a client routed to new

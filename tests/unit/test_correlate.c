@@ -259,11 +259,11 @@ static void test_observe_and_diff_items(void **state)
                               .body = "{\"id\":\"p-4\",\"t\":\"a\"}",
                               .body_len = 20};
     /* Safe methods and failures teach nothing. */
-    assert_int_equal(correlate_observe(m, &cfg, "GET", "/posts", &l, &n, 0), 0);
+    assert_int_equal(correlate_observe(m, &cfg, "GET", "/posts", 6, &l, &n, 0), 0);
     n.status = 500;
-    assert_int_equal(correlate_observe(m, &cfg, "POST", "/posts", &l, &n, 0), 0);
+    assert_int_equal(correlate_observe(m, &cfg, "POST", "/posts", 6, &l, &n, 0), 0);
     n.status = 201;
-    assert_int_equal(correlate_observe(m, &cfg, "POST", "/posts?x=1", &l, &n, 0), 1);
+    assert_int_equal(correlate_observe(m, &cfg, "POST", "/posts?x=1", 10, &l, &n, 0), 1);
     char out[CORRELATE_ID_MAX + 1];
     bool is_string = false;
     assert_int_equal(correlate_lookup(m, false, "/posts", 6, "4", 1, 1, out, &is_string), 3);
@@ -274,13 +274,13 @@ static void test_observe_and_diff_items(void **state)
     struct diff_header nh2[] = {{"location", 8, "/u/90", 5}};
     struct diff_response l2 = {.status = 201, .headers = lh2, .n_headers = 1};
     struct diff_response n2 = {.status = 201, .headers = nh2, .n_headers = 1};
-    assert_int_equal(correlate_observe(m, &loc_only, "POST", "/users", &l2, &n2, 2), 1);
+    assert_int_equal(correlate_observe(m, &loc_only, "POST", "/users", 6, &l2, &n2, 2), 1);
     assert_int_equal(correlate_lookup(m, false, "/u", 2, "9", 1, 3, out, &is_string), 2);
     assert_false(is_string);
     /* A PUT to the id's own path learns in its collection. */
     struct diff_response l3 = {.status = 200, .body = "{\"id\":7}", .body_len = 8};
     struct diff_response n3 = {.status = 200, .body = "{\"id\":\"p-7\"}", .body_len = 12};
-    assert_int_equal(correlate_observe(m, &cfg, "PUT", "/posts/7", &l3, &n3, 4), 1);
+    assert_int_equal(correlate_observe(m, &cfg, "PUT", "/posts/7", 8, &l3, &n3, 4), 1);
     assert_int_equal(correlate_lookup(m, false, "/posts", 6, "7", 1, 5, out, NULL), 3);
 
     /* Diff items: the pair is equal, another value is not. */
