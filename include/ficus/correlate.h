@@ -4,9 +4,11 @@
  * create with 4, new with "p-4". Once both sides of a shadowed write answered
  * 2xx, the created id is read from each response and the pair remembered, per
  * route and per collection (the path before the id: "/posts", so /posts/4 and
- * /users/4 do not collide). Later requests shadowed to new have legacy ids
- * replaced by the new ones in their path segments and in the configured JSON
- * body fields, and the diff takes a correlated pair as equal.
+ * /users/4 do not collide; collections are paths in legacy's terms). Later
+ * requests shadowed to new have legacy ids replaced by the new ones in their
+ * path segments and in the configured JSON body fields, requests of clients on
+ * new shadowed to legacy the other way round, and the diff takes a correlated
+ * pair as equal.
  *
  * Pure: no libuv, no I/O; time comes from the caller (monotonic
  * milliseconds), so tests inject it. The map is bounded: at most max_entries
