@@ -15,8 +15,8 @@
  * pairs (least recently used evicted first), each forgotten ttl_ms after its
  * last use, each id at most CORRELATE_ID_MAX bytes and each collection at most
  * CORRELATE_SCOPE_MAX (longer ones are not learnt). A pair costs one allocation
- * of about 64 bytes plus its three texts, and two bucket pointers; the buckets
- * grow with the pairs, not with the bound.
+ * of about 112 bytes plus its three texts, and four bucket pointers; the
+ * buckets grow with the pairs, not with the bound.
  *
  * Threads: one map per route is shared by the threadpool threads that compare
  * (they learn and match pairs) and by the workers that build shadow requests
