@@ -151,6 +151,20 @@ static void admin_route_store_json(const struct route_state *rs, json_t *j)
     }
 }
 
+/* shadow.correlate's map of the route: its bounds and counts, or null. */
+static json_t *admin_correlation_json(const struct route_cfg *rt)
+{
+    struct correlate_stats cs;
+    if (!rt->shadow_correlate.enabled || rt->state->correlate == NULL)
+        return json_null();
+    correlate_stats(rt->state->correlate, (int64_t)(io_now_us() / 1000), &cs);
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "size", (json_int_t)cs.size,
+                     "max_entries", (json_int_t)cs.max_entries, "ttl_ms", (json_int_t)cs.ttl_ms,
+                     "learnt", (json_int_t)cs.learnt, "rewritten", (json_int_t)cs.rewritten,
+                     "matched", (json_int_t)cs.matched, "evicted", (json_int_t)cs.evicted,
+                     "expired", (json_int_t)cs.expired);
+}
+
 static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
 {
     const struct config *cfg = srv->cfg;
@@ -196,6 +210,7 @@ static json_t *admin_route_json(struct server *srv, const struct route_cfg *rt)
     } else {
         json_object_set_new(j, "shadow", json_null());
     }
+    json_object_set_new(j, "correlation", admin_correlation_json(rt));
     if (rt->ramp) {
         json_t *steps = json_array();
         for (size_t i = 0; i < rt->n_ramp_steps; i++)

@@ -184,6 +184,8 @@ static void defaults_route(struct route_cfg *rt)
     rt->shadow_max_inflight = 100;
     rt->shadow_timeout_ms = 5000;
     rt->shadow_max_body_bytes = 1024 * 1024;
+    rt->shadow_correlate.max_entries = CORRELATE_DEFAULT_ENTRIES;
+    rt->shadow_correlate.ttl_ms = CORRELATE_DEFAULT_TTL_MS;
 
     rt->diff.headers = default_diff_headers;
     rt->diff.n_headers = ARRAY_SIZE(default_diff_headers);
@@ -1409,10 +1411,94 @@ static void parse_sticky(struct parser *p, json_t *v, const char *loc, struct ro
     }
 }
 
+static bool has_star_segment(const char *ptr)
+{
+    for (const char *s = strstr(ptr, "/*"); s != NULL; s = strstr(s + 1, "/*")) {
+        if (s[2] == '\0' || s[2] == '/')
+            return true;
+    }
+    return false;
+}
+
+/* shadow.correlate: where created ids are read, which body fields are
+ * rewritten, the map's bounds (correlate.h). */
+static void parse_correlate(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
+{
+    static const char *const keys[] = {"id_pointer",  "location", "body_fields",
+                                       "max_entries", "ttl_ms",   NULL};
+    static const char *const field_keys[] = {"pointer", "collection", NULL};
+    struct correlate_cfg *cc = &rt->shadow_correlate;
+    char l[LOC_MAX];
+    if (!read_object(p, v, loc, keys))
+        return;
+    cc->enabled = true;
+    json_t *ptr = json_object_get(v, "id_pointer");
+    if (ptr != NULL && read_pointer(p, ptr, loc_key(l, loc, "id_pointer"), &cc->id_pointer) &&
+        (cc->id_pointer[0] == '\0' || has_star_segment(cc->id_pointer))) {
+        fail(p, l, "must be a JSON Pointer to one member, without \"*\" segments");
+        cc->id_pointer = NULL;
+    }
+    field_bool(p, v, loc, "location", &cc->location);
+    if (cc->id_pointer == NULL && !cc->location && ptr == NULL)
+        fail(p, loc, "needs \"id_pointer\" or \"location\": true (where the created id is read)");
+    bool writes = false;
+    for (size_t i = 0; i < rt->n_shadow_methods; i++) {
+        const char *mth = rt->shadow_methods[i];
+        if (strcmp(mth, "GET") != 0 && strcmp(mth, "HEAD") != 0 && strcmp(mth, "OPTIONS") != 0)
+            writes = true;
+    }
+    if (!writes)
+        fail(p, loc,
+             "learns ids from shadowed writes: list them (POST, PUT, ...) in shadow.methods");
+    json_t *fields = json_object_get(v, "body_fields");
+    if (fields != NULL) {
+        char fl[LOC_MAX];
+        loc_key(fl, loc, "body_fields");
+        size_t n = json_is_array(fields) ? json_array_size(fields) : 0;
+        if (!json_is_array(fields) || n > CORRELATE_MAX_BODY_FIELDS) {
+            fail(p, fl,
+                 "must be an array of at most %d JSON Pointers or {\"pointer\", \"collection\"}",
+                 CORRELATE_MAX_BODY_FIELDS);
+        } else if (n > 0 &&
+                   (cc->body_fields = alloc_array(p, n, sizeof(*cc->body_fields))) != NULL) {
+            for (size_t i = 0; i < n; i++) {
+                json_t *f = json_array_get(fields, i);
+                struct correlate_field *cf = &cc->body_fields[i];
+                loc_index(l, fl, i);
+                if (json_is_object(f)) {
+                    if (!read_object(p, f, l, field_keys))
+                        continue;
+                    char kl[LOC_MAX];
+                    json_t *fp = member(p, f, l, "pointer", true);
+                    if (fp != NULL)
+                        read_pointer(p, fp, loc_key(kl, l, "pointer"), &cf->pointer);
+                    json_t *col = json_object_get(f, "collection");
+                    if (col != NULL && (!json_is_string(col) || json_string_value(col)[0] != '/' ||
+                                        json_string_length(col) > CORRELATE_SCOPE_MAX))
+                        fail(p, loc_key(kl, l, "collection"),
+                             "must be a path such as \"/posts\" (the path before the id)");
+                    else if (col != NULL)
+                        cf->collection = json_string_value(col);
+                } else {
+                    read_pointer(p, f, l, &cf->pointer);
+                }
+                if (cf->pointer != NULL && cf->pointer[0] == '\0') {
+                    fail(p, l, "must not be \"\": name the member that holds an id");
+                    cf->pointer = NULL;
+                }
+            }
+            cc->n_body_fields = n;
+        }
+    }
+    field_size(p, v, loc, "max_entries", 1, CORRELATE_MAX_ENTRIES, &cc->max_entries);
+    field_i64(p, v, loc, "ttl_ms", 1, CORRELATE_MAX_TTL_MS, &cc->ttl_ms);
+}
+
 static void parse_shadow(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)
 {
-    static const char *const keys[] = {"percent",    "methods",        "max_inflight",
-                                       "timeout_ms", "max_body_bytes", NULL};
+    static const char *const keys[] = {
+        "percent", "methods", "max_inflight", "timeout_ms", "max_body_bytes", "correlate", NULL};
+    char l[LOC_MAX];
     if (!read_object(p, v, loc, keys))
         return;
     rt->shadow = true;
@@ -1422,6 +1508,9 @@ static void parse_shadow(struct parser *p, json_t *v, const char *loc, struct ro
     field_int(p, v, loc, "max_inflight", 1, 1000000, &rt->shadow_max_inflight);
     field_int(p, v, loc, "timeout_ms", 1, 3600000, &rt->shadow_timeout_ms);
     field_size(p, v, loc, "max_body_bytes", 0, GIB, &rt->shadow_max_body_bytes);
+    json_t *cor = json_object_get(v, "correlate");
+    if (cor != NULL)
+        parse_correlate(p, cor, loc_key(l, loc, "correlate"), rt);
 }
 
 static void parse_diff(struct parser *p, json_t *v, const char *loc, struct route_cfg *rt)

@@ -312,6 +312,9 @@ static void record(struct walk *w, enum diff_kind kind, const struct jv *legacy,
 
     if (halted(w) || path_ignored(w))
         return;
+    if (kind == DIFF_JSON && w->rules->equal_hook != NULL &&
+        w->rules->equal_hook(w->rules->equal_ctx, kind, w->path, legacy, new_))
+        return;
     if (w->probe) {
         w->found = true;
         return;
@@ -1048,7 +1051,8 @@ static int diff_headers(const struct diff_rules *rules, const struct diff_respon
             jn = nf ? safe_string(&out->arena, nv, nl) : jv_null();
             if (jl == NULL || jn == NULL) {
                 rc = FICUS_ENOMEM;
-            } else {
+            } else if (rules->equal_hook == NULL ||
+                       !rules->equal_hook(rules->equal_ctx, DIFF_HEADER, names[i], jl, jn)) {
                 rc = push_item(out, DIFF_HEADER, names[i], jl, jn);
             }
         }

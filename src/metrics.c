@@ -276,6 +276,34 @@ static void render_route(struct route_state *rs, void *arg)
             }
         }
         break;
+    case 10:
+    case 11: {
+        /* shadow.correlate's map: only routes that have one. */
+        struct correlate_stats cs;
+        if (rs->correlate == NULL)
+            break;
+        correlate_stats(rs->correlate, (int64_t)(io_now_us() / 1000), &cs);
+        if (rc->pass == 11) {
+            buf_puts(out, "ficus_correlation_entries");
+            LABEL_ROUTE();
+            buf_printf(out, "} %zu\n", cs.size);
+            break;
+        }
+        const struct {
+            const char *event;
+            unsigned long long n;
+        } ev[] = {{"learnt", cs.learnt},
+                  {"rewritten", cs.rewritten},
+                  {"matched", cs.matched},
+                  {"evicted", cs.evicted},
+                  {"expired", cs.expired}};
+        for (size_t k = 0; k < ARRAY_SIZE(ev); k++) {
+            buf_puts(out, "ficus_correlation_total");
+            LABEL_ROUTE();
+            buf_printf(out, ",event=\"%s\"} %llu\n", ev[k].event, ev[k].n);
+        }
+        break;
+    }
     default:
         break;
     }
@@ -375,6 +403,10 @@ void metrics_render(struct server *srv, struct buf *out)
         {"ficus_rollbacks_total", "counter", "Rollbacks of new_percent to 0, by reason."},
         {"ficus_requests_interrupted_total", "counter",
          "Requests whose response did not end whole (also counted in ficus_requests_total)."},
+        {"ficus_correlation_total", "counter",
+         "shadow.correlate: id pairs learnt, ids rewritten, diff items matched, pairs evicted "
+         "and expired."},
+        {"ficus_correlation_entries", "gauge", "shadow.correlate: id pairs remembered."},
     };
     struct render_ctx rc = {.srv = srv, .out = out};
     for (size_t i = 0; i < ARRAY_SIZE(fams); i++) {

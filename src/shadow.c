@@ -1,5 +1,6 @@
 #include "ficus/shadow.h"
 #include "ficus/common.h"
+#include "ficus/correlate.h"
 #include "ficus/diff.h"
 #include "ficus/divlog.h"
 #include "ficus/log.h"
@@ -65,6 +66,9 @@ struct comparison {
 
     struct buf req_head;
     struct buf req_body;
+    /* shadow.correlate: the request as rewritten for the shadow's backend (the
+     * shadow, and a noise twin when both go to legacy). Empty: not rewritten. */
+    struct buf cor_head, cor_body;
     bool chunked_body; /* the head says chunked */
     bool req_complete;
     bool launched;
@@ -140,6 +144,8 @@ static void comparison_dispose(struct comparison *c)
     capture_dispose(&c->primary);
     capture_dispose(&c->shadow.cap);
     buf_dispose(&c->req_body);
+    buf_dispose(&c->cor_head);
+    buf_dispose(&c->cor_body);
     buf_dispose(&c->text);
     free(c);
 }
@@ -228,6 +234,8 @@ static void comparison_free(struct comparison *c)
         free(c->twin);
     }
     buf_dispose(&c->req_head); /* the exchange's, handed over */
+    buf_dispose(&c->cor_head);
+    buf_dispose(&c->cor_body);
     free(c->record);
     budget_release(c);
     pool_set_unref(c->ps);
@@ -463,24 +471,29 @@ static void probe_on_ready(void *ctx, struct upconn *u, int status)
     upclient_start(&p->uc, u, &probe_handlers, p, &p->cap.head, p->cap.head_mem, c->is_head,
                    c->cfg->max_header_bytes, UPCLIENT_TOTAL, c->rt->shadow_timeout_ms);
     /* The head and the body are copied per probe: a write owns what it sends. */
-    size_t blen = c->req_body.len;
+    const struct buf *rh = &c->req_head, *rb = &c->req_body;
+    if (c->cor_head.len > 0 && (p == &c->shadow || (p == c->twin && c->primary_is_new))) {
+        rh = &c->cor_head;
+        rb = c->cor_body.len > 0 ? &c->cor_body : rb;
+    }
+    size_t blen = rb->len;
     char hdr[24] = "";
     int hl = 0;
     if (c->chunked_body && blen > 0)
         hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", blen);
     const char *tail = c->chunked_body ? (blen > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n") : "";
     size_t tl = strlen(tail);
-    size_t total = c->req_head.len + (size_t)hl + blen + tl;
+    size_t total = rh->len + (size_t)hl + blen + tl;
     char *out = malloc(total);
     if (out == NULL) {
         probe_finish(p, "connect_error", false);
         return;
     }
-    memcpy(out, c->req_head.data, c->req_head.len);
-    memcpy(out + c->req_head.len, hdr, (size_t)hl);
+    memcpy(out, rh->data, rh->len);
+    memcpy(out + rh->len, hdr, (size_t)hl);
     if (blen > 0)
-        memcpy(out + c->req_head.len + hl, c->req_body.data, blen);
-    memcpy(out + c->req_head.len + hl + blen, tail, tl);
+        memcpy(out + rh->len + hl, rb->data, blen);
+    memcpy(out + rh->len + hl + blen, tail, tl);
     uv_buf_t b = uv_buf_init(out, (unsigned)total);
     if (upstream_write(u, &b, 1, NULL, out) != 0)
         probe_finish(p, "reset", false);
@@ -496,11 +509,34 @@ static void probe_start(struct comparison *c, struct probe *p)
         probe_finish(p, "connect_error", false);
 }
 
+/* shadow.correlate: a shadow request gets the ids the map knows replaced by
+ * those of the side it goes to (legacy ids become new's on the way to new,
+ * new ids legacy's on the way to legacy), in its path and configured body
+ * fields, in a copy of its own (cor_head, cor_body) that every probe to that
+ * backend sends: the client's request is not touched, and a noise twin gets
+ * the ids legacy knows either way. The rewritten body is not counted
+ * against the memory budget. */
+static void correlate_request(struct comparison *c)
+{
+    const struct correlate_cfg *cc = &c->rt->shadow_correlate;
+    if (!cc->enabled || c->rs->correlate == NULL)
+        return;
+    bool body_changed = false;
+    if (correlate_rewrite(c->rs->correlate, cc, c->primary_is_new, c->req_head.data,
+                          c->req_head.len, c->req_body.data, c->req_body.len, c->chunked_body,
+                          (int64_t)(io_now_us() / 1000), &c->cor_head, &c->cor_body,
+                          &body_changed) <= 0) {
+        buf_dispose(&c->cor_head);
+        buf_dispose(&c->cor_body);
+    }
+}
+
 static void launch(struct comparison *c)
 {
     if (c->launched)
         return;
     c->launched = true;
+    correlate_request(c);
     c->refs++; /* held across the launches: a probe may finish inside its start */
     probe_start(c, &c->shadow);
     if (c->twin != NULL)
@@ -701,7 +737,22 @@ static void compare_one(struct comparison *c, struct shadow_worker *sw)
     struct diff_response rl, rn, rt2;
     to_diff_response(legacy, &rl, hl);
     to_diff_response(newc, &rn, hl + HTTP_MAX_HEADERS);
-    diff_responses(&rt->diff, &rl, &rn, &res[0]);
+    /* shadow.correlate: a write's created ids are learnt before its own diff,
+     * and correlated id pairs are equal in every diff of the route. */
+    struct diff_rules rules = rt->diff;
+    struct correlate_diff_ctx cd = {.m = rt->shadow_correlate.enabled ? c->rs->correlate : NULL,
+                                    .now_ms = (int64_t)(io_now_us() / 1000)};
+    if (cd.m != NULL) {
+        /* The collection is learnt in legacy's terms: a client on new sent new's ids. */
+        const char *tgt = c->target;
+        size_t tlen = strlen(tgt);
+        if (c->primary_is_new && c->cor_head.len > 0)
+            correlate_head_target(c->cor_head.data, c->cor_head.len, &tgt, &tlen);
+        correlate_observe(cd.m, &rt->shadow_correlate, c->method, tgt, tlen, &rl, &rn, cd.now_ms);
+        rules.equal_hook = correlate_diff_equal;
+        rules.equal_ctx = &cd;
+    }
+    diff_responses(&rules, &rl, &rn, &res[0]);
 
     struct route_state *rs = c->rs;
     bool learn = c->twin != NULL && legacy->error == NULL && c->twin->cap.error == NULL &&

@@ -167,6 +167,7 @@ void state_table_free(struct state_table *t)
         free(t->entries[i]->counters);
         free(t->entries[i]->samples);
         noise_free(t->entries[i]->noise);
+        correlate_free(t->entries[i]->correlate);
         acks_free(t->entries[i]->acks);
         acks_free(t->entries[i]->acks_pub);
         endpoint_table_free(t->entries[i]->endpoints);
@@ -628,6 +629,14 @@ int state_table_load(struct state_table *t, struct config_errors *errs)
     return rc;
 }
 
+/* The monotonic clock in milliseconds: the correlation map's time. */
+static int64_t state_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int state_table_bind(struct state_table *t, struct config *cfg)
 {
     for (size_t i = 0; i < t->n; i++)
@@ -645,6 +654,13 @@ int state_table_bind(struct state_table *t, struct config *cfg)
             atomic_store(&rs->shadow_percent, rt->shadow_percent);
         }
         rt->state = rs;
+        const struct correlate_cfg *cc = &rt->shadow_correlate;
+        if (cc->enabled && rs->correlate == NULL &&
+            (rs->correlate = correlate_new(cc->max_entries, cc->ttl_ms)) == NULL)
+            return FICUS_ENOMEM;
+        if (cc->enabled &&
+            correlate_configure(rs->correlate, cc->max_entries, cc->ttl_ms, state_mono_ms()) != 0)
+            return FICUS_ENOMEM;
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #define FICUS_CONFIG_H
 
 #include "ficus/buf.h"
+#include "ficus/correlate.h"
 #include "ficus/diff.h"
 #include "ficus/lb.h"
 #include <jansson.h>
@@ -166,9 +167,10 @@ struct route_cfg {
     double shadow_percent;       /* default 100 */
     const char **shadow_methods; /* default GET, HEAD, OPTIONS */
     size_t n_shadow_methods;
-    int shadow_max_inflight;      /* default 100 */
-    int shadow_timeout_ms;        /* default 5000 */
-    size_t shadow_max_body_bytes; /* default 1 MiB */
+    int shadow_max_inflight;               /* default 100 */
+    int shadow_timeout_ms;                 /* default 5000 */
+    size_t shadow_max_body_bytes;          /* default 1 MiB */
+    struct correlate_cfg shadow_correlate; /* shadow.correlate; enabled false without one */
 
     struct diff_rules diff;
     bool noise;             /* has diff.noise */

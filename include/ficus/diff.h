@@ -40,6 +40,13 @@ struct diff_rules {
      * "application/json" equals "Application/JSON; charset=utf-8". */
     const char **media_type_headers;
     size_t n_media_type_headers;
+    /* Not from the configuration: a caller's test that takes a pair of JSON
+     * values (kind DIFF_JSON, path their pointer) or of header values (kind
+     * DIFF_HEADER, path the header name) as equal anyway; shadow.correlate's id
+     * pairs. Called on the diff's thread; NULL: none. */
+    bool (*equal_hook)(void *ctx, int kind, const char *path, const struct jv *legacy,
+                       const struct jv *new_);
+    void *equal_ctx;
 };
 
 /* One header of a response; name and value need not be NUL-terminated. */

@@ -75,6 +75,9 @@ struct route_state {
     _Atomic double new_percent;
     _Atomic double shadow_percent;
     atomic_int shadow_inflight; /* across workers, for shadow.max_inflight */
+    /* shadow.correlate's map (its own lock inside), made by state_table_bind
+     * for a route that has one and kept across reloads; NULL: none. */
+    struct correlate *correlate;
     /* Control thread only: */
     bool overridden; /* new/shadow percent come from the admin API, guard, ramp or the store */
     bool present;    /* the current configuration has this route */

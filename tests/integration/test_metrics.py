@@ -178,7 +178,8 @@ class Metrics(FicusTestCase):
                 "ficus_fallbacks_total": "counter", "ficus_route_new_percent": "gauge",
                 "ficus_rollbacks_total": "counter", "ficus_upstream_connections": "gauge",
                 "ficus_connections": "gauge", "process_resident_memory_bytes": "gauge",
-                "process_open_fds": "gauge", "process_start_time_seconds": "gauge"}
+                "process_open_fds": "gauge", "process_start_time_seconds": "gauge",
+                "ficus_correlation_total": "counter", "ficus_correlation_entries": "gauge"}
         for name, typ in want.items():
             self.assertIn(name, fams, name)
             self.assertEqual(fams[name]["type"], typ, name)

@@ -316,6 +316,26 @@ static const struct bad_case bad_cases[] = {
      "t.json: routes[0].shadow.max_body_bytes: must be an integer from 0 to 1073741824"},
     {ROUTE(",'shadow':{'methods':'GET'}"),
      "t.json: routes[0].shadow.methods: must be a non-empty array of method names"},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{}}"),
+     "t.json: routes[0].shadow.correlate: needs \"id_pointer\" or \"location\": true (where the "
+     "created id is read)"},
+    {ROUTE(",'shadow':{'correlate':{'location':true}}"),
+     "t.json: routes[0].shadow.correlate: learns ids from shadowed writes: list them (POST, PUT, "
+     "...) in shadow.methods"},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{'id_pointer':'/a/*'}}"),
+     "t.json: routes[0].shadow.correlate.id_pointer: must be a JSON Pointer to one member, "
+     "without \"*\" segments"},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{'location':true,'body_fields':['x']}}"),
+     "t.json: routes[0].shadow.correlate.body_fields[0]: must be a JSON Pointer: \"\" or a "
+     "string starting with \"/\""},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{'location':true,'body_fields':[{'pointer':"
+           "'/a','collection':'a'}]}}"),
+     "t.json: routes[0].shadow.correlate.body_fields[0].collection: must be a path such as "
+     "\"/posts\" (the path before the id)"},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{'location':true,'max_entries':1000001}}"),
+     "t.json: routes[0].shadow.correlate.max_entries: must be an integer from 1 to 1000000"},
+    {ROUTE(",'shadow':{'methods':['POST'],'correlate':{'location':true,'ttl_ms':0}}"),
+     "t.json: routes[0].shadow.correlate.ttl_ms: must be an integer from 1 to 604800000"},
     {ROUTE(",'diff':{'ignore':['meta']}"),
      "t.json: routes[0].diff.ignore[0]: must be a JSON Pointer: \"\" or a string starting with "
      "\"/\""},
@@ -758,6 +778,36 @@ static void test_every_option(void **state)
     assert_int_equal(cfg->client_idle_ms, 3000);
     assert_int_equal(cfg->header_ms, 3000); /* min(client_idle_ms, 10000) */
     assert_int_equal(cfg->drain_ms, 4);
+    config_unref(cfg);
+}
+
+/* shadow.correlate (issue 16) read back, and its defaults. */
+static void test_correlate_options(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok(
+        "{" LISTEN "," BACKENDS ",'routes':[{'name':'r','shadow':{'methods':['GET','POST'],"
+        "'correlate':{'id_pointer':'/data/id','location':true,'body_fields':['/post_id',"
+        "{'pointer':'/items/*/user','collection':'/users'}],'max_entries':50,'ttl_ms':9}}},"
+        "{'name':'s','shadow':{'methods':['PUT'],'correlate':{'location':true}}},{'name':'t'}]}");
+    const struct correlate_cfg *cc = &cfg->routes[0].shadow_correlate;
+    assert_true(cc->enabled);
+    assert_string_equal(cc->id_pointer, "/data/id");
+    assert_true(cc->location);
+    assert_int_equal(cc->n_body_fields, 2);
+    assert_string_equal(cc->body_fields[0].pointer, "/post_id");
+    assert_null(cc->body_fields[0].collection);
+    assert_string_equal(cc->body_fields[1].pointer, "/items/*/user");
+    assert_string_equal(cc->body_fields[1].collection, "/users");
+    assert_int_equal(cc->max_entries, 50);
+    assert_int_equal(cc->ttl_ms, 9);
+    cc = &cfg->routes[1].shadow_correlate;
+    assert_true(cc->enabled);
+    assert_null(cc->id_pointer);
+    assert_int_equal(cc->n_body_fields, 0);
+    assert_int_equal(cc->max_entries, CORRELATE_DEFAULT_ENTRIES);
+    assert_int_equal(cc->ttl_ms, CORRELATE_DEFAULT_TTL_MS);
+    assert_false(cfg->routes[2].shadow_correlate.enabled);
     config_unref(cfg);
 }
 
@@ -1303,6 +1353,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_every_option),
         cmocka_unit_test(test_endpoint_and_redaction_options),
+        cmocka_unit_test(test_correlate_options),
         cmocka_unit_test(test_listen_shorthand),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_many_errors_at_once),
