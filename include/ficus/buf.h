@@ -56,12 +56,16 @@ int buf_json_text(struct buf *b, const char *s, size_t n);
 int buf_json_real(struct buf *b, double v, int precision);
 
 /* A bump allocator: allocations live until arena_dispose frees them all at once
- * (nginx's request pool, h2o's mem pool). The first block is embedded. */
+ * (nginx's request pool, h2o's mem pool). The first block is embedded; the
+ * next ones double from 4 KiB to 64 KiB, and each thread keeps a few freed
+ * 64 KiB blocks (4 MiB at most) for its next arenas, so that a large arena
+ * made again and again (the diff's parse) is not faulted in each time. */
 struct arena_block;
 struct arena {
     struct arena_block *head;
     char *cur;
     char *end;
+    size_t grow; /* the size of the next block */
     char first[1024];
 };
 
