@@ -440,16 +440,6 @@ void *arena_alloc(struct arena *a, size_t n)
     return blk->data;
 }
 
-void *arena_alloc_bytes(struct arena *a, size_t n)
-{
-    if ((size_t)(a->end - a->cur) >= n) {
-        void *p = a->cur;
-        a->cur += n;
-        return p;
-    }
-    return arena_alloc(a, n);
-}
-
 char *arena_strndup(struct arena *a, const char *s, size_t n)
 {
     char *p = arena_alloc_bytes(a, n + 1);

@@ -72,8 +72,17 @@ struct arena {
 void arena_init(struct arena *a);
 /* Returns n bytes aligned for any type, or NULL when out of memory. */
 void *arena_alloc(struct arena *a, size_t n);
-/* Returns n bytes with no alignment (text), or NULL when out of memory. */
-void *arena_alloc_bytes(struct arena *a, size_t n);
+/* Returns n bytes with no alignment (text), or NULL when out of memory.
+ * Inline: the parser of the diff takes one per string and number. */
+static inline void *arena_alloc_bytes(struct arena *a, size_t n)
+{
+    if ((size_t)(a->end - a->cur) >= n) {
+        void *p = a->cur;
+        a->cur += n;
+        return p;
+    }
+    return arena_alloc(a, n);
+}
 /* Copies n bytes into the arena and NUL-terminates them. */
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_dispose(struct arena *a);
