@@ -192,7 +192,8 @@ static size_t unescape(const unsigned char *q, const unsigned char *end, char *o
 
 /* A string; jp->p is just after the opening quote. The decoded text is never
  * longer than the source text, so one allocation of the source length holds it. */
-static int parse_string(struct jparse *jp, const char **out, size_t *out_len, bool *escaped)
+static inline __attribute__((always_inline)) int parse_string(struct jparse *jp, const char **out,
+                                                              size_t *out_len, bool *escaped)
 {
     const unsigned char *start = jp->p, *q = start;
     bool plain = true;
@@ -275,7 +276,8 @@ static int parse_string(struct jparse *jp, const char **out, size_t *out_len, bo
 
 /* The end of the JSON number starting at s (before e), or NULL when the bytes
  * there are not one. *is_int tells whether it has neither fraction nor exponent. */
-static const unsigned char *number_end(const unsigned char *s, const unsigned char *e, bool *is_int)
+static inline __attribute__((always_inline)) const unsigned char *
+number_end(const unsigned char *s, const unsigned char *e, bool *is_int)
 {
     const unsigned char *q = s;
 
