@@ -102,23 +102,25 @@ bool diff_pointer_match(const char *pattern, const char *pointer)
 
     if (p == NULL || q == NULL)
         return false;
+    /* One pass over both, segment by segment: it runs for every value the walk
+     * visits and every rule, so no strchr and strlen per segment. */
     for (;;) {
-        const char *ep = strchr(p, '/');
-        const char *eq = strchr(q, '/');
-        size_t lp, lq;
-
-        if (ep == NULL)
-            ep = p + strlen(p);
-        if (eq == NULL)
-            eq = q + strlen(q);
-        lp = (size_t)(ep - p);
-        lq = (size_t)(eq - q);
-        if (!(lp == 1 && p[0] == '*') && (lp != lq || memcmp(p, q, lp) != 0))
-            return false;
-        if (*ep == '\0' || *eq == '\0')
-            return *ep == '\0' && *eq == '\0';
-        p = ep + 1;
-        q = eq + 1;
+        if (p[0] == '*' && (p[1] == '/' || p[1] == '\0')) {
+            p++; /* any one segment, the empty one included */
+            while (*q != '\0' && *q != '/')
+                q++;
+        } else {
+            while (*p != '\0' && *p != '/' && *p == *q) {
+                p++;
+                q++;
+            }
+            if ((*p != '\0' && *p != '/') || (*q != '\0' && *q != '/'))
+                return false; /* the segments differ */
+        }
+        if (*p == '\0' || *q == '\0')
+            return *p == '\0' && *q == '\0';
+        p++;
+        q++;
     }
 }
 
