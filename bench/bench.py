@@ -1073,6 +1073,10 @@ class Bench:
                                want=want, labels={"ficus": "ficus (shadow 100 %)",
                                                   "nginx": "nginx (mirror)"},
                                shadow_budget=self.s.shadow_budget << 20 if big else None)
+        if big and "ficus" in self.s.targets:
+            # The same ficus without shadow: what forwarding the documents costs in RSS
+            # and req/s, so that the shadow's share can be told apart.
+            targets += self.proxies(be, want=["ficus"], labels={"ficus": "ficus (no shadow)"})
         for t in targets:
             if t.kind == "ficus":
                 t.ref = "nginx (mirror)"
@@ -1115,6 +1119,14 @@ class Bench:
                              % ("one worker" if workers == 1 else "2 workers",
                                 "one core" if workers == 1 else "two cores"))
             for t in targets:
+                if t.kind == "ficus" and t.proc and t.label == "ficus (no shadow)":
+                    base, peak = sampler.result(t)
+                    if base is not None:
+                        sec.notes.append("ficus (no shadow) RSS: %.1f MiB before, %.1f MiB at "
+                                         "most during the rounds (growth %.1f MiB): what "
+                                         "forwarding the documents holds without any shadow"
+                                         % (base / 1024.0, peak / 1024.0, (peak - base) / 1024.0))
+                    continue
                 if t.kind == "ficus" and t.proc:
                     sec.notes.append("ficus counters after the run (warm-up included): "
                                      + self.ficus_metrics(t, ("ficus_shadow_total",

@@ -343,52 +343,48 @@ struct arena_block {
 #define ARENA_BLOCK_MIN 4096
 #define ARENA_BLOCK_MAX (64 * 1024)
 
-/* Each thread keeps up to ARENA_CACHE_BLOCKS freed blocks of the largest size
- * (4 MiB) for its next arenas. Without them a diff on the threadpool gave its
+/* The process keeps up to ARENA_CACHE_BLOCKS freed blocks of the largest size
+ * (4 MiB) for the next arenas. Without them a diff on the threadpool gave its
  * parse back to the kernel at every comparison (glibc trims the top of its
- * heap) and faulted it in again at the next: that cost more than the parse
- * (diffbench: 70 MB/s against 150 MB/s with heap trimming off). The cache is
- * freed when the thread exits. */
+ * heap, and ficus has blocks of 256 KiB and more mapped and unmapped) and
+ * faulted it in again at the next: that cost more than the parse (diffbench:
+ * 70 MB/s against 150 MB/s with heap trimming off). One cache for all threads,
+ * not one per thread: the threadpool's threads take turns with the same work,
+ * and each would keep its own 4 MiB. A lock per 64 KiB block costs nothing
+ * next to filling it. */
 #define ARENA_CACHE_BLOCKS 64
 
-static __thread struct arena_block *arena_cache;
-static __thread unsigned arena_cached;
-static pthread_key_t arena_cache_key;
-static pthread_once_t arena_cache_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t arena_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct arena_block *arena_cache;
+static unsigned arena_cached;
 
-static void arena_cache_drop(void *unused)
-{
-    (void)unused;
-    while (arena_cache != NULL) {
-        struct arena_block *next = arena_cache->next;
-        free(arena_cache);
-        arena_cache = next;
-    }
-    arena_cached = 0;
-}
-
-static void arena_cache_init(void)
-{
-    if (pthread_key_create(&arena_cache_key, arena_cache_drop) != 0)
-        arena_cache_key = (pthread_key_t)-1;
-}
-
-/* Keeps blk for this thread's next arenas; false when the cache is full. */
+/* Keeps blk for the next arenas; false when the cache is full. */
 static bool arena_cache_put(struct arena_block *blk)
 {
-    if (blk->size != ARENA_BLOCK_MAX || arena_cached >= ARENA_CACHE_BLOCKS)
+    if (blk->size != ARENA_BLOCK_MAX)
         return false;
-    if (arena_cached == 0) {
-        /* The key's destructor frees the cache when the thread exits. */
-        pthread_once(&arena_cache_once, arena_cache_init);
-        if (arena_cache_key == (pthread_key_t)-1 ||
-            pthread_setspecific(arena_cache_key, &arena_cache) != 0)
-            return false;
+    bool kept = false;
+    pthread_mutex_lock(&arena_cache_lock);
+    if (arena_cached < ARENA_CACHE_BLOCKS) {
+        blk->next = arena_cache;
+        arena_cache = blk;
+        arena_cached++;
+        kept = true;
     }
-    blk->next = arena_cache;
-    arena_cache = blk;
-    arena_cached++;
-    return true;
+    pthread_mutex_unlock(&arena_cache_lock);
+    return kept;
+}
+
+static struct arena_block *arena_cache_take(void)
+{
+    pthread_mutex_lock(&arena_cache_lock);
+    struct arena_block *blk = arena_cache;
+    if (blk != NULL) {
+        arena_cache = blk->next;
+        arena_cached--;
+    }
+    pthread_mutex_unlock(&arena_cache_lock);
+    return blk;
 }
 
 void arena_init(struct arena *a)
@@ -423,15 +419,9 @@ void *arena_alloc(struct arena *a, size_t n)
         a->grow *= 2;
     while (size < n)
         size *= 2;
-    if (size == ARENA_BLOCK_MAX && arena_cache != NULL) {
-        blk = arena_cache;
-        arena_cache = blk->next;
-        arena_cached--;
-    } else {
-        blk = malloc(sizeof(*blk) + size);
-        if (blk == NULL)
-            return NULL;
-    }
+    blk = size == ARENA_BLOCK_MAX ? arena_cache_take() : NULL;
+    if (blk == NULL && (blk = malloc(sizeof(*blk) + size)) == NULL)
+        return NULL;
     blk->size = size;
     blk->next = a->head;
     a->head = blk;

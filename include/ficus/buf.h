@@ -57,8 +57,8 @@ int buf_json_real(struct buf *b, double v, int precision);
 
 /* A bump allocator: allocations live until arena_dispose frees them all at once
  * (nginx's request pool, h2o's mem pool). The first block is embedded; the
- * next ones double from 4 KiB to 64 KiB, and each thread keeps a few freed
- * 64 KiB blocks (4 MiB at most) for its next arenas, so that a large arena
+ * next ones double from 4 KiB to 64 KiB, and the process keeps a few freed
+ * 64 KiB blocks (4 MiB at most) for the next arenas, so that a large arena
  * made again and again (the diff's parse) is not faulted in each time. */
 struct arena_block;
 struct arena {
