@@ -1499,6 +1499,8 @@ class Bench:
                           "in order). Ratios are against the one-route row; nginx and HAProxy "
                           "(plain forwarding) are there for scale.")
             self.measure(sec, targets, "/small", SMALL_LEGACY.encode())
+            sec.notes.append("ratios (the \"vs nginx\" columns): every row against ficus "
+                             "(1 route)")
             return [sec]
         finally:
             self.stop_targets(targets)
@@ -1528,7 +1530,8 @@ class Bench:
             return [sec]
         be = self.start_backend()
         header = ["target", "requests", "syscalls / req", "reads / req", "writes / req",
-                  "epoll_wait / req", "epoll_ctl / req", "proxy CPU µs/req", "req/s"]
+                  "epoll_wait / req", "epoll_ctl / req", "other / req", "proxy CPU µs/req",
+                  "req/s"]
         rows = []
         self.syscall_rows = {}
         try:
@@ -1574,7 +1577,9 @@ class Bench:
                     self.syscall_rows[kind] = total / n
                     rows.append([kind, format(r["requests"], ","), "%.2f" % (total / n),
                                  "%.2f" % (reads / n), "%.2f" % (writes / n),
-                                 "%.2f" % (waits / n), "%.2f" % (ctl / n), "%.1f" % cpu,
+                                 "%.2f" % (waits / n), "%.2f" % (ctl / n),
+                                 "%.2f" % ((total - reads - writes - waits - ctl) / n),
+                                 "%.1f" % cpu,
                                  format(round(r["rps"]), ",")])
                     self.log("  %-8s %.2f syscalls/req (%d requests)" % (kind, total / n, n))
                 finally:
