@@ -1827,14 +1827,17 @@ def xml_escape(t):
 COLORS = {"ficus": "#2e7d32", "nginx": "#1565c0", "haproxy": "#ef6c00"}
 
 
-def svg_bars(title, subtitle, bars, unit, ref_line=None):
-    """A horizontal bar chart: bars is [(label, value, kind, note)]; kind picks the colour."""
+def svg_bars(title, subtitle, bars, unit, ref_line=None, cap=None):
+    """A horizontal bar chart: bars is [(label, value, kind, note)]; kind picks the colour.
+    With cap, longer bars stop there (their note gives the value)."""
     if not bars:
         return None
-    width, left, right, row = 760, 230, 150, 26
+    width, left, right, row = 860, 250, 230, 26
     top = 58
     height = top + row * len(bars) + 34
     vmax = max([b[1] for b in bars] + ([ref_line] if ref_line else [])) or 1.0
+    if cap:
+        vmax = min(vmax, cap)
     scale = (width - left - right) / vmax
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" font-family="sans-serif" font-size="13">'
@@ -1842,9 +1845,13 @@ def svg_bars(title, subtitle, bars, unit, ref_line=None):
            '<rect width="100%%" height="100%%" fill="#ffffff"/>',
            '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % xml_escape(title),
            '<text x="10" y="42" fill="#555555">%s</text>' % xml_escape(subtitle)]
+    if ref_line:  # first, so that bars and labels are drawn over it
+        x = left + ref_line * scale
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000000" '
+                   'stroke-dasharray="4,3"/>' % (x, top - 4, x, top + row * len(bars)))
     for i, (label, value, kind, note) in enumerate(bars):
         y = top + i * row
-        w = max(1.0, value * scale)
+        w = max(1.0, (min(value, cap) if cap else value) * scale)
         color = COLORS.get(kind, "#757575")
         out.append('<text x="%d" y="%d" text-anchor="end">%s</text>'
                    % (left - 8, y + 16, xml_escape(label)))
@@ -1852,10 +1859,6 @@ def svg_bars(title, subtitle, bars, unit, ref_line=None):
                    % (left, y + 3, w, row - 8, color))
         out.append('<text x="%.1f" y="%d">%s</text>'
                    % (left + w + 6, y + 16, xml_escape(note or fmt_num(value, unit))))
-    if ref_line:
-        x = left + ref_line * scale
-        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000000" '
-                   'stroke-dasharray="4,3"/>' % (x, top - 4, x, top + row * len(bars)))
     out.append('<text x="10" y="%d" fill="#777777" font-size="11">%s</text>'
                % (height - 10, xml_escape("bench/run, %s" % datetime.datetime.now()
                                           .strftime("%Y-%m-%d %H:%M"))))
@@ -1927,14 +1930,16 @@ def write_svgs(s, started, sections):
                 if t.kind != "ficus" or not t.runs:
                     continue
                 ref = byl.get(t.ref or "nginx")
+                if ref is not None and "no shadow" in t.label and "mirror" in ref.label:
+                    continue  # scenario 10's baseline row: not a comparison with the mirror
                 if ref is not None and ref.runs and ref is not t:
                     summary.append(("%s: %s" % (num, t.label), med(t, "rps") / med(ref, "rps"),
                                     "ficus", "%.2f× %s" % (med(t, "rps") / med(ref, "rps"),
                                                            ref.label)))
     if summary:
         svg = svg_bars("ficus req/s against the reference row of each scenario",
-                       "1.00× (dashed) is the reference (nginx, or the row named); "
-                       "longer is better", summary, "x", ref_line=1.0)
+                       "1.00× (dashed) is the reference (nginx, or the row named); longer is "
+                       "better; bars stop at 4×", summary, "x", ref_line=1.0, cap=4.0)
         path = s.out_dir / ("results-%s-summary.svg" % stamp)
         path.write_text(svg)
         written.append(path)
