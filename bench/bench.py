@@ -1140,7 +1140,14 @@ class Bench:
                                 % (format(round(base / 1024.0, 1), ","),
                                    format(round(peak / 1024.0, 1), ","), grow))
                         if big:
-                            line += ("; shadow memory budget %d MiB: growth %s the budget"
+                            line += ("; shadow memory budget %d MiB: growth %s the budget. "
+                                     "The budget bounds the request copies and captures; on "
+                                     "top of it by design: the 1,000 most recent divergence "
+                                     "records the admin API serves (each up to 2 × "
+                                     "divergence_log.body_bytes, 4 KiB here, plus its diffs), "
+                                     "the diff's parse of the pair in hand (about 5× its two "
+                                     "bodies) and up to 4 MiB of freed arena blocks kept for "
+                                     "the next parse"
                                      % (self.s.shadow_budget, "under" if grow <
                                         self.s.shadow_budget else "NOT under"))
                         sec.notes.append(line)
