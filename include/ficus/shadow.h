@@ -27,10 +27,10 @@ struct comparison;
 /* Starts a comparison for a request that router_decide chose to shadow, or
  * counts why it cannot (in-flight cap, body too large, no diff job slot, no
  * room in limits.shadow_memory_bytes for what a comparison holds on average)
- * and returns NULL: a skip is decided before anything is sent or kept. head is the request head to send (x-ficus-shadow added),
- * taken over on success and freed otherwise. body_known says the request has
- * no body or it is complete; otherwise feed it with shadow_request_body and
- * end it with shadow_request_done. The caller holds the returned reference. */
+ * and returns NULL: a skip is decided before anything is sent or kept. head is the request head to
+ * send (x-ficus-shadow added), taken over on success and freed otherwise. body_known says the
+ * request has no body or it is complete; otherwise feed it with shadow_request_body and end it with
+ * shadow_request_done. The caller holds the returned reference. */
 struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct pool_set *ps,
                                 const struct route_cfg *rt, const struct http_head *req,
                                 bool primary_is_new, const char *reqid, struct buf *head,
