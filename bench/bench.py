@@ -73,6 +73,11 @@ SCENARIOS = [
     ("7", "workers2", "Plain forwarding with 2 workers per proxy"),
     ("8", "fleet", "Plain forwarding with the live state in etcd, changed 10 times a second"),
     ("9", "pool2", "One backend of two servers, round robin"),
+    ("10", "shadow-big", "100 % shadow of 256 KiB JSON documents (nginx: mirror)"),
+    ("11", "shadow-w2", "100 % shadow with JSON diff, 2 workers per proxy"),
+    ("12", "routes1000", "1,000 routes that do not match before the one that does"),
+    ("13", "syscalls", "System calls per request in plain forwarding"),
+    ("14", "idle-tls", "Idle connections, plain and TLS: memory per connection (bench/idle_memory.py)"),
 ]
 
 PROXIES = ("ficus", "nginx", "haproxy")
@@ -113,6 +118,12 @@ class Settings:
         self.backend_workers = env_int("BENCH_BACKEND_WORKERS", 1, 1)
         self.w2_threads = env_int("BENCH_W2_THREADS", 2, 1)
         self.keep_tmp = os.environ.get("BENCH_KEEP_TMP", "") not in ("", "0", "no", "false")
+        self.idle_tls_conns = env_int("BENCH_IDLE_TLS_CONNS", 1000, 1)
+        self.shadow_budget = env_int("BENCH_SHADOW_BUDGET_MIB", 64, 1)
+        raw_svg = os.environ.get("BENCH_DOC_SVG", "").strip().lower()
+        # docs/bench.svg: by default only from a run of every scenario.
+        self.doc_svg = raw_svg in ("1", "yes", "true") or (
+            raw_svg == "" and not os.environ.get("BENCH_SCENARIOS", "").strip())
         self.out_dir = Path(os.environ.get("BENCH_OUT_DIR") or (HERE / "out"))
         fb = os.environ.get("FICUS_BIN") or str(ROOT / "build" / "ficus")
         self.ficus_bin = str(Path(fb).resolve()) if os.path.isabs(fb) or os.path.exists(fb) \
@@ -137,8 +148,8 @@ class Settings:
                 continue
             hit = [s[0] for s in SCENARIOS if item in (s[0], s[1])]
             if not hit:
-                die("BENCH_SCENARIOS: unknown scenario %r (use numbers 1-8 or names: %s)"
-                    % (item, ", ".join(s[1] for s in SCENARIOS)))
+                die("BENCH_SCENARIOS: unknown scenario %r (use numbers 1-%d or names: %s)"
+                    % (item, len(SCENARIOS), ", ".join(s[1] for s in SCENARIOS)))
             if hit[0] not in chosen:
                 chosen.append(hit[0])
         return sorted(chosen, key=int)
@@ -582,6 +593,42 @@ def json_of_size(size, seed):
     return out
 
 
+def big_json(variant, size=262144):
+    """About `size` bytes of JSON shaped like a list endpoint (the documents of
+    bench/diffbench.c): integer ids, reals, strings, timestamps, nested objects and
+    arrays. variant 1 changes a few fields (/items/N/price and /items/N/tags/1 of one
+    item in 400), so that legacy and new differ in a handful of places."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel", "india",
+             "juliet", "kilo", "lima", "mike", "novem", "oscar", "papa", "quebec", "romeo",
+             "sierra", "tango"]
+    seed = 0x5eed5eed12345678
+    parts = []
+    total = 0
+    i = 0
+    while total < size - 400:
+        seed ^= (seed >> 12)
+        seed ^= (seed << 25) & 0xFFFFFFFFFFFFFFFF
+        seed ^= (seed >> 27)
+        r = (seed * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF
+        changed = variant == 1 and i % 400 == 13
+        item = ('{"id":%d,"user_id":%d,"title":"%s %s %s","price":%.2f,"ratio":%.15g,'
+                '"active":%s,"created_at":"2026-11-%02dT10:%02d:%02dZ","tags":["%s","%s"],'
+                '"dims":{"w":%d,"h":%d,"d":%.3f},"scores":[%d,%d,%d,%d],"note":null}'
+                % (i, r % 1000000, words[r % 20], words[(r >> 8) % 20], words[(r >> 16) % 20],
+                   (r % 100000) / 100.0 + (1 if changed else 0), (r % 1000003) / 1000003.0,
+                   "true" if (r >> 20) & 1 else "false", 1 + (r >> 24) % 28, (r >> 30) % 60,
+                   (r >> 36) % 60, words[(r >> 40) % 20],
+                   "changed" if changed else words[(r >> 44) % 20], (r >> 48) % 1000,
+                   (r >> 52) % 1000, (r % 997) / 7.0, r % 101, (r >> 7) % 101, (r >> 14) % 101,
+                   (r >> 21) % 101))
+        parts.append(item)
+        total += len(item) + 1
+        i += 1
+    out = ('{"total":%d,"items":[%s]}' % (i, ",".join(parts))).encode()
+    json.loads(out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # wrk
 
@@ -624,6 +671,46 @@ def parse_wrk(out):
 
 # ---------------------------------------------------------------------------------------
 # targets and measurement
+
+
+class RssSampler:
+    """VmRSS of some targets' processes every 50 ms from start() to stop(): the value
+    at start and the largest seen."""
+
+    def __init__(self, targets):
+        self.targets = list(targets)
+        self.base = {}
+        self.peak = {}
+        self.stop_ev = threading.Event()
+        self.thread = None
+
+    def _sample(self):
+        for t in self.targets:
+            try:
+                v = rss_kib(t.proc.pid)
+            except Exception:
+                continue
+            if v:
+                self.peak[t.label] = max(self.peak.get(t.label, 0), v)
+
+    def start(self):
+        for t in self.targets:
+            self.base[t.label] = rss_kib(t.proc.pid)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop_ev.wait(0.05):
+            self._sample()
+
+    def stop(self):
+        self.stop_ev.set()
+        if self.thread is not None:
+            self.thread.join(5)
+
+    def result(self, t):
+        b = self.base.get(t.label)
+        return b, max(self.peak.get(t.label, 0), b or 0)
 
 
 class Target:
@@ -709,6 +796,7 @@ class Bench:
             (www / side).mkdir(parents=True)
             for size, fname in ((4096, "4k.json"), (262144, "256k.json")):
                 (www / side / fname).write_bytes(json_of_size(size, 1 if side == "legacy" else 2))
+            (www / side / "big.json").write_bytes(big_json(0 if side == "legacy" else 1))
         body = fill(NGINX_BACKEND, legacy_port=lp, new_port=np_, www=www,
                     small_legacy=SMALL_LEGACY, small_new=SMALL_NEW)
         p = self.start_nginx("backend-nginx", workers, body, lp)
@@ -789,7 +877,7 @@ class Bench:
         return p
 
     def proxies(self, be, workers=1, shadow=None, mirror_port=None, tls=None, labels=None,
-                want=None):
+                want=None, shadow_budget=None):
         """Starts the proxies in front of backend `be`. Returns a list of Target.
 
         shadow: ficus shadow object (None: no shadow); mirror_port: nginx mirror target
@@ -806,6 +894,8 @@ class Bench:
                 cfg = self.ficus_config(port, be["legacy"], shadow_port, workers=workers,
                                         shadow=shadow, tls=tls[:2] if tls else None,
                                         admin_port=self.h.port(), extra_dir=extra)
+                if shadow_budget:
+                    cfg["limits"]["shadow_memory_bytes"] = shadow_budget
                 p = self.start_ficus(label, cfg, tls=bool(tls))
             elif kind == "nginx":
                 ssl_lines = ""
@@ -972,14 +1062,21 @@ class Bench:
             self.stop_targets(targets)
             self.h.stop(be["proc"])
 
-    def scenario_shadow(self):
-        be = self.start_backend()
+    def scenario_shadow(self, workers=1, number="3", big=False):
+        """100 % shadow with the JSON diff against nginx's mirror: small JSON (scenario 3),
+        the same with 2 workers (11), or 256 KiB documents (10)."""
+        be = self.start_backend(workers=max(workers, self.s.backend_workers))
         shadow = {"percent": 100, "max_inflight": 1000, "timeout_ms": 5000}
         mirror = be["new"] if self.nginx_has("mirror") else None
         want = [k for k in ("ficus", "nginx") if k != "nginx" or mirror]
-        targets = self.proxies(be, shadow=shadow, mirror_port=mirror, want=want,
-                               labels={"ficus": "ficus (shadow 100 %)",
-                                       "nginx": "nginx (mirror)"})
+        targets = self.proxies(be, workers=workers, shadow=shadow, mirror_port=mirror,
+                               want=want, labels={"ficus": "ficus (shadow 100 %)",
+                                                  "nginx": "nginx (mirror)"},
+                               shadow_budget=self.s.shadow_budget << 20 if big else None)
+        if big and "ficus" in self.s.targets:
+            # The same ficus without shadow: what forwarding the documents costs in RSS
+            # and req/s, so that the shadow's share can be told apart.
+            targets += self.proxies(be, want=["ficus"], labels={"ficus": "ficus (no shadow)"})
         for t in targets:
             if t.kind == "ficus":
                 t.ref = "nginx (mirror)"
@@ -988,24 +1085,105 @@ class Bench:
                                   na="n/a: this nginx has no mirror module"))
         if "haproxy" in self.s.targets:
             targets.append(Target("haproxy", "haproxy", na="n/a: HAProxy has no request mirroring"))
+        threads = min(self.s.w2_threads, self.s.connections) if workers > 1 else None
         try:
-            sec = Section("3. 100 % shadow with JSON diff",
-                          "GET /small; every request also goes to a second backend (\"new\") "
-                          "whose JSON differs slightly (key order, an unordered array, an "
-                          "ignored timestamp, one real difference). ficus diffs the two and "
-                          "logs the divergence; nginx mirrors with `mirror /mirror;` and "
-                          "discards the mirror's answer.")
-            self.measure(sec, targets, "/small", SMALL_LEGACY.encode())
-            sec.notes.append("ficus diffs on its libuv thread pool, so with one worker it can "
-                             "use more than one core: compare the proxy CPU µs/req column too")
+            if big:
+                path, expect = "/big.json", (be["www"] / "legacy" / "big.json").read_bytes()
+                sec = Section("%s. 100 %% shadow with JSON diff, 256 KiB documents" % number,
+                              "GET /big.json (%s bytes, the shape of a list endpoint: the "
+                              "documents of bench/diffbench.c); new's answer differs from "
+                              "legacy's in 6 fields. ficus diffs every pair and logs the "
+                              "divergence, with limits.shadow_memory_bytes %d MiB; nginx "
+                              "mirrors and discards." % (format(len(expect), ","),
+                                                         self.s.shadow_budget))
+            else:
+                path, expect = "/small", SMALL_LEGACY.encode()
+                sec = Section("%s. 100 %% shadow with JSON diff%s" % (
+                    number, ", 2 workers per proxy" if workers > 1 else ""),
+                    "GET /small; every request also goes to a second backend (\"new\") "
+                    "whose JSON differs slightly (key order, an unordered array, an "
+                    "ignored timestamp, one real difference). ficus diffs the two and "
+                    "logs the divergence; nginx mirrors with `mirror /mirror;` and "
+                    "discards the mirror's answer." + (
+                        " ficus \"workers\": 2 (the diffs share the libuv thread pool), "
+                        "nginx worker_processes 2; backend with 2 workers, wrk %d threads."
+                        % threads if workers > 1 else ""))
+            sampler = RssSampler([t for t in targets if t.kind == "ficus" and t.proc])
+            sampler.start()
+            try:
+                self.measure(sec, targets, path, expect, threads=threads)
+            finally:
+                sampler.stop()
+            sec.notes.append("ficus diffs on its libuv thread pool, so with %s it can "
+                             "use more than %s: compare the proxy CPU µs/req column too"
+                             % ("one worker" if workers == 1 else "2 workers",
+                                "one core" if workers == 1 else "two cores"))
             for t in targets:
+                if t.kind == "ficus" and t.proc and t.label == "ficus (no shadow)":
+                    base, peak = sampler.result(t)
+                    if base is not None:
+                        sec.notes.append("ficus (no shadow) RSS: %.1f MiB before, %.1f MiB at "
+                                         "most during the rounds (growth %.1f MiB): what "
+                                         "forwarding the documents holds without any shadow"
+                                         % (base / 1024.0, peak / 1024.0, (peak - base) / 1024.0))
+                    continue
                 if t.kind == "ficus" and t.proc:
                     sec.notes.append("ficus counters after the run (warm-up included): "
-                                     + self.ficus_metrics(t))
+                                     + self.ficus_metrics(t, ("ficus_shadow_total",
+                                                              "ficus_comparisons_total",
+                                                              "ficus_divergences_total")))
+                    base, peak = sampler.result(t)
+                    if base is not None:
+                        grow = (peak - base) / 1024.0
+                        line = ("ficus RSS: %s MiB before the first round, %s MiB at most "
+                                "during the rounds (growth %.1f MiB)"
+                                % (format(round(base / 1024.0, 1), ","),
+                                   format(round(peak / 1024.0, 1), ","), grow))
+                        if big:
+                            line += ("; shadow memory budget %d MiB: growth %s the budget. "
+                                     "The budget bounds the request copies and captures; on "
+                                     "top of it by design: the 1,000 most recent divergence "
+                                     "records the admin API serves (each up to 2 × "
+                                     "divergence_log.body_bytes, 4 KiB here, plus its diffs), "
+                                     "the diff's parse of the pair in hand (about 5× its two "
+                                     "bodies) and up to 4 MiB of freed arena blocks kept for "
+                                     "the next parse"
+                                     % (self.s.shadow_budget, "under" if grow <
+                                        self.s.shadow_budget else "NOT under"))
+                        sec.notes.append(line)
+            if big:
+                sec.notes.append(self.diffbench_note())
             return [sec]
         finally:
             self.stop_targets(targets)
             self.h.stop(be["proc"])
+
+    def scenario_shadow_big(self):
+        return self.scenario_shadow(number="10", big=True)
+
+    def scenario_shadow_w2(self):
+        return self.scenario_shadow(workers=2, number="11")
+
+    def diffbench_note(self):
+        """The diff micro-benchmark beside the end-to-end figure: build/diffbench next
+        to the ficus binary, on the same kind of documents."""
+        exe = Path(self.s.ficus_bin).parent / "diffbench"
+        if not os.access(str(exe), os.X_OK):
+            return ("diff micro-benchmark: %s not built (`cmake --build build --target "
+                    "diffbench`)" % exe)
+        try:
+            r = subprocess.run([str(exe), "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return "diff micro-benchmark failed: %s" % e
+        text = r.stdout.decode("utf-8", "replace")
+        m = re.search(r"as in ficus\s+diff:\s+([\d.]+) MB/s", text)
+        mp = re.search(r"as in ficus\s+parse:\s+([\d.]+) MB/s", text)
+        if not m:
+            return "diff micro-benchmark: no figure in its output: %s" % text.strip()[:200]
+        return ("diff micro-benchmark (`%s 4`, one thread, malloc as in ficus): whole "
+                "comparison %s MB/s, parse alone %s MB/s (both bodies counted; target "
+                "400 MB/s)" % (exe.name, m.group(1), mp.group(1) if mp else "?"))
 
     def scenario_shadow_delay(self):
         be = self.start_backend(new_delay=True)
@@ -1269,7 +1447,7 @@ class Bench:
                     p.conf = cfg
                     self.h.wait_http(p, port, "/small")
                 targets.append(Target(kind, kind, p, port))
-            sec = Section("8. One backend of two servers, round robin",
+            sec = Section("9. One backend of two servers, round robin",
                           "GET /small through each proxy to one backend of two nginx servers "
                           "(two ports of the backend nginx): ficus \"servers\" with "
                           "\"lb\": \"round_robin\", nginx upstream with two servers, HAProxy "
@@ -1300,6 +1478,169 @@ class Bench:
             self.stop_targets(targets)
             self.h.stop(be["proc"])
 
+
+    def scenario_routes1000(self):
+        """1,000 routes whose path_prefix never matches, before the one that does, against
+        the same ficus with that one route only. The router's cost per request is the
+        difference; nginx and HAProxy rows are scenario 1 again, for scale."""
+        be = self.start_backend()
+        targets = []
+        try:
+            if "ficus" in self.s.targets:
+                for label, n in (("ficus (1 route)", 0), ("ficus (1,000 routes)", 1000)):
+                    port = self.h.port()
+                    cfg = self.ficus_config(port, be["legacy"], be["new"],
+                                            admin_port=self.h.port())
+                    cfg["routes"] = [{"name": "r%04d" % i, "new_percent": 0,
+                                      "match": {"path_prefix": "/nomatch/%04d/" % i}}
+                                     for i in range(n)] + cfg["routes"]
+                    p = self.start_ficus(label.replace(" ", "-").replace(",", ""), cfg)
+                    targets.append(Target(label, "ficus", p, port, ref="ficus (1 route)"))
+            targets += self.proxies(be, want=["nginx", "haproxy"])
+            for t in targets:
+                if t.kind != "ficus":
+                    t.ref = "ficus (1 route)"
+            sec = Section("12. 1,000 routes before the match",
+                          "GET /small through ficus with one catch-all route, and with 1,000 "
+                          "prefix routes that do not match placed before it (routes are tried "
+                          "in order). Ratios are against the one-route row; nginx and HAProxy "
+                          "(plain forwarding) are there for scale.")
+            self.measure(sec, targets, "/small", SMALL_LEGACY.encode())
+            sec.notes.append("ratios (the \"vs nginx\" columns): every row against ficus "
+                             "(1 route)")
+            return [sec]
+        finally:
+            self.stop_targets(targets)
+            self.h.stop(be["proc"])
+
+    SYSCALL_EVENTS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto",
+                      "sendmsg", "epoll_wait", "epoll_pwait", "epoll_ctl")
+
+    def perf_syscalls_ok(self):
+        if shutil.which("perf") is None:
+            return "perf not found (Debian package linux-perf)"
+        r = subprocess.run(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "true"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        out = r.stdout.decode("utf-8", "replace")
+        if r.returncode != 0 or "raw_syscalls:sys_enter" not in out or "not supported" in out:
+            return "perf cannot count syscall tracepoints here: " + out.strip()[:200]
+        return None
+
+    def scenario_syscalls(self):
+        """System calls per request in plain forwarding: perf stat on the raw_syscalls and
+        syscalls tracepoints of each proxy's processes while wrk runs (counted in the
+        kernel, no ptrace: the proxy runs at its normal speed)."""
+        sec = Section("13. System calls per request, plain forwarding")
+        why = self.perf_syscalls_ok()
+        if why:
+            sec.na = "n/a: " + why
+            return [sec]
+        be = self.start_backend()
+        header = ["target", "requests", "syscalls / req", "reads / req", "writes / req",
+                  "epoll_wait / req", "epoll_ctl / req", "other / req", "proxy CPU µs/req",
+                  "req/s"]
+        rows = []
+        self.syscall_rows = {}
+        try:
+            for kind in self.s.targets:
+                (t,) = self.proxies(be, want=[kind])
+                try:
+                    if self.s.warmup:
+                        self.wrk(t, "/small", self.s.warmup, self.s.threads, self.s.connections)
+                    pids = ",".join(str(x) for x in proc_tree(t.proc.pid))
+                    out = self.h.tmp / ("perf-%s.txt" % kind)
+                    events = ["raw_syscalls:sys_enter"] + \
+                        ["syscalls:sys_enter_" + e for e in self.SYSCALL_EVENTS]
+                    perf = self.h.spawn("perf-" + kind, ["perf", "stat", "-x,", "-o", str(out),
+                                                         "-e", ",".join(events), "-p", pids])
+                    time.sleep(0.3)
+                    c0 = cpu_seconds(t.proc.pid)
+                    r = self.wrk(t, "/small", self.s.seconds, self.s.threads, self.s.connections)
+                    c1 = cpu_seconds(t.proc.pid)
+                    perf.popen.send_signal(signal.SIGINT)
+                    try:
+                        perf.popen.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    self.h.stop(perf)
+                    counts = {}
+                    for line in out.read_text(errors="replace").splitlines():
+                        f = line.split(",")
+                        if len(f) >= 3 and f[2].startswith(("raw_syscalls", "syscalls")):
+                            try:
+                                counts[f[2].split(":", 1)[1]] = int(f[0])
+                            except ValueError:
+                                pass
+                    n = r["requests"] or 1
+                    total = counts.get("sys_enter", 0)
+                    reads = sum(counts.get("sys_enter_" + e, 0)
+                                for e in ("read", "readv", "recvfrom", "recvmsg"))
+                    writes = sum(counts.get("sys_enter_" + e, 0)
+                                 for e in ("write", "writev", "sendto", "sendmsg"))
+                    waits = counts.get("sys_enter_epoll_wait", 0) + \
+                        counts.get("sys_enter_epoll_pwait", 0)
+                    ctl = counts.get("sys_enter_epoll_ctl", 0)
+                    cpu = (c1 - c0) * 1e6 / n
+                    self.syscall_rows[kind] = total / n
+                    rows.append([kind, format(r["requests"], ","), "%.2f" % (total / n),
+                                 "%.2f" % (reads / n), "%.2f" % (writes / n),
+                                 "%.2f" % (waits / n), "%.2f" % (ctl / n),
+                                 "%.2f" % ((total - reads - writes - waits - ctl) / n),
+                                 "%.1f" % cpu,
+                                 format(round(r["rps"]), ",")])
+                    self.log("  %-8s %.2f syscalls/req (%d requests)" % (kind, total / n, n))
+                finally:
+                    self.h.stop(t.proc)
+        finally:
+            self.h.stop(be["proc"])
+        sec.intro = ("GET /small through each proxy alone (wrk -t%d -c%d, %d s), counting the "
+                     "system calls of the proxy's processes (nginx: master and worker) with "
+                     "`perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_...` over the run. "
+                     "reads: read, readv, recvfrom, recvmsg; writes: write, writev, sendto, "
+                     "sendmsg; both sides of the proxy are counted (client and backend)."
+                     % (self.s.threads, self.s.connections, self.s.seconds))
+        sec.custom = (header, rows)
+        return [sec]
+
+    def scenario_idle_tls(self):
+        """bench/idle_memory.py: 1,000 idle connections to a fresh ficus per case, plain
+        and TLS, with one request first and without."""
+        n = self.s.idle_tls_conns
+        sec = Section("14. %s idle connections to ficus, plain and TLS" % format(n, ","),
+                      "bench/idle_memory.py -n %d: for each case a fresh ficus (one worker), "
+                      "warmed with 8 connections, then %s connections opened and left idle "
+                      "(with one GET /small each first, or none); VmRSS before and after." %
+                      (n, format(n, ",")))
+        try:
+            r = subprocess.run([sys.executable, str(HERE / "idle_memory.py"), "-n", str(n),
+                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=300, env=dict(os.environ, FICUS_BIN=self.s.ficus_bin))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("idle_memory.py did not finish within 300 s")
+        rows = []
+        for line in r.stdout.decode("utf-8", "replace").splitlines():
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            rows.append([d["listener"], "yes" if d["request"] else "no",
+                         "%s / %s" % (format(d["held"], ","), format(d["connections"], ",")),
+                         "%s KiB" % format(d["rss_before_kib"], ","),
+                         "%s KiB" % format(d["rss_after_kib"], ","), "%.2f" % d["kib_per_conn"]])
+            if d["listener"] == "tls" and d["request"]:
+                sec.notes.append("TLS target: at most 8 KiB per idle connection: %s (%.2f KiB); "
+                                 "OpenSSL 3.0's SSL object alone is about 8 KiB"
+                                 % ("met" if d["kib_per_conn"] <= 8 else "NOT met",
+                                    d["kib_per_conn"]))
+        if r.returncode != 0 or not rows:
+            self.problem("%s: idle_memory.py exited %d: %s" % (
+                sec.title, r.returncode, r.stderr.decode("utf-8", "replace")[-500:]))
+        if not rows:
+            sec.na = "failed: idle_memory.py gave no result"
+            return [sec]
+        sec.custom = (["listener", "one request first", "held", "RSS before", "RSS after",
+                       "KiB / connection"], rows)
+        return [sec]
 
     def start_etcd(self):
         """One etcd member on free ports (Debian's etcd-server); returns (proc, client URL)."""
@@ -1482,6 +1823,141 @@ def render_section(sec):
 
 
 # ---------------------------------------------------------------------------------------
+# SVG charts (plain text, no dependency)
+
+
+def xml_escape(t):
+    return (str(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+COLORS = {"ficus": "#2e7d32", "nginx": "#1565c0", "haproxy": "#ef6c00"}
+
+
+def svg_bars(title, subtitle, bars, unit, ref_line=None, cap=None):
+    """A horizontal bar chart: bars is [(label, value, kind, note)]; kind picks the colour.
+    With cap, longer bars stop there (their note gives the value)."""
+    if not bars:
+        return None
+    width, left, right, row = 860, 250, 230, 26
+    top = 58
+    height = top + row * len(bars) + 34
+    vmax = max([b[1] for b in bars] + ([ref_line] if ref_line else [])) or 1.0
+    if cap:
+        vmax = min(vmax, cap)
+    scale = (width - left - right) / vmax
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+           'viewBox="0 0 %d %d" font-family="sans-serif" font-size="13">'
+           % (width, height, width, height),
+           '<rect width="100%%" height="100%%" fill="#ffffff"/>',
+           '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % xml_escape(title),
+           '<text x="10" y="42" fill="#555555">%s</text>' % xml_escape(subtitle)]
+    if ref_line:  # first, so that bars and labels are drawn over it
+        x = left + ref_line * scale
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000000" '
+                   'stroke-dasharray="4,3"/>' % (x, top - 4, x, top + row * len(bars)))
+    for i, (label, value, kind, note) in enumerate(bars):
+        y = top + i * row
+        w = max(1.0, (min(value, cap) if cap else value) * scale)
+        color = COLORS.get(kind, "#757575")
+        out.append('<text x="%d" y="%d" text-anchor="end">%s</text>'
+                   % (left - 8, y + 16, xml_escape(label)))
+        out.append('<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
+                   % (left, y + 3, w, row - 8, color))
+        out.append('<text x="%.1f" y="%d">%s</text>'
+                   % (left + w + 6, y + 16, xml_escape(note or fmt_num(value, unit))))
+    out.append('<text x="10" y="%d" fill="#777777" font-size="11">%s</text>'
+               % (height - 10, xml_escape("bench/run, %s" % datetime.datetime.now()
+                                          .strftime("%Y-%m-%d %H:%M"))))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def fmt_num(v, unit):
+    if unit == "req/s":
+        return "%s req/s" % format(round(v), ",")
+    if unit == "x":
+        return "%.2f×" % v
+    return "%.2f %s" % (v, unit)
+
+
+def section_bars(sec):
+    """(bars, unit) of one section, or None: req/s for wrk sections; the per-connection
+    or per-request column of the custom tables."""
+    if sec.na:
+        return None
+    if sec.custom:
+        header, rows = sec.custom
+        for col, unit in (("KiB / connection", "KiB/conn"), ("syscalls / req", "syscalls/req")):
+            if col in header:
+                i = header.index(col)
+                bars = []
+                for r in rows:
+                    try:
+                        v = float(str(r[i]).replace(",", ""))
+                    except ValueError:
+                        continue
+                    label = r[0] if len(header) < 6 or header[1] != "one request first" else \
+                        "%s, request %s" % (r[0], r[1])
+                    bars.append((label, v, r[0] if r[0] in COLORS else "ficus", None))
+                return (bars, unit) if bars else None
+        return None
+    bars = []
+    for t in sec.rows:
+        if t.na or not t.runs:
+            continue
+        rps, p99 = med(t, "rps"), med(t, "p99")
+        bars.append((t.label, rps, t.kind, "%s req/s, p99 %s" % (format(round(rps), ","),
+                                                                  fmt_ms(p99))))
+    return (bars, "req/s") if bars else None
+
+
+def write_svgs(s, started, sections):
+    """One chart per section, and a summary of ficus's req/s against its reference row
+    per section; returns the paths written."""
+    written = []
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    summary = []
+    for sec in sections:
+        got = section_bars(sec)
+        if not got:
+            continue
+        bars, unit = got
+        num = sec.title.split(".", 1)[0].strip() or "x"
+        sub = {"req/s": "median req/s over the rounds (longer is better); p99 beside each bar",
+               "KiB/conn": "RSS growth per idle connection (shorter is better)",
+               "syscalls/req": "system calls of the proxy per request (shorter is better)"}[unit]
+        svg = svg_bars(sec.title, sub, bars, unit)
+        path = s.out_dir / ("results-%s-%s.svg" % (stamp, num))
+        path.write_text(svg)
+        written.append(path)
+        if unit == "req/s":
+            byl = {t.label: t for t in sec.rows}
+            for t in sec.rows:
+                if t.kind != "ficus" or not t.runs:
+                    continue
+                ref = byl.get(t.ref or "nginx")
+                if ref is not None and "no shadow" in t.label and "mirror" in ref.label:
+                    continue  # scenario 10's baseline row: not a comparison with the mirror
+                if ref is not None and ref.runs and ref is not t:
+                    summary.append(("%s: %s" % (num, t.label), med(t, "rps") / med(ref, "rps"),
+                                    "ficus", "%.2f× %s" % (med(t, "rps") / med(ref, "rps"),
+                                                           ref.label)))
+    if summary:
+        svg = svg_bars("ficus req/s against the reference row of each scenario",
+                       "1.00× (dashed) is the reference (nginx, or the row named); longer is "
+                       "better; bars stop at 4×", summary, "x", ref_line=1.0, cap=4.0)
+        path = s.out_dir / ("results-%s-summary.svg" % stamp)
+        path.write_text(svg)
+        written.append(path)
+        if s.doc_svg:
+            doc = ROOT / "docs" / "bench.svg"
+            doc.write_text(svg)
+            written.append(doc)
+    return written
+
+
+# ---------------------------------------------------------------------------------------
 # main
 
 
@@ -1563,8 +2039,11 @@ def main():
     runners = {"1": b.scenario_plain, "2": b.scenario_sizes, "3": b.scenario_shadow,
                "4": b.scenario_shadow_delay, "5": b.scenario_idle, "6": b.scenario_https,
                "7": b.scenario_workers2, "8": b.scenario_fleet,
-               "9": b.scenario_pool2}
+               "9": b.scenario_pool2, "10": b.scenario_shadow_big, "11": b.scenario_shadow_w2,
+               "12": b.scenario_routes1000, "13": b.scenario_syscalls,
+               "14": b.scenario_idle_tls}
     rendered = []
+    all_secs = []
     rc = 0
     interrupted = None
     try:
@@ -1581,6 +2060,7 @@ def main():
                 b.problem("scenario %s (%s): %s" % (num, title, e))
                 secs = [sec]
             for sec in secs:
+                all_secs.append(sec)
                 text = render_section(sec)
                 rendered.append(text)
                 print(text, flush=True)
@@ -1611,6 +2091,8 @@ def main():
             out = s.out_dir / ("results-%s.md" % started.strftime("%Y%m%d-%H%M%S"))
             out.write_text("\n".join(header) + "\n" + "\n".join(rendered) + "\n" + tail_text)
             print("bench: results written to %s" % out, file=sys.stderr)
+            for path in write_svgs(s, started, all_secs):
+                print("bench: chart written to %s" % path, file=sys.stderr)
         except OSError as e:
             print("bench: could not write results: %s" % e, file=sys.stderr)
         h.cleanup()

@@ -136,6 +136,9 @@ int main(int argc, char **argv)
     gen_doc(&l, 0);
     gen_doc(&n, 1);
     run("default malloc", seconds, &l, &n);
+    /* What ficus runs with (server.c): freed captures and arenas leave the process. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    run("as in ficus", seconds, &l, &n);
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     run("no heap trimming", seconds, &l, &n);

@@ -102,23 +102,25 @@ bool diff_pointer_match(const char *pattern, const char *pointer)
 
     if (p == NULL || q == NULL)
         return false;
+    /* One pass over both, segment by segment: it runs for every value the walk
+     * visits and every rule, so no strchr and strlen per segment. */
     for (;;) {
-        const char *ep = strchr(p, '/');
-        const char *eq = strchr(q, '/');
-        size_t lp, lq;
-
-        if (ep == NULL)
-            ep = p + strlen(p);
-        if (eq == NULL)
-            eq = q + strlen(q);
-        lp = (size_t)(ep - p);
-        lq = (size_t)(eq - q);
-        if (!(lp == 1 && p[0] == '*') && (lp != lq || memcmp(p, q, lp) != 0))
-            return false;
-        if (*ep == '\0' || *eq == '\0')
-            return *ep == '\0' && *eq == '\0';
-        p = ep + 1;
-        q = eq + 1;
+        if (p[0] == '*' && (p[1] == '/' || p[1] == '\0')) {
+            p++; /* any one segment, the empty one included */
+            while (*q != '\0' && *q != '/')
+                q++;
+        } else {
+            while (*p != '\0' && *p != '/' && *p == *q) {
+                p++;
+                q++;
+            }
+            if ((*p != '\0' && *p != '/') || (*q != '\0' && *q != '/'))
+                return false; /* the segments differ */
+        }
+        if (*p == '\0' || *q == '\0')
+            return *p == '\0' && *q == '\0';
+        p++;
+        q++;
     }
 }
 
@@ -258,7 +260,12 @@ static size_t path_push_key(struct walk *w, const char *key, size_t key_len)
         return SIZE_MAX;
     }
     w->path[w->len++] = '/';
-    for (size_t i = 0; i < key_len; i++) {
+    size_t plain = 0; /* the usual key has nothing to escape: one copy */
+    while (plain < key_len && key[plain] != '~' && key[plain] != '/' && key[plain] != '\0')
+        plain++;
+    memcpy(w->path + w->len, key, plain);
+    w->len += plain;
+    for (size_t i = plain; i < key_len; i++) {
         char c = key[i];
         if (c == '~') {
             w->path[w->len++] = '~';
@@ -280,12 +287,19 @@ static size_t path_push_key(struct walk *w, const char *key, size_t key_len)
 static size_t path_push_index(struct walk *w, size_t idx)
 {
     size_t saved = w->len;
-    int n;
+    char digits[24];
+    size_t n = 0;
 
     if (path_reserve(w, 24) != 0)
         return SIZE_MAX;
-    n = snprintf(w->path + w->len, w->cap - w->len, "/%zu", idx);
-    w->len += (size_t)n;
+    do {
+        digits[n++] = (char)('0' + idx % 10);
+        idx /= 10;
+    } while (idx > 0);
+    w->path[w->len++] = '/';
+    while (n > 0)
+        w->path[w->len++] = digits[--n];
+    w->path[w->len] = '\0';
     return saved;
 }
 
@@ -387,6 +401,7 @@ static bool loose_pair(const struct jv *a, const struct jv *b, double tolerance,
 static void walk_object(struct walk *w, const struct jv *a, const struct jv *b)
 {
     const struct jv_member *ma = a->u.obj->m, *mb = b->u.obj->m;
+    size_t found = 0;
 
     for (size_t i = 0; i < a->n; i++) {
         const struct jv *vb;
@@ -394,7 +409,14 @@ static void walk_object(struct walk *w, const struct jv *a, const struct jv *b)
 
         if (halted(w))
             return;
-        vb = jv_get(b, ma[i].key, ma[i].key_len);
+        /* Keys are unique in an object (repeats are merged); the other side
+         * usually has them in the same order. */
+        if (i < b->n && mb[i].key_len == ma[i].key_len &&
+            memcmp(mb[i].key, ma[i].key, ma[i].key_len) == 0)
+            vb = &mb[i].value;
+        else
+            vb = jv_get(b, ma[i].key, ma[i].key_len);
+        found += vb != NULL;
         saved = path_push_key(w, ma[i].key, ma[i].key_len);
         if (saved == SIZE_MAX)
             return;
@@ -404,6 +426,8 @@ static void walk_object(struct walk *w, const struct jv *a, const struct jv *b)
             walk_value(w, &ma[i].value, vb);
         path_pop(w, saved);
     }
+    if (found == b->n)
+        return; /* every key of b is one of a's */
     for (size_t j = 0; j < b->n; j++) {
         size_t saved;
 

@@ -79,10 +79,12 @@ struct comparison {
     int pending;        /* sides not finished */
     bool aborted;       /* nothing is compared */
     bool queued;
+    bool slot; /* holds one of the worker's SHADOW_MAX_JOBS slots until queued */
 
     struct comparison *next_job; /* the worker's ready queue, then its batch */
     /* Results of the work, read back on the loop. */
-    size_t reserved;       /* bytes of limits.shadow_memory_bytes its buffers hold */
+    size_t reserved;       /* bytes of limits.shadow_memory_bytes it holds or was promised */
+    size_t promised;       /* reserved at admission, not yet used by a buffer */
     bool over_budget;      /* a buffer would have passed the budget: not compared */
     struct divrec *record; /* NULL, or the record for the control thread */
     bool record_lost;      /* divergent, but no record could be made (out of memory) */
@@ -103,6 +105,8 @@ struct shadow_worker {
     struct worker *w;
     struct list comparisons; /* running, for shutdown */
     int diff_jobs;           /* comparisons waiting for or in a diff batch */
+    int slots;               /* begun, not yet queued: each will want a diff job */
+    size_t expect;           /* bytes a comparison holds, a running average */
     uv_idle_t idle;          /* submits the queue at the end of a loop turn when no batch runs */
     bool idle_active;
     bool closing; /* shadow_abort_all ran: no more loop turns to wait for */
@@ -129,6 +133,7 @@ struct shadow_worker {
 
 static void maybe_compare(struct comparison *c);
 static void budget_release(struct comparison *c);
+static void slot_release(struct comparison *c);
 
 /* ---- lifetime ---------------------------------------------------------------------- */
 
@@ -210,9 +215,11 @@ static struct comparison *comparison_get(struct shadow_worker *sw)
     c->twin = NULL;
     c->aborted = false;
     c->queued = false;
+    c->slot = false;
     c->next_job = NULL;
     c->record = NULL;
     c->reserved = 0;
+    c->promised = 0;
     c->over_budget = false;
     c->record_lost = false;
     c->skipped = false;
@@ -237,10 +244,13 @@ static void comparison_free(struct comparison *c)
     buf_dispose(&c->cor_head);
     buf_dispose(&c->cor_body);
     free(c->record);
+    struct shadow_worker *sw = w->shadow;
+    slot_release(c);
+    if (sw != NULL && !c->over_budget && c->reserved > c->promised) /* for admission */
+        sw->expect = sw->expect - sw->expect / 8 + (c->reserved - c->promised) / 8;
     budget_release(c);
     pool_set_unref(c->ps);
     config_unref(c->cfg);
-    struct shadow_worker *sw = w->shadow;
     if (sw == NULL || sw->closing || sw->n_free >= SHADOW_KEEP_FREE) {
         comparison_dispose(c);
         return;
@@ -276,6 +286,15 @@ static void count_outcome(struct comparison *c, enum shadow_outcome o)
     counter_add(&c->rs->counters[c->w->id].shadow[o], 1);
 }
 
+/* c no longer waits for its sides: its diff job slot is given back (it takes
+ * a diff job itself when it is compared). */
+static void slot_release(struct comparison *c)
+{
+    if (c->slot && c->w->shadow != NULL)
+        c->w->shadow->slots--;
+    c->slot = false;
+}
+
 /* ---- the memory budget ------------------------------------------------------------------- */
 
 /* limits.shadow_memory_bytes bounds what every comparison of the process holds
@@ -288,6 +307,7 @@ static void budget_release(struct comparison *c)
         atomic_fetch_sub_explicit(&c->w->srv->shadow_memory, (long long)c->reserved,
                                   memory_order_relaxed);
     c->reserved = 0;
+    c->promised = 0;
 }
 
 static void budget_exceeded(struct comparison *c)
@@ -311,6 +331,12 @@ static bool budget_grow(struct comparison *c, size_t before, size_t after)
     if (after <= before)
         return true;
     size_t grow = after - before;
+    if (c->promised >= grow) { /* reserved at admission already */
+        c->promised -= grow;
+        return true;
+    }
+    grow -= c->promised;
+    c->promised = 0;
     c->reserved += grow;
     long long used = atomic_fetch_add_explicit(&c->w->srv->shadow_memory, (long long)grow,
                                                memory_order_relaxed) +
@@ -999,6 +1025,7 @@ static void maybe_compare(struct comparison *c)
     if (c->pending > 0 || c->queued)
         return;
     c->queued = true;
+    slot_release(c);
     if (c->aborted)
         return;
     struct worker *w = c->w;
@@ -1037,14 +1064,17 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
         buf_dispose(head);
         return NULL;
     }
+    /* Admission before work: a shadow goes out only with a diff job slot for
+     * it (every comparison begun and not yet compared holds one) and room in
+     * the budget for what a comparison holds on average. Otherwise nothing
+     * is sent or kept, and the skip is counted. */
     struct shadow_worker *sw = shadow_worker_get(w);
-    if (sw == NULL || sw->diff_jobs >= SHADOW_MAX_JOBS) {
+    if (sw == NULL || sw->diff_jobs + sw->slots >= SHADOW_MAX_JOBS) {
         counter_add(&rc->shadow[SHADOW_SKIPPED_QUEUE], 1);
         buf_dispose(head);
         return NULL;
     }
-    /* Admission before work: with the budget spent, nothing is sent or kept. */
-    if (atomic_load_explicit(&w->srv->shadow_memory, memory_order_relaxed) >=
+    if (atomic_load_explicit(&w->srv->shadow_memory, memory_order_relaxed) + (long long)sw->expect >
         (long long)cfg->shadow_memory_bytes) {
         counter_add(&rc->shadow[SHADOW_SKIPPED_MEMORY], 1);
         buf_dispose(head);
@@ -1065,6 +1095,13 @@ struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct poo
     }
     c->refs = 1;
     c->w = w;
+    c->slot = true;
+    sw->slots++;
+    /* What it will probably hold is reserved now, so that a burst of shadows
+     * begun in one loop turn is admitted against it, not against the budget
+     * before any of them has captured a byte. */
+    c->reserved = c->promised = sw->expect;
+    atomic_fetch_add_explicit(&w->srv->shadow_memory, (long long)sw->expect, memory_order_relaxed);
     c->cfg = config_ref(cfg);
     c->ps = ps;
     pool_set_ref(ps);
@@ -1134,6 +1171,7 @@ void shadow_request_body(struct comparison *c, const char *p, size_t n)
         c->shadow.finished = true;
         c->pending = 0;
         c->queued = true;
+        slot_release(c);
     }
 }
 

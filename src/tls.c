@@ -39,8 +39,10 @@ struct tls_ctx {
 
 struct tls {
     SSL *ssl;
-    BIO *rbio;      /* ciphertext in: a memory BIO (owned by ssl) */
-    BIO *wbio;      /* ciphertext out: appends to out (owned by ssl) */
+    BIO *rbio;     /* ciphertext in: reads from in (owned by ssl) */
+    BIO *wbio;     /* ciphertext out: appends to out (owned by ssl) */
+    struct buf in; /* ciphertext fed and not yet read by OpenSSL, from in_off */
+    size_t in_off;
     struct buf out; /* ciphertext not yet taken; handed over whole, no copy */
     bool verify;    /* client side: the peer's certificate is checked */
     bool established;
@@ -299,13 +301,17 @@ int tls_config_load(struct config *cfg, struct config_errors *errs)
     return rc;
 }
 
-/* ---- the output BIO ------------------------------------------------------------ */
+/* ---- the BIOs ----------------------------------------------------------------- */
 
 /* Records go straight into the connection's own buffer, which tls_take_output
  * hands to the write as it is: no copy out of a memory BIO, and nothing kept
- * allocated between writes (an idle connection holds no output memory). */
-static BIO_METHOD *out_method;
-static pthread_once_t out_once = PTHREAD_ONCE_INIT;
+ * allocated between writes (an idle connection holds no output memory).
+ *
+ * Input is the mirror image: ciphertext waits in t->in until OpenSSL has read
+ * it, and the buffer is freed as soon as it is empty. A memory BIO would keep
+ * its buffer (the size of the largest read) for the life of the connection. */
+static BIO_METHOD *out_method, *in_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 
 static int out_write(BIO *b, const char *data, int len)
 {
@@ -330,19 +336,62 @@ static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
     }
 }
 
-static int out_create(BIO *b)
+/* An empty input means "wait for more", never end of file. */
+static int in_read(BIO *b, char *out, int len)
+{
+    struct tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t left = t->in.len - t->in_off;
+    if (left == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    if (len <= 0)
+        return 0;
+    size_t n = (size_t)len < left ? (size_t)len : left;
+    memcpy(out, t->in.data + t->in_off, n);
+    t->in_off += n;
+    if (t->in_off == t->in.len) {
+        buf_dispose(&t->in);
+        t->in_off = 0;
+    }
+    return (int)n;
+}
+
+static long in_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    struct tls *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return (long)(t->in.len - t->in_off);
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *b)
 {
     BIO_set_init(b, 1);
     return 1;
 }
 
-static void out_method_init(void)
+static void bio_methods_init(void)
 {
     out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ficus output");
     if (out_method != NULL) {
         BIO_meth_set_write(out_method, out_write);
         BIO_meth_set_ctrl(out_method, out_ctrl);
-        BIO_meth_set_create(out_method, out_create);
+        BIO_meth_set_create(out_method, bio_create);
+    }
+    in_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ficus input");
+    if (in_method != NULL) {
+        BIO_meth_set_read(in_method, in_read);
+        BIO_meth_set_ctrl(in_method, in_ctrl);
+        BIO_meth_set_create(in_method, bio_create);
     }
 }
 
@@ -353,9 +402,9 @@ static struct tls *tls_new(struct tls_ctx *ctx)
     struct tls *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
-    pthread_once(&out_once, out_method_init);
+    pthread_once(&bio_once, bio_methods_init);
     t->ssl = SSL_new(ctx->ssl); /* holds the SSL_CTX: a reload may drop ctx first */
-    t->rbio = BIO_new(BIO_s_mem());
+    t->rbio = in_method != NULL ? BIO_new(in_method) : NULL;
     t->wbio = out_method != NULL ? BIO_new(out_method) : NULL;
     if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
         BIO_free(t->rbio);
@@ -365,8 +414,7 @@ static struct tls *tls_new(struct tls_ctx *ctx)
         ERR_clear_error();
         return NULL;
     }
-    /* An empty input BIO means "wait for more", never end of file. */
-    BIO_set_mem_eof_return(t->rbio, -1);
+    BIO_set_data(t->rbio, t);
     BIO_set_data(t->wbio, t);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     return t;
@@ -424,21 +472,18 @@ void tls_free(struct tls *t)
     if (t == NULL)
         return;
     SSL_free(t->ssl); /* frees both BIOs */
+    buf_dispose(&t->in);
     buf_dispose(&t->out);
     free(t);
 }
 
 int tls_feed(struct tls *t, const char *p, size_t len)
 {
-    while (len > 0) {
-        int chunk = len > INT_MAX ? INT_MAX : (int)len;
-        int n = BIO_write(t->rbio, p, chunk);
-        if (n <= 0)
-            return FICUS_ENOMEM;
-        p += n;
-        len -= (size_t)n;
+    if (t->in_off > 0) { /* what is left is less than a record */
+        buf_consume(&t->in, t->in_off);
+        t->in_off = 0;
     }
-    return 0;
+    return buf_append(&t->in, p, len) == 0 ? 0 : FICUS_ENOMEM;
 }
 
 /* Records why the connection failed, once. */

@@ -56,20 +56,33 @@ int buf_json_text(struct buf *b, const char *s, size_t n);
 int buf_json_real(struct buf *b, double v, int precision);
 
 /* A bump allocator: allocations live until arena_dispose frees them all at once
- * (nginx's request pool, h2o's mem pool). The first block is embedded. */
+ * (nginx's request pool, h2o's mem pool). The first block is embedded; the
+ * next ones double from 4 KiB to 64 KiB, and the process keeps a few freed
+ * 64 KiB blocks (4 MiB at most) for the next arenas, so that a large arena
+ * made again and again (the diff's parse) is not faulted in each time. */
 struct arena_block;
 struct arena {
     struct arena_block *head;
     char *cur;
     char *end;
+    size_t grow; /* the size of the next block */
     char first[1024];
 };
 
 void arena_init(struct arena *a);
 /* Returns n bytes aligned for any type, or NULL when out of memory. */
 void *arena_alloc(struct arena *a, size_t n);
-/* Returns n bytes with no alignment (text), or NULL when out of memory. */
-void *arena_alloc_bytes(struct arena *a, size_t n);
+/* Returns n bytes with no alignment (text), or NULL when out of memory.
+ * Inline: the parser of the diff takes one per string and number. */
+static inline void *arena_alloc_bytes(struct arena *a, size_t n)
+{
+    if ((size_t)(a->end - a->cur) >= n) {
+        void *p = a->cur;
+        a->cur += n;
+        return p;
+    }
+    return arena_alloc(a, n);
+}
 /* Copies n bytes into the arena and NUL-terminates them. */
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_dispose(struct arena *a);

@@ -15,7 +15,9 @@ struct worker;
 struct pool_set;
 struct comparison;
 
-/* Diff jobs a worker may have queued on the threadpool at once. */
+/* Comparisons a worker may have begun and not yet compared at once (in flight
+ * or queued for the threadpool): a shadow is sent only with one of these slots
+ * free, so none is sent and then dropped for a full queue. */
 #define SHADOW_MAX_JOBS 512
 /* Finished comparisons a worker keeps for reuse, and the largest buffer one
  * keeps (a larger one is freed). */
@@ -23,11 +25,12 @@ struct comparison;
 #define SHADOW_KEEP_BYTES (16 * 1024)
 
 /* Starts a comparison for a request that router_decide chose to shadow, or
- * counts why it cannot (in-flight cap, body too large, diff queue full) and
- * returns NULL. head is the request head to send (x-ficus-shadow added),
- * taken over on success and freed otherwise. body_known says the request has
- * no body or it is complete; otherwise feed it with shadow_request_body and
- * end it with shadow_request_done. The caller holds the returned reference. */
+ * counts why it cannot (in-flight cap, body too large, no diff job slot, no
+ * room in limits.shadow_memory_bytes for what a comparison holds on average)
+ * and returns NULL: a skip is decided before anything is sent or kept. head is the request head to
+ * send (x-ficus-shadow added), taken over on success and freed otherwise. body_known says the
+ * request has no body or it is complete; otherwise feed it with shadow_request_body and end it with
+ * shadow_request_done. The caller holds the returned reference. */
 struct comparison *shadow_begin(struct worker *w, struct config *cfg, struct pool_set *ps,
                                 const struct route_cfg *rt, const struct http_head *req,
                                 bool primary_is_new, const char *reqid, struct buf *head,

@@ -233,7 +233,7 @@ class Divergences(ShadowCase):
         f = self.shadow_ficus(legacy, new, [route()])
         ka = KeepAlive(f.port)
         for n in range(20):
-            self.assertEqual(self.get(f, "/item/%d" % n, ka=ka)[0], 200)
+            self.assertEqual(self.get(f, "/item/%d" % n)[0], 200)
         ka.close()
         self.assertEqual(f.wait_metric("ficus_comparisons_total", 20, route="items"), 20)
         self.assertEqual(f.wait_metric("ficus_divergences_total", 5, route="items", kind="json"), 5)
@@ -691,6 +691,68 @@ class MemoryBudget(ShadowCase):
         # The budget is given back: a comparison after the storm goes through.
         self.assertEqual(self.get(f, "/item/999")[0], 200)
         f.wait_metric("ficus_shadow_total", compared + 1, route="items", outcome="compared")
+
+
+class Admission(ShadowCase):
+    """Admission before work: with a 1 MiB budget and comparisons that hold about
+    600 KiB each (two 300 KiB JSON bodies), a burst of 20 clients at once gets every
+    answer, at most a few shadows are sent, and every shadow not compared was
+    skipped before it was sent: the new backend saw exactly as many shadows as
+    were compared. What a comparison holds is learnt from the ones before, so the
+    burst is admitted against it from the first loop turn, not against the budget
+    before any capture has grown."""
+
+    CLIENTS = 20
+
+    def test_burst_over_the_budget_is_skipped_before_it_is_sent(self):
+        body = json.dumps({"rows": [{"id": i, "name": "item-%d" % i, "price": i / 7}
+                                    for i in range(5000)]}).encode()
+        body += b" " * ((300 << 10) - len(body))
+        self.assertEqual(len(body), 300 << 10)
+        handler = harness.respond_with(200, [("Content-Type", "application/json")], body)
+        legacy = self.backend(handler, name="legacy", keep_body=0)
+        new = self.backend(handler, name="new", keep_body=0)
+        f = self.shadow_ficus(legacy, new, [route(shadow={"max_body_bytes": 1 << 20,
+                                                          "max_inflight": 1000})],
+                              config={"limits": {"shadow_memory_bytes": 1 << 20}})
+        ka = KeepAlive(f.port)
+        for n in range(24):  # one at a time: each is compared, and teaches the size
+            self.assertEqual(self.get(f, "/item/%d" % n)[0], 200)
+            f.wait_metric("ficus_shadow_total", n + 1, route="items", outcome="compared")
+        ka.close()
+        sent_before = len(new.requests)
+        self.assertEqual(sent_before, 24)
+        got = []
+        lock = threading.Lock()
+        start = threading.Barrier(self.CLIENTS)
+
+        def client(n):
+            start.wait(30)
+            with Client(f.port, timeout=30) as c:
+                c.send(request_bytes("GET", "/item/%d" % n))
+                r = c.read_response(timeout=30)
+                with lock:
+                    got.append((r.status, len(r.body)))
+        threads = [threading.Thread(target=client, args=(n,), daemon=True)
+                   for n in range(100, 100 + self.CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(got), [(200, len(body))] * self.CLIENTS)
+
+        def outcomes():
+            m = f.metrics()
+            return {o: metric(m, "ficus_shadow_total", route="items", outcome=o) or 0
+                    for o in ("compared", "skipped_memory", "skipped_inflight", "skipped_queue",
+                              "error", "timeout")}
+        wait_until(lambda: sum(outcomes().values()) == 24 + self.CLIENTS, slow(30),
+                   what="every shadow counted")
+        o = outcomes()
+        self.assertGreater(o["skipped_memory"], 0, o)
+        self.assertEqual(o["error"] + o["timeout"], 0, o)
+        # Every shadow that went out was compared: none was sent and then dropped.
+        self.assertEqual(len(new.requests) - sent_before, o["compared"] - 24, o)
 
 
 class Methods(ShadowCase):
