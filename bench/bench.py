@@ -128,6 +128,12 @@ class Settings:
         fb = os.environ.get("FICUS_BIN") or str(ROOT / "build" / "ficus")
         self.ficus_bin = str(Path(fb).resolve()) if os.path.isabs(fb) or os.path.exists(fb) \
             else str((ROOT / fb).resolve())
+        # FICUS_BASE_BIN: another ficus binary (an older build), run beside FICUS_BIN as the
+        # target "ficus (base)" in every scenario that runs all proxies, in the same alternation.
+        base = os.environ.get("FICUS_BASE_BIN", "").strip()
+        self.base_bin = str(Path(base).resolve()) if base else None
+        if self.base_bin and not os.access(self.base_bin, os.X_OK):
+            die("FICUS_BASE_BIN: not an executable: %s" % self.base_bin)
         if self.threads > self.connections:
             die("BENCH_THREADS (%d) must not exceed BENCH_CONNECTIONS (%d)"
                 % (self.threads, self.connections))
@@ -843,16 +849,17 @@ class Bench:
                                      "max_bytes": 16777216, "keep": 1, "body_bytes": 4096}
         return cfg
 
-    def start_ficus(self, name, cfg, probe_path="/small", tls=False):
+    def start_ficus(self, name, cfg, probe_path="/small", tls=False, binary=None):
+        binary = binary or self.s.ficus_bin
         d = self.h.dir(name)
         path = d / "ficus.json"
         path.write_text(json.dumps(cfg, indent=2) + "\n")
-        chk = subprocess.run([self.s.ficus_bin, "check", "-c", str(path)], stdout=subprocess.PIPE,
+        chk = subprocess.run([binary, "check", "-c", str(path)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, timeout=30, cwd=d)
         if chk.returncode != 0:
             raise StartError("ficus check rejected the generated config %s:\n%s"
                              % (path, chk.stdout.decode("utf-8", "replace")))
-        p = self.h.spawn(name, [self.s.ficus_bin, "-c", str(path)], cwd=d, log=d / "ficus.log")
+        p = self.h.spawn(name, [binary, "-c", str(path)], cwd=d, log=d / "ficus.log")
         p.conf = path
         p.admin_port = cfg["admin"]["address"].rsplit(":", 1)[1]
         port = int((cfg["listen"] if isinstance(cfg["listen"], str)
@@ -882,12 +889,19 @@ class Bench:
 
         shadow: ficus shadow object (None: no shadow); mirror_port: nginx mirror target
         (None: no mirror); tls: (cert, key, pem) or None."""
+        all_proxies = want is None
         want = [k for k in (want or PROXIES) if k in self.s.targets]
+        if all_proxies and self.s.base_bin and "ficus" in want:
+            want.insert(want.index("ficus") + 1, "ficus-base")
         labels = labels or {}
         out = []
         shadow_port = mirror_port or be["new"]
         for kind in want:
             label = labels.get(kind, kind)
+            binary = None
+            if kind == "ficus-base":  # the same ficus target, another binary
+                kind, binary = "ficus", self.s.base_bin
+                label = labels.get("ficus", "ficus") + " (base)"
             port = self.h.port()
             if kind == "ficus":
                 extra = self.h.dir(label + "-data")
@@ -896,7 +910,7 @@ class Bench:
                                         admin_port=self.h.port(), extra_dir=extra)
                 if shadow_budget:
                     cfg["limits"]["shadow_memory_bytes"] = shadow_budget
-                p = self.start_ficus(label, cfg, tls=bool(tls))
+                p = self.start_ficus(label, cfg, tls=bool(tls), binary=binary)
             elif kind == "nginx":
                 ssl_lines = ""
                 if tls:
