@@ -235,6 +235,20 @@ int buf_json_string(struct buf *b, const char *s, size_t n)
     return json_string(b, s, n, false);
 }
 
+int buf_prom_label(struct buf *b, const char *v)
+{
+    int rc = 0;
+    for (const char *p = v; *p && rc == 0; p++) {
+        if (*p == '\\' || *p == '"')
+            rc = buf_printf(b, "\\%c", *p);
+        else if (*p == '\n')
+            rc = buf_puts(b, "\\n");
+        else
+            rc = buf_append(b, p, 1);
+    }
+    return rc;
+}
+
 int buf_json_text(struct buf *b, const char *s, size_t n)
 {
     return json_string(b, s, n, true);

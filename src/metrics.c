@@ -147,19 +147,6 @@ double metrics_quantile_ms(const unsigned long long hist[STATE_HIST_BUCKETS], do
 
 /* ---- Prometheus exposition ------------------------------------------------------------- */
 
-static void put_label(struct buf *out, const char *v)
-{
-    /* Label values escape backslash, double quote and newline. */
-    for (const char *p = v; *p; p++) {
-        if (*p == '\\' || *p == '"')
-            buf_printf(out, "\\%c", *p);
-        else if (*p == '\n')
-            buf_puts(out, "\\n");
-        else
-            buf_append(out, p, 1);
-    }
-}
-
 static void head(struct buf *out, const char *name, const char *type, const char *help)
 {
     buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -188,7 +175,7 @@ static void render_route(struct route_state *rs, void *arg)
 #define LABEL_ROUTE()                                                                              \
     do {                                                                                           \
         buf_puts(out, "{route=\"");                                                                \
-        put_label(out, rs->name);                                                                  \
+        buf_prom_label(out, rs->name);                                                             \
         buf_puts(out, "\"");                                                                       \
     } while (0)
     switch (rc->pass) {
@@ -339,9 +326,9 @@ static long resident_bytes(void)
 static void server_labels(struct buf *out, const char *name, const struct discovery_addr *a)
 {
     buf_printf(out, "%s{backend=\"", name);
-    put_label(out, a->backend);
+    buf_prom_label(out, a->backend);
     buf_puts(out, "\",server=\"");
-    put_label(out, a->server);
+    buf_prom_label(out, a->server);
     buf_puts(out, "\"");
 }
 
@@ -431,10 +418,10 @@ void metrics_render(struct server *srv, struct buf *out)
             idle += i;
         }
         buf_puts(out, "ficus_upstream_connections{backend=\"");
-        put_label(out, srv->cfg->backends[b].name);
+        buf_prom_label(out, srv->cfg->backends[b].name);
         buf_printf(out, "\",state=\"active\"} %d\n", active);
         buf_puts(out, "ficus_upstream_connections{backend=\"");
-        put_label(out, srv->cfg->backends[b].name);
+        buf_prom_label(out, srv->cfg->backends[b].name);
         buf_printf(out, "\",state=\"idle\"} %d\n", idle);
     }
     render_upstream_servers(srv, out);

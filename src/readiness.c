@@ -156,27 +156,15 @@ struct render {
     int pass; /* 0: comparisons, 1: divergences */
 };
 
-static void put_label(struct buf *out, const char *v)
-{
-    for (const char *p = v; *p; p++) {
-        if (*p == '\\' || *p == '"')
-            buf_printf(out, "\\%c", *p);
-        else if (*p == '\n')
-            buf_puts(out, "\\n");
-        else
-            buf_append(out, p, 1);
-    }
-}
-
 static void render_endpoint(const char *endpoint, unsigned long long comparisons,
                             unsigned long long divergent, void *arg)
 {
     struct render *r = arg;
     buf_puts(r->out, r->pass == 0 ? "ficus_endpoint_comparisons_total{route=\""
                                   : "ficus_endpoint_divergences_total{route=\"");
-    put_label(r->out, r->route);
+    buf_prom_label(r->out, r->route);
     buf_puts(r->out, "\",endpoint=\"");
-    put_label(r->out, endpoint);
+    buf_prom_label(r->out, endpoint);
     buf_printf(r->out, "\"} %llu\n", r->pass == 0 ? comparisons : divergent);
 }
 

@@ -52,6 +52,10 @@ int buf_json_string(struct buf *b, const char *s, size_t n);
  * text and nothing is refused for its bytes. Returns 0 or FICUS_ENOMEM /
  * FICUS_ETOOBIG. */
 int buf_json_text(struct buf *b, const char *s, size_t n);
+/* A Prometheus label value (without its quotes): backslash, double quote and
+ * newline escaped, as the text exposition format wants. Returns 0 or
+ * FICUS_ENOMEM / FICUS_ETOOBIG. */
+int buf_prom_label(struct buf *b, const char *v);
 /* A JSON real. */
 int buf_json_real(struct buf *b, double v, int precision);
 

@@ -61,6 +61,19 @@ static void check_value(json_t *v)
     buf_dispose(&b);
 }
 
+/* Prometheus label values: backslash, double quote and newline escaped, every
+ * other byte (braces, UTF-8) as it is. */
+static void test_prom_label_escapes(void **state)
+{
+    (void)state;
+    struct buf b;
+    buf_init(&b, 0);
+    assert_int_equal(buf_prom_label(&b, "GET /a/{id} \"q\" \\ x\ny \xc3\xa9"), 0);
+    assert_int_equal(b.len, strlen("GET /a/{id} \\\"q\\\" \\\\ x\\ny \xc3\xa9"));
+    assert_memory_equal(b.data, "GET /a/{id} \\\"q\\\" \\\\ x\\ny \xc3\xa9", b.len);
+    buf_dispose(&b);
+}
+
 static void test_reals_match_jansson(void **state)
 {
     (void)state;
@@ -318,6 +331,7 @@ static void test_errors_append_nothing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prom_label_escapes),
         cmocka_unit_test(test_reals_match_jansson),
         cmocka_unit_test(test_short_reals_match_jansson_at_every_precision),
         cmocka_unit_test(test_integers_and_literals_match_jansson),
