@@ -1863,7 +1863,7 @@ def svg_bars(title, subtitle, bars, unit, ref_line=None, cap=None):
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d" font-family="sans-serif" font-size="13">'
            % (width, height, width, height),
-           '<rect width="100%%" height="100%%" fill="#ffffff"/>',
+           '<rect width="100%" height="100%" fill="#ffffff"/>',
            '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % xml_escape(title),
            '<text x="10" y="42" fill="#555555">%s</text>' % xml_escape(subtitle)]
     if ref_line:  # first, so that bars and labels are drawn over it
