@@ -397,6 +397,15 @@ static void test_strict_edges(void **state)
         if (parse_req(h, req) != FICUS_EBADREQ)
             fail_msg("accepted Host: %s", bad_hosts[i]);
     }
+    /* Every byte inside a reg-name: taken exactly when RFC 3986 names it
+     * (unreserved or sub-delims; '%' only as "%HH", ':' only before a port). */
+    for (int c = 1; c < 256; c++) {
+        bool rfc = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   strchr("-._~!$&'()*+,;=", c) != NULL;
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: a%cb\r\n\r\n", c);
+        if ((parse_req(h, req) == 0) != rfc)
+            fail_msg("Host byte 0x%02x %s", c, rfc ? "refused" : "accepted");
+    }
     /* An empty Host names nothing a reverse proxy could route. */
     assert_int_equal(parse_req(h, "GET / HTTP/1.1\r\nHost:\r\n\r\n"), FICUS_EBADREQ);
     assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\nHost: \r\n\r\n"), FICUS_EBADREQ);
@@ -414,6 +423,9 @@ static void test_strict_edges(void **state)
         "GET /a  HTTP/1.1\r\nHost: a\r\n\r\n",
         " GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
         "GET /a HTTP/1.1 \r\nHost: a\r\n\r\n",
+        "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a HTTP/1.1  \r\nHost: a\r\n\r\n",
+        "GET\r\nHost: a\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\nTRANSFER_ENCODING: chunked\r\n\r\n",
