@@ -54,7 +54,7 @@ int buf_reserve_exact(struct buf *b, size_t extra)
     return 0;
 }
 
-int buf_append(struct buf *b, const void *p, size_t n)
+int buf_append_grow(struct buf *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);
     if (rc != 0)

@@ -673,16 +673,27 @@ int64_t http1_chunked_step(struct chunked *c, const char *data, size_t len, size
 
 #define PUT_LIT(out, s) buf_append((out), (s), sizeof(s) - 1)
 
+/* connection, keep-alive, proxy-connection, te, trailer, transfer-encoding,
+ * upgrade and content-length, told apart by length first: every header of
+ * every head goes through here (a loop over the names took a strlen each). */
 static bool is_hop_by_hop(struct span name)
 {
-    static const char *const hop[] = {"connection", "keep-alive",    "proxy-connection",
-                                      "te",         "trailer",       "transfer-encoding",
-                                      "upgrade",    "content-length"};
-    for (size_t i = 0; i < ARRAY_SIZE(hop); i++) {
-        if (span_ieq(name, hop[i]))
-            return true;
+    switch (name.len) {
+    case 2:
+        return span_ieq(name, "te");
+    case 7:
+        return span_ieq(name, "trailer") || span_ieq(name, "upgrade");
+    case 10:
+        return span_ieq(name, "connection") || span_ieq(name, "keep-alive");
+    case 14:
+        return span_ieq(name, "content-length");
+    case 16:
+        return span_ieq(name, "proxy-connection");
+    case 17:
+        return span_ieq(name, "transfer-encoding");
+    default:
+        return false;
     }
-    return false;
 }
 
 struct listed {
