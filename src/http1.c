@@ -50,6 +50,25 @@ static bool is_field_byte(unsigned char c)
     return field_byte[c];
 }
 
+/* Skips d[i, lim) eight bytes at a time while none of the eight is a control
+ * byte (below 0x20, HTAB included, or DEL): the start line and values are
+ * mostly such runs. Returns where the byte-by-byte scan goes on; it decides
+ * every byte this passes over the same way (bit twiddling hacks' "has less
+ * than" and "has zero byte", exact about whether a word holds such a byte). */
+static size_t skip_plain(const unsigned char *d, size_t i, size_t lim)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (lim - i >= 8) {
+        uint64_t x;
+        memcpy(&x, d + i, 8);
+        uint64_t del = x ^ (0x7f * ones);
+        if (((x - 0x20 * ones) & ~x & highs) | ((del - ones) & ~del & highs))
+            break;
+        i += 8;
+    }
+    return i;
+}
+
 int http1_scan_head(struct head_scan *s, const char *data, size_t len, size_t max)
 {
     const unsigned char *d = (const unsigned char *)data;
@@ -61,6 +80,7 @@ int http1_scan_head(struct head_scan *s, const char *data, size_t len, size_t ma
     while (i < lim) {
         switch (s->state) {
         case SC_START_LINE:
+            i = skip_plain(d, i, lim);
             while (i < lim && field_byte[d[i]] && d[i] != '\t')
                 i++;
             if (i == lim)
@@ -98,6 +118,7 @@ int http1_scan_head(struct head_scan *s, const char *data, size_t len, size_t ma
             break;
         }
         case SC_VALUE:
+            i = skip_plain(d, i, lim);
             while (i < lim && field_byte[d[i]])
                 i++;
             if (i == lim)
