@@ -4,7 +4,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 /* A growable buffer that refuses to grow past max (curl's dynbuf). data is
  * owned by the buffer; buf_dispose frees it. Zero-initialised is empty. */
@@ -16,23 +15,9 @@ struct buf {
 };
 
 void buf_init(struct buf *b, size_t max);
-/* buf_append when the bytes do not fit in the room already there. */
-int buf_append_grow(struct buf *b, const void *p, size_t n);
 /* Appends n bytes. Returns 0, FICUS_ETOOBIG when max would be passed (nothing
- * is appended then), or FICUS_ENOMEM. Inline for the usual case, where the
- * room is there (reserved once for a head written piece by piece): a call
- * per piece was a sixth of a small proxied request's instructions. */
-static inline int buf_append(struct buf *b, const void *p, size_t n)
-{
-    if (b->cap > b->len && n < b->cap - b->len && (b->max == 0 || b->len + n <= b->max)) {
-        if (n)
-            memcpy(b->data + b->len, p, n);
-        b->len += n;
-        b->data[b->len] = '\0';
-        return 0;
-    }
-    return buf_append_grow(b, p, n);
-}
+ * is appended then), or FICUS_ENOMEM. */
+int buf_append(struct buf *b, const void *p, size_t n);
 /* Appends a NUL-terminated string. Same returns as buf_append. */
 int buf_puts(struct buf *b, const char *s);
 /* Makes room for extra more bytes (and the terminating NUL) so that appends
