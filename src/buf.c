@@ -54,7 +54,7 @@ int buf_reserve_exact(struct buf *b, size_t extra)
     return 0;
 }
 
-int buf_append(struct buf *b, const void *p, size_t n)
+__attribute__((noinline)) static int buf_append_grow(struct buf *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);
     if (rc != 0)
@@ -64,6 +64,22 @@ int buf_append(struct buf *b, const void *p, size_t n)
     b->len += n;
     b->data[b->len] = '\0';
     return 0;
+}
+
+/* The usual case first, with no call but memcpy's (the room is there: a head
+ * is reserved once, then written in some 45 pieces); buf_append_grow
+ * otherwise. */
+int buf_append(struct buf *b, const void *p, size_t n)
+{
+    if (b->cap > b->len && n < b->cap - b->len && (b->max == 0 || b->len + n <= b->max)) {
+        char *dst = b->data + b->len;
+        b->len += n;
+        dst[n] = '\0';
+        if (n) /* last, so that nothing is kept across the call */
+            memcpy(dst, p, n);
+        return 0;
+    }
+    return buf_append_grow(b, p, n);
 }
 
 /* Writes v in decimal so that it ends just before end (up to 20 bytes);

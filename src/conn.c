@@ -1553,6 +1553,26 @@ static void exchange_retry(struct exchange *x)
         upstream_unavailable(x, rc);
 }
 
+/* The 8 lowercase hex digits of v, as "%08x" prints them: the nibbles spread
+ * to one a byte, then made digits or letters all at once (digit by digit
+ * from a table was 2 % of a small request's instructions). */
+static void hex8(char *out, uint32_t v)
+{
+    uint64_t x = v;
+    x = ((x & 0xffff0000ULL) << 16) | (x & 0xffffULL);
+    x = ((x & 0x0000ff000000ff00ULL) << 8) | (x & 0x000000ff000000ffULL);
+    x = ((x & 0x00f000f000f000f0ULL) << 4) | (x & 0x000f000f000f000fULL);
+    uint64_t letters = ((x + 0x0606060606060606ULL) >> 4) & 0x0101010101010101ULL;
+    x += 0x3030303030303030ULL + letters * ('a' - '0' - 10);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x); /* the most significant digit first */
+    memcpy(out, &x, 8);
+#else
+    for (int i = 0; i < 8; i++)
+        out[7 - i] = (char)(x >> (8 * i));
+#endif
+}
+
 static void make_request_id(struct exchange *x)
 {
     const struct http_header *h = http1_find(&x->req, "x-request-id");
@@ -1567,12 +1587,11 @@ static void make_request_id(struct exchange *x)
         }
     }
     /* 32 hex digits, as "%016llx%016llx" would print them, without printf. */
-    static const char hex[] = "0123456789abcdef";
-    uint64_t r[2] = {worker_random(x->w), worker_random(x->w)};
-    for (int k = 0; k < 2; k++) {
-        for (int i = 0; i < 16; i++)
-            x->reqid[k * 16 + i] = hex[(r[k] >> (60 - 4 * i)) & 0xf];
-    }
+    uint64_t r0 = worker_random(x->w), r1 = worker_random(x->w);
+    hex8(x->reqid, (uint32_t)(r0 >> 32));
+    hex8(x->reqid + 8, (uint32_t)r0);
+    hex8(x->reqid + 16, (uint32_t)(r1 >> 32));
+    hex8(x->reqid + 24, (uint32_t)r1);
     x->reqid[32] = '\0';
 }
 

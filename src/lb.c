@@ -152,15 +152,16 @@ static void eject(const struct lb *lb, struct lb_ep *e, int64_t now_ms)
     eject_set(e, EJECT_EJECTED);
 }
 
-static enum lb_status status_of(const struct lb_ep *e)
+static enum lb_status status_of(enum lb_slot_state slot, enum lb_health health,
+                                enum lb_eject_state eject)
 {
-    if (e->slot == SLOT_DRAINING)
+    if (slot == SLOT_DRAINING)
         return LB_STATUS_DRAINING;
-    if (e->health == HEALTH_DOWN)
+    if (health == HEALTH_DOWN)
         return LB_STATUS_DOWN;
-    if (e->eject == EJECT_EJECTED)
+    if (eject == EJECT_EJECTED)
         return LB_STATUS_EJECTED;
-    if (e->eject == EJECT_PROBING)
+    if (eject == EJECT_PROBING)
         return LB_STATUS_PROBING;
     return LB_STATUS_UP;
 }
@@ -498,20 +499,26 @@ bool lb_endpoint(const struct lb *lb, int ep, int64_t now_ms, struct lb_endpoint
 {
     if (ep < 0 || ep >= lb->n_slots || lb->eps[ep].slot == SLOT_FREE)
         return false;
-    struct lb_ep e = lb->eps[ep]; /* a copy: reading must not move the state on */
-    eject_refresh(&e, now_ms);
-    out->server = e.server;
-    out->gen = e.gen;
-    out->addr = &lb->eps[ep].addr;
-    out->weight = e.weight;
-    out->status = status_of(&e);
-    out->active = e.active;
-    out->requests = e.requests;
-    out->failures = e.failures;
-    out->consecutive_failures = e.consecutive;
-    out->ejections = e.ejections;
-    out->ejected_until_ms = e.ejected_until_ms;
-    out->last_failure_ms = e.last_failure_ms;
+    const struct lb_ep *e = &lb->eps[ep];
+    /* Reading must not move the state on: an ended ejection is told as
+     * probing here without being made one (what eject_refresh would do).
+     * No copy of the whole endpoint with its address: this runs several
+     * times a request. */
+    enum lb_eject_state eject = e->eject;
+    if (eject == EJECT_EJECTED && now_ms >= e->ejected_until_ms)
+        eject = EJECT_PROBING;
+    out->server = e->server;
+    out->gen = e->gen;
+    out->addr = &e->addr;
+    out->weight = e->weight;
+    out->status = status_of(e->slot, e->health, eject);
+    out->active = e->active;
+    out->requests = e->requests;
+    out->failures = e->failures;
+    out->consecutive_failures = e->consecutive;
+    out->ejections = e->ejections;
+    out->ejected_until_ms = e->ejected_until_ms;
+    out->last_failure_ms = e->last_failure_ms;
     return true;
 }
 

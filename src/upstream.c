@@ -238,8 +238,8 @@ static void end_pick(struct pool *p, int ep, uint32_t gen, enum lb_outcome outco
     struct lb_endpoint_info info;
     if (!lb_endpoint(p->lb, ep, now_ms(p), &info) || info.gen != gen)
         pool_sync(p); /* the last request of a drained address: its slot is free */
-    else
-        ep_publish(p, ep);
+    else if (p->ps->stats != NULL && e->stats != NULL)
+        upstats_set_status(e->stats, info.status, info.ejected_until_ms); /* as ep_publish */
 }
 
 /* Ends the request that u carries in the balancer, once. */

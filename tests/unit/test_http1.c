@@ -73,6 +73,78 @@ static void test_scan_rejects(void **state)
     assert_int_equal(http1_scan_head(&sc, nul, sizeof(nul) - 1, 4096), FICUS_EBADREQ);
 }
 
+/* scan_bytewise for n bytes that may hold NUL. */
+static int scan_bytewise_n(const char *s, size_t n, size_t max, size_t *head_len)
+{
+    struct head_scan sc = {0};
+    int r = 0;
+    for (size_t i = 1; i <= n && r == 0; i++)
+        r = http1_scan_head(&sc, s, i, max);
+    *head_len = sc.pos;
+    return r;
+}
+
+static int scan_once_n(const char *s, size_t n, size_t max, size_t *head_len)
+{
+    struct head_scan sc = {0};
+    int r = http1_scan_head(&sc, s, n, max);
+    *head_len = sc.pos;
+    return r;
+}
+
+/* The scanner passes over runs of plain bytes a word at a time when it has
+ * them whole: every byte value at every place of a word, in the start line
+ * and in a value, is judged as it is byte by byte, and so is every random
+ * head (the byte-by-byte scan never has eight bytes ahead of it). */
+static void test_scan_words(void **state)
+{
+    (void)state;
+    char head[128];
+    for (int part = 0; part < 2; part++) {
+        for (int c = 0; c < 256; c++) {
+            for (size_t k = 0; k < 20; k++) {
+                char run[24];
+                memset(run, 'a', sizeof(run));
+                run[k] = (char)c;
+                int n = 0; /* built by hand: the run may hold NUL */
+                const char *pre = part == 0 ? "GET /" : "GET / HTTP/1.1\r\nX: ";
+                const char *post = part == 0 ? " HTTP/1.1\r\nX: v\r\n\r\n" : "\r\n\r\n";
+                memcpy(head + n, pre, strlen(pre));
+                n += (int)strlen(pre);
+                memcpy(head + n, run, sizeof(run));
+                n += (int)sizeof(run);
+                memcpy(head + n, post, strlen(post));
+                n += (int)strlen(post);
+                size_t len_once, len_bytes;
+                int once = scan_once_n(head, (size_t)n, 4096, &len_once);
+                int bytes = scan_bytewise_n(head, (size_t)n, 4096, &len_bytes);
+                bool ok = c >= 0x20 ? c != 0x7f : part == 1 && c == '\t';
+                if (once != bytes || (once == 1) != ok || (once == 1 && len_once != len_bytes))
+                    fail_msg("byte 0x%02x at %zu of the %s: %d at once, %d byte by byte", c, k,
+                             part == 0 ? "start line" : "value", once, bytes);
+            }
+        }
+    }
+    /* Random heads over an alphabet rich in what the scanner looks at. */
+    static const char alphabet[] = "aZ09:;- \t\r\n\x00\x01\x1f\x7f\x80\xff/(";
+    uint64_t rng = 0x9e3779b97f4a7c15ULL;
+    for (int t = 0; t < 20000; t++) {
+        size_t n = 19 + (size_t)(xorshift64s(&rng) % 100);
+        memcpy(head, "GET / HTTP/1.1\r\nX: ", 19);
+        for (size_t i = 19; i < n; i++) {
+            uint64_t r = xorshift64s(&rng);
+            /* Mostly plain bytes, so that words of them occur. */
+            head[i] =
+                r % 16 != 0 ? (char)('a' + r / 16 % 26) : alphabet[r / 16 % (sizeof(alphabet) - 1)];
+        }
+        size_t len_once, len_bytes;
+        int once = scan_once_n(head, n, 4096, &len_once);
+        int bytes = scan_bytewise_n(head, n, 4096, &len_bytes);
+        if (once != bytes || (once == 1 && len_once != len_bytes))
+            fail_msg("random head %d: %d at once, %d byte by byte", t, once, bytes);
+    }
+}
+
 static void test_scan_limit(void **state)
 {
     (void)state;
@@ -397,6 +469,15 @@ static void test_strict_edges(void **state)
         if (parse_req(h, req) != FICUS_EBADREQ)
             fail_msg("accepted Host: %s", bad_hosts[i]);
     }
+    /* Every byte inside a reg-name: taken exactly when RFC 3986 names it
+     * (unreserved or sub-delims; '%' only as "%HH", ':' only before a port). */
+    for (int c = 1; c < 256; c++) {
+        bool rfc = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   strchr("-._~!$&'()*+,;=", c) != NULL;
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: a%cb\r\n\r\n", c);
+        if ((parse_req(h, req) == 0) != rfc)
+            fail_msg("Host byte 0x%02x %s", c, rfc ? "refused" : "accepted");
+    }
     /* An empty Host names nothing a reverse proxy could route. */
     assert_int_equal(parse_req(h, "GET / HTTP/1.1\r\nHost:\r\n\r\n"), FICUS_EBADREQ);
     assert_int_equal(parse_req(h, "GET / HTTP/1.0\r\nHost: \r\n\r\n"), FICUS_EBADREQ);
@@ -414,6 +495,9 @@ static void test_strict_edges(void **state)
         "GET /a  HTTP/1.1\r\nHost: a\r\n\r\n",
         " GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
         "GET /a HTTP/1.1 \r\nHost: a\r\n\r\n",
+        "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a HTTP/1.1  \r\nHost: a\r\n\r\n",
+        "GET\r\nHost: a\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
         "GET /a HTTP/1.1\r\nHost: a\r\nTRANSFER_ENCODING: chunked\r\n\r\n",
@@ -706,6 +790,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scan_valid),
         cmocka_unit_test(test_scan_rejects),
+        cmocka_unit_test(test_scan_words),
         cmocka_unit_test(test_scan_limit),
         cmocka_unit_test(test_scan_matches_bytewise_model),
         cmocka_unit_test(test_parse_request),
