@@ -504,11 +504,7 @@ static void side_on_error(void *ctx, int err)
             side_finish(s, "connect_error", false);
         return;
     }
-    side_finish(s,
-                err == FICUS_ETIMEOUT   ? "timeout"
-                : err == FICUS_EBADRESP ? "invalid_response"
-                                        : "reset",
-                false);
+    side_finish(s, upclient_error_outcome(err), false);
 }
 
 static const struct upclient_handlers side_handlers = {

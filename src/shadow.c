@@ -464,11 +464,7 @@ static void probe_on_error(void *ctx, int err)
             probe_finish(p, "connect_error", false);
         return;
     }
-    probe_finish(p,
-                 err == FICUS_ETIMEOUT   ? "timeout"
-                 : err == FICUS_EBADRESP ? "invalid_response"
-                                         : "reset",
-                 false);
+    probe_finish(p, upclient_error_outcome(err), false);
 }
 
 static const struct upclient_handlers probe_handlers = {

@@ -56,6 +56,11 @@ void upclient_expect_upgrade(struct upclient *uc)
     uc->upgrade = true;
 }
 
+const char *upclient_error_outcome(int err)
+{
+    return err == FICUS_ETIMEOUT ? "timeout" : err == FICUS_EBADRESP ? "invalid_response" : "reset";
+}
+
 void upclient_deadline(struct upclient *uc, enum upclient_deadline kind, int ms)
 {
     if (uc->state != UC_HEAD && uc->state != UC_BODY)

@@ -92,6 +92,11 @@ void upclient_start(struct upclient *uc, struct upconn *u, const struct upclient
  * tunnel. Call right after upclient_start. */
 void upclient_expect_upgrade(struct upclient *uc);
 
+/* The outcome name of an on_error err, as the shadow and replay count it:
+ * "timeout" (FICUS_ETIMEOUT), "invalid_response" (FICUS_EBADRESP), else
+ * "reset". */
+const char *upclient_error_outcome(int err);
+
 /* Re-arms the deadline from now (ms > 0) or stops it (ms == 0), e.g. while the
  * request body is still being sent the backend is not late. */
 void upclient_deadline(struct upclient *uc, enum upclient_deadline kind, int ms);
